@@ -1,0 +1,649 @@
+//! Peak device memory of one training trial, computed from the architecture
+//! (reference §8 for NF4 storage, §11 for the activation model).
+//!
+//! Every constant that is not a storage format fact is an estimate to be
+//! calibrated against measured peaks; they are named and documented here so
+//! that calibration touches nothing else.
+
+use crate::model::config::{LinearModule, PaliGemmaConfig, Tower};
+use crate::spec::schema::Method;
+
+pub use crate::devices::detect::DeviceKind;
+
+const MIB: u64 = 1 << 20;
+
+/// CUDA context, cuBLAS workspaces and the caching allocator's slack.
+/// To be calibrated.
+pub const CUDA_RUNTIME_OVERHEAD: u64 = 600 * MIB;
+/// libtorch's CPU runtime (libraries, thread pools, allocator).
+/// To be calibrated.
+pub const CPU_RUNTIME_OVERHEAD: u64 = 350 * MIB;
+
+/// Bytes per trained parameter kept by the optimiser: f32 master weight,
+/// f32 gradient, `AdamW`'s f32 `m` and `v` (reference §11).
+pub const TRAINABLE_STATE_BYTES: u64 = 16;
+
+/// Gemma 2 activations stored per token per layer, in elements of the
+/// compute dtype: `12·h + 4·I + 2·(heads + 2·kv_heads)·head_dim`
+/// (reference §11: ≈142 KiB per token per layer for 3B in bf16).
+/// These are the three coefficients. To be calibrated.
+pub const LM_ACT_HIDDEN_COEF: u64 = 12;
+pub const LM_ACT_MLP_COEF: u64 = 4;
+pub const LM_ACT_QKV_COEF: u64 = 2;
+
+/// `SigLIP` activations per token per layer, in elements: `8·h + 4·I` (two
+/// `LayerNorms` instead of Gemma 2's four, no `RoPE` copies; reference §11's
+/// ≈1.4 MB per token over 27 layers in bf16). To be calibrated.
+pub const VISION_ACT_HIDDEN_COEF: u64 = 8;
+pub const VISION_ACT_MLP_COEF: u64 = 4;
+
+/// Eager attention keeps, per score element, the raw scores, the soft-capped
+/// scores and the probabilities in the compute dtype plus the f32 softmax:
+/// `3·dtype + 4` bytes (10 B in bf16, reference §11). To be calibrated.
+pub const EAGER_ATTN_DTYPE_BUFFERS: u64 = 3;
+pub const EAGER_ATTN_F32_BYTES: u64 = 4;
+
+/// Logits at supervised positions: the compute-dtype logits, their f32
+/// upcast for the loss, and the f32 gradient (reference §11).
+pub const LOGITS_F32_BYTES: u64 = 4 + 4;
+
+/// NF4 double quantisation quantises the absmax constants in blocks of 256
+/// (`bitsandbytes`, reference §8).
+pub const DOUBLE_QUANT_BLOCK: u64 = 256;
+
+/// What one trial trains, on what, at what size: the input of the memory
+/// and cost estimates.
+#[derive(Clone, Copy, Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent spec switches, not states
+pub struct TrialShape<'a> {
+    pub config: &'a PaliGemmaConfig,
+    pub method: Method,
+    pub batch_size: u32,
+    /// Text tokens before the suffix (`<bos>`, prompt, `\n`), excluding
+    /// image tokens.
+    pub prefix_tokens: u32,
+    /// Supervised tokens (target + `<eos>`).
+    pub suffix_tokens: u32,
+    /// Compute dtype: 2 for bf16 (CUDA), 4 for f32 (CPU).
+    pub dtype_bytes: u32,
+    pub device: DeviceKind,
+    pub freeze_vision: bool,
+    /// `LoRA`/`QLoRA` only: train `multi_modal_projector` fully (full training
+    /// always trains it).
+    pub train_projector: bool,
+    pub lora_r: u32,
+    pub lora_targets: &'a [String],
+    pub gradient_checkpointing: bool,
+    pub double_quant: bool,
+    pub quant_block_size: u32,
+}
+
+/// Estimated peak device memory in bytes, by component.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Frozen base weights (bf16/f32, or NF4 for `QLoRA` linears).
+    pub weights: u64,
+    /// Trained parameters with gradients and `AdamW` state.
+    pub trainable_state: u64,
+    /// Activations stored for the backward pass.
+    pub activations: u64,
+    /// Eager attention score buffers.
+    pub attention: u64,
+    /// Logits at supervised positions.
+    pub logits: u64,
+    /// Runtime overhead of the device.
+    pub overhead: u64,
+    pub total: u64,
+}
+
+impl TrialShape<'_> {
+    /// Decoder sequence length: image tokens + prefix + suffix.
+    pub fn sequence_len(&self) -> u64 {
+        u64::from(self.config.num_image_tokens())
+            + u64::from(self.prefix_tokens)
+            + u64::from(self.suffix_tokens)
+    }
+
+    fn is_full(&self) -> bool {
+        self.method == Method::Full
+    }
+
+    /// Whether the projector's own weights are trained.
+    pub fn trains_projector(&self) -> bool {
+        self.is_full() || self.train_projector
+    }
+
+    /// Whether the vision tower gets gradients: full training with an
+    /// unfrozen tower, or `LoRA` targets that hit it and `freeze_vision` off.
+    pub fn trains_vision(&self) -> bool {
+        !self.freeze_vision
+            && (self.is_full()
+                || self
+                    .config
+                    .linear_modules()
+                    .iter()
+                    .any(|m| m.tower == Tower::Vision && m.is_targeted(self.lora_targets)))
+    }
+
+    /// Whether a `LoRA` adapter sits on this linear (a fully trained projector
+    /// gets none).
+    pub(crate) fn has_adapter(&self, module: &LinearModule) -> bool {
+        !self.is_full()
+            && match module.tower {
+                Tower::Vision => !self.freeze_vision,
+                Tower::Projector => !self.train_projector,
+                Tower::Language => true,
+            }
+            && module.is_targeted(self.lora_targets)
+    }
+
+    /// Parameters of the base model trained in full: everything but a frozen
+    /// vision tower for full training, the projector (when asked) for `LoRA`.
+    pub fn full_trained_params(&self) -> u64 {
+        let counts = self.config.param_counts();
+        let projector = if self.trains_projector() {
+            counts.projector
+        } else {
+            0
+        };
+        if self.is_full() {
+            let vision = if self.freeze_vision { 0 } else { counts.vision };
+            counts.embedding + counts.decoder_layers + counts.final_norm + projector + vision
+        } else {
+            projector
+        }
+    }
+
+    /// `LoRA` adapter parameters (0 for full training).
+    pub fn adapter_params(&self) -> u64 {
+        self.config
+            .linear_modules()
+            .iter()
+            .filter(|m| self.has_adapter(m))
+            .map(|m| m.lora_params(self.lora_r))
+            .sum()
+    }
+
+    /// Everything the optimiser updates.
+    pub fn trainable_params(&self) -> u64 {
+        self.full_trained_params() + self.adapter_params()
+    }
+}
+
+/// Estimated peak memory of one trial on one device: every component
+/// below and their sum.
+pub fn estimate_memory(shape: &TrialShape) -> MemoryEstimate {
+    let mut estimate = MemoryEstimate {
+        weights: weight_bytes(shape),
+        trainable_state: trainable_state_bytes(shape),
+        activations: activation_bytes(shape),
+        attention: attention_bytes(shape),
+        logits: logit_bytes(shape),
+        overhead: overhead_bytes(shape.device),
+        total: 0,
+    };
+    estimate.total = estimate.weights
+        + estimate.trainable_state
+        + estimate.activations
+        + estimate.attention
+        + estimate.logits
+        + estimate.overhead;
+    estimate
+}
+
+/// Frozen base weights. `LoRA`/full: `frozen params × dtype`. `QLoRA`: every
+/// frozen linear weight (vision, projector, LM; not the tied head) in NF4 at
+/// `⌈n/2⌉` bytes plus its absmax constants ([`absmax_bytes`]), every other
+/// frozen parameter (embedding, norms, biases, patch conv, position table)
+/// in the compute dtype, plus one dequantised copy of the largest linear as
+/// matmul scratch. Trained parameters live in [`trainable_state_bytes`].
+pub fn weight_bytes(shape: &TrialShape) -> u64 {
+    let dtype = u64::from(shape.dtype_bytes);
+    let frozen = shape
+        .config
+        .param_counts()
+        .total
+        .saturating_sub(shape.full_trained_params());
+    if shape.method != Method::Qlora {
+        return frozen * dtype;
+    }
+    let block = u64::from(shape.quant_block_size.max(1));
+    let quantised: Vec<u64> = shape
+        .config
+        .linear_modules()
+        .iter()
+        .filter(|m| !m.tied)
+        // A fully trained projector is not quantised.
+        .filter(|m| m.tower != Tower::Projector || !shape.trains_projector())
+        .map(LinearModule::weight_params)
+        .collect();
+    let quantised_params: u64 = quantised.iter().sum();
+    let nf4: u64 = quantised
+        .iter()
+        .map(|&n| n.div_ceil(2) + absmax_bytes(n, block, shape.double_quant))
+        .sum();
+    let scratch = quantised.iter().max().copied().unwrap_or(0) * dtype;
+    nf4 + frozen.saturating_sub(quantised_params) * dtype + scratch
+}
+
+/// NF4 absmax constants of one tensor of `n` weights in blocks of `block`:
+/// an f32 per block, or with double quantisation one byte per block plus an
+/// f32 per [`DOUBLE_QUANT_BLOCK`] blocks and one f32 offset (reference §8).
+pub fn absmax_bytes(n: u64, block: u64, double_quant: bool) -> u64 {
+    let blocks = n.div_ceil(block.max(1));
+    if double_quant {
+        blocks + 4 * blocks.div_ceil(DOUBLE_QUANT_BLOCK) + 4
+    } else {
+        4 * blocks
+    }
+}
+
+/// Trained parameters × [`TRAINABLE_STATE_BYTES`] (f32 master, grad, `AdamW`
+/// `m`, `v`), plus a compute-dtype copy of each when computing in bf16.
+pub fn trainable_state_bytes(shape: &TrialShape) -> u64 {
+    let copy = if shape.dtype_bytes < 4 {
+        u64::from(shape.dtype_bytes)
+    } else {
+        0
+    };
+    shape.trainable_params() * (TRAINABLE_STATE_BYTES + copy)
+}
+
+/// Activations kept for backward, `batch × tokens × per-layer bytes`:
+/// * decoder (always, when anything trains): `batch × sequence_len` tokens ×
+///   layers × `dtype·(12·h + 4·I + 2·(heads + 2·kv)·head_dim)`;
+/// * vision tower, only when [`TrialShape::trains_vision`]: `batch × image
+///   tokens` × layers × `dtype·(8·h + 4·I)`; a frozen tower runs without
+///   autograd and keeps nothing;
+/// * with gradient checkpointing each tower keeps one hidden state
+///   (`dtype·h` per token) per layer plus one layer's full activations,
+///   recomputed during backward.
+pub fn activation_bytes(shape: &TrialShape) -> u64 {
+    if shape.trainable_params() == 0 {
+        return 0;
+    }
+    let dtype = u64::from(shape.dtype_bytes);
+    let batch = u64::from(shape.batch_size);
+    let t = &shape.config.text_config;
+    let h = u64::from(t.hidden_size);
+    let lm_per_token_layer = dtype
+        * (LM_ACT_HIDDEN_COEF * h
+            + LM_ACT_MLP_COEF * u64::from(t.intermediate_size)
+            + LM_ACT_QKV_COEF
+                * u64::from(t.num_attention_heads + 2 * t.num_key_value_heads)
+                * u64::from(t.head_dim));
+    let mut bytes = tower_activations(
+        shape,
+        batch * shape.sequence_len(),
+        u64::from(t.num_hidden_layers),
+        dtype * h,
+        lm_per_token_layer,
+    );
+    if shape.trains_vision() {
+        let v = &shape.config.vision_config;
+        let vh = u64::from(v.hidden_size);
+        let per_token_layer = dtype
+            * (VISION_ACT_HIDDEN_COEF * vh + VISION_ACT_MLP_COEF * u64::from(v.intermediate_size));
+        bytes += tower_activations(
+            shape,
+            batch * u64::from(shape.config.num_image_tokens()),
+            u64::from(v.num_hidden_layers),
+            dtype * vh,
+            per_token_layer,
+        );
+    }
+    bytes
+}
+
+fn tower_activations(
+    shape: &TrialShape,
+    tokens: u64,
+    layers: u64,
+    hidden_bytes: u64,
+    per_token_layer: u64,
+) -> u64 {
+    if shape.gradient_checkpointing {
+        tokens * (layers * hidden_bytes + per_token_layer)
+    } else {
+        tokens * layers * per_token_layer
+    }
+}
+
+/// Eager attention buffers, `batch × heads × L² × (3·dtype + 4)` per layer,
+/// for the decoder layers that cannot use fused attention because
+/// `attn_logit_softcapping` is on; all layers are held without gradient
+/// checkpointing, one with it. Sliding layers still materialise the full
+/// `L²` scores (the window is a mask). `SigLIP` has no soft-cap and uses fused
+/// attention, whose buffers are linear in `L` and ignored.
+pub fn attention_bytes(shape: &TrialShape) -> u64 {
+    let t = &shape.config.text_config;
+    if t.attn_logit_softcapping.is_none() {
+        return 0;
+    }
+    let len = shape.sequence_len();
+    let per_layer = u64::from(shape.batch_size)
+        * u64::from(t.num_attention_heads)
+        * len
+        * len
+        * (EAGER_ATTN_DTYPE_BUFFERS * u64::from(shape.dtype_bytes) + EAGER_ATTN_F32_BYTES);
+    let layers = if shape.gradient_checkpointing {
+        1
+    } else {
+        u64::from(t.num_hidden_layers)
+    };
+    per_layer * layers
+}
+
+/// `batch × suffix × vocab × (dtype + 4 + 4)`: the head runs only at
+/// supervised positions; logits in the compute dtype, their f32 upcast and
+/// f32 gradient.
+pub fn logit_bytes(shape: &TrialShape) -> u64 {
+    u64::from(shape.batch_size)
+        * u64::from(shape.suffix_tokens)
+        * u64::from(shape.config.text_config.vocab_size)
+        * (u64::from(shape.dtype_bytes) + LOGITS_F32_BYTES)
+}
+
+/// Fixed runtime overhead: [`CUDA_RUNTIME_OVERHEAD`] or
+/// [`CPU_RUNTIME_OVERHEAD`].
+pub fn overhead_bytes(device: DeviceKind) -> u64 {
+    match device {
+        DeviceKind::Cuda => CUDA_RUNTIME_OVERHEAD,
+        DeviceKind::Cpu => CPU_RUNTIME_OVERHEAD,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Resolution, Size};
+
+    const GB: f64 = 1e9;
+
+    fn default_targets() -> Vec<String> {
+        [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The maestro recipe (reference §9) on CUDA in bf16: r=8, 7 targets,
+    /// double quantisation, blocks of 64, 64 text tokens.
+    fn shape<'a>(
+        config: &'a PaliGemmaConfig,
+        method: Method,
+        targets: &'a [String],
+    ) -> TrialShape<'a> {
+        TrialShape {
+            config,
+            method,
+            batch_size: 1,
+            prefix_tokens: 32,
+            suffix_tokens: 32,
+            dtype_bytes: 2,
+            device: DeviceKind::Cuda,
+            freeze_vision: false,
+            train_projector: false,
+            lora_r: 8,
+            lora_targets: targets,
+            gradient_checkpointing: false,
+            double_quant: true,
+            quant_block_size: 64,
+        }
+    }
+
+    fn assert_near(actual: u64, expected_gb: f64, tolerance: f64, what: &str) {
+        let actual_gb = actual as f64 / GB;
+        assert!(
+            (actual_gb / expected_gb - 1.0).abs() <= tolerance,
+            "{what}: {actual_gb:.3} GB, reference {expected_gb} GB"
+        );
+    }
+
+    #[test]
+    fn static_weights_match_reference_table() {
+        // Reference §11: bf16, NF4 + DQ, NF4 without DQ (GB), for 3B/10B/28B.
+        let table = [
+            (Size::B3, 6.06, 2.45, 2.56),
+            (Size::B10, 19.3, 6.35, 6.76),
+            (Size::B28, 55.3, 16.0, 17.3),
+        ];
+        let targets = default_targets();
+        for (size, bf16, dq, no_dq) in table {
+            let config = PaliGemmaConfig::published(size, Resolution::R224);
+            let lora = shape(&config, Method::Lora, &targets);
+            assert_near(weight_bytes(&lora), bf16, 0.05, &format!("{size} bf16"));
+            let qlora = TrialShape {
+                method: Method::Qlora,
+                ..lora
+            };
+            assert_near(weight_bytes(&qlora), dq, 0.05, &format!("{size} NF4+DQ"));
+            let qlora = TrialShape {
+                double_quant: false,
+                ..qlora
+            };
+            assert_near(weight_bytes(&qlora), no_dq, 0.05, &format!("{size} NF4"));
+        }
+    }
+
+    #[test]
+    fn nf4_storage_is_half_a_byte_plus_constants() {
+        // Reference §8: ≈0.5159 B/param with DQ, 0.5625 without (blocks of 64).
+        let n = 64 * 256 * 1000;
+        let with = (n / 2 + absmax_bytes(n, 64, true)) as f64 / n as f64;
+        let without = (n / 2 + absmax_bytes(n, 64, false)) as f64 / n as f64;
+        assert!((with - 0.5159).abs() < 1e-4, "{with}");
+        assert!((without - 0.5625).abs() < 1e-9, "{without}");
+        // A trailing partial block gets its own absmax.
+        assert_eq!(absmax_bytes(65, 64, false), 8);
+    }
+
+    #[test]
+    fn trainable_state_for_r8_3b() {
+        let targets = default_targets();
+        let config = PaliGemmaConfig::published(Size::B3, Resolution::R224);
+        // f32 compute (CPU): 16 B/param, reference §11's 0.19 GB.
+        let cpu = TrialShape {
+            dtype_bytes: 4,
+            device: DeviceKind::Cpu,
+            ..shape(&config, Method::Lora, &targets)
+        };
+        assert_eq!(cpu.trainable_params(), 11_876_352);
+        assert_near(trainable_state_bytes(&cpu), 0.19, 0.05, "r=8 f32");
+        // bf16 adds a compute-dtype copy: 18 B/param.
+        let cuda = shape(&config, Method::Lora, &targets);
+        assert_eq!(trainable_state_bytes(&cuda), 11_876_352 * 18);
+        // The projector trained in full joins the state and leaves the weights.
+        let with_projector = TrialShape {
+            train_projector: true,
+            ..cuda
+        };
+        let projector = config.param_counts().projector;
+        assert_eq!(with_projector.trainable_params(), 11_876_352 + projector);
+        assert_eq!(
+            weight_bytes(&cuda) - weight_bytes(&with_projector),
+            projector * 2
+        );
+        // Full training: ≈ 16 B/param × 3.03B ≈ 49 GB in f32.
+        let full = TrialShape {
+            method: Method::Full,
+            ..cpu
+        };
+        assert_near(trainable_state_bytes(&full), 48.5, 0.05, "full f32");
+        assert_eq!(weight_bytes(&full), 0);
+    }
+
+    #[test]
+    fn per_sample_activations_match_reference() {
+        // Reference §11, 3B bf16 per sample, no checkpointing, LM only:
+        // L ≈ 320 / 1090 / 4160 → activations ≈ 1.2 / 4.0 / 15 GB, eager
+        // attention ≈ 0.2 / 2.5 / 36 GB.
+        let targets = default_targets();
+        let cases = [
+            (Resolution::R224, 64, 1.2, 0.2),
+            (Resolution::R448, 66, 4.0, 2.5),
+            (Resolution::R896, 64, 15.0, 36.0),
+        ];
+        for (resolution, text, act, attn) in cases {
+            let config = PaliGemmaConfig::published(Size::B3, resolution);
+            let s = TrialShape {
+                freeze_vision: true,
+                prefix_tokens: text / 2,
+                suffix_tokens: text / 2,
+                ..shape(&config, Method::Lora, &targets)
+            };
+            // Within 5%, or within the rounding of a one-digit figure (0.2).
+            let attn_tolerance = if attn < 1.0 { 0.25 } else { 0.05 };
+            assert_near(
+                activation_bytes(&s),
+                act,
+                0.05,
+                &format!("{resolution} act"),
+            );
+            assert_near(
+                attention_bytes(&s),
+                attn,
+                attn_tolerance,
+                &format!("{resolution} attn"),
+            );
+        }
+        // Vision tower with LoRA on SigLIP q/k/v: ≈1.4 MB per token.
+        let config = PaliGemmaConfig::published(Size::B3, Resolution::R224);
+        let on = shape(&config, Method::Lora, &targets);
+        let off = TrialShape {
+            freeze_vision: true,
+            ..on
+        };
+        let per_token = (activation_bytes(&on) - activation_bytes(&off)) as f64 / 256.0;
+        assert!((per_token / 1.4e6 - 1.0).abs() < 0.05, "{per_token}");
+    }
+
+    #[test]
+    fn monotone_in_batch_size_and_resolution() {
+        let targets = default_targets();
+        for method in [Method::Lora, Method::Qlora, Method::Full] {
+            for size in Size::ALL {
+                let totals: Vec<u64> = Resolution::ALL
+                    .into_iter()
+                    .map(|r| {
+                        let config = PaliGemmaConfig::published(size, r);
+                        estimate_memory(&shape(&config, method, &targets)).total
+                    })
+                    .collect();
+                assert!(
+                    totals.is_sorted() && totals[0] < totals[2],
+                    "{size} {method}"
+                );
+                let config = PaliGemmaConfig::tiny(size, Resolution::R448);
+                let totals: Vec<u64> = [1, 2, 4, 8]
+                    .into_iter()
+                    .map(|batch_size| {
+                        let s = TrialShape {
+                            batch_size,
+                            ..shape(&config, method, &targets)
+                        };
+                        estimate_memory(&s).total
+                    })
+                    .collect();
+                assert!(totals.windows(2).all(|w| w[0] < w[1]), "{size} {method}");
+            }
+        }
+    }
+
+    #[test]
+    fn qlora_needs_less_than_lora() {
+        let targets = default_targets();
+        for size in Size::ALL {
+            for resolution in Resolution::ALL {
+                for config in [
+                    PaliGemmaConfig::published(size, resolution),
+                    PaliGemmaConfig::tiny(size, resolution),
+                ] {
+                    let lora = shape(&config, Method::Lora, &targets);
+                    let qlora = TrialShape {
+                        method: Method::Qlora,
+                        ..lora
+                    };
+                    assert!(
+                        estimate_memory(&qlora).total < estimate_memory(&lora).total,
+                        "{size}@{resolution}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn freezing_vision_and_checkpointing_reduce_activations() {
+        let targets = default_targets();
+        let lm_only: Vec<String> = ["o_proj", "gate_proj"].map(String::from).to_vec();
+        for resolution in Resolution::ALL {
+            let config = PaliGemmaConfig::published(Size::B3, resolution);
+            let base = shape(&config, Method::Lora, &targets);
+            assert!(base.trains_vision());
+            let frozen = TrialShape {
+                freeze_vision: true,
+                ..base
+            };
+            assert!(activation_bytes(&frozen) < activation_bytes(&base));
+            // Targets that miss SigLIP leave it untrained even when unfrozen.
+            let missed = TrialShape {
+                lora_targets: &lm_only,
+                ..base
+            };
+            assert!(!missed.trains_vision());
+            assert_eq!(activation_bytes(&missed), activation_bytes(&frozen));
+
+            let checkpointed = TrialShape {
+                gradient_checkpointing: true,
+                ..base
+            };
+            assert!(activation_bytes(&checkpointed) < activation_bytes(&base));
+            assert!(attention_bytes(&checkpointed) < attention_bytes(&base));
+            assert_eq!(
+                weight_bytes(&checkpointed) + trainable_state_bytes(&checkpointed),
+                weight_bytes(&base) + trainable_state_bytes(&base)
+            );
+        }
+    }
+
+    #[test]
+    fn eager_attention_only_with_softcapping_and_logits_only_at_suffix() {
+        let targets = default_targets();
+        let mut config = PaliGemmaConfig::published(Size::B3, Resolution::R224);
+        let s = shape(&config, Method::Lora, &targets);
+        assert!(attention_bytes(&s) > 0);
+        // 32 supervised positions × 257216 × (2 + 4 + 4) bytes.
+        assert_eq!(logit_bytes(&s), 32 * 257_216 * 10);
+        config.text_config.attn_logit_softcapping = None;
+        let s = shape(&config, Method::Lora, &targets);
+        assert_eq!(attention_bytes(&s), 0);
+    }
+
+    #[test]
+    fn tiny_cpu_trial_is_small_and_dominated_by_the_runtime() {
+        let targets = default_targets();
+        let config = PaliGemmaConfig::tiny(Size::B3, Resolution::R224);
+        let s = TrialShape {
+            dtype_bytes: 4,
+            device: DeviceKind::Cpu,
+            batch_size: 4,
+            ..shape(&config, Method::Lora, &targets)
+        };
+        let m = estimate_memory(&s);
+        assert_eq!(m.overhead, CPU_RUNTIME_OVERHEAD);
+        assert_eq!(
+            m.total,
+            m.weights + m.trainable_state + m.activations + m.attention + m.logits + m.overhead
+        );
+        assert!(m.weights > 0 && m.trainable_state > 0 && m.activations > 0);
+        assert!(m.total < CPU_RUNTIME_OVERHEAD + 64 * MIB, "{m:?}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Architecture-derived estimates of a trial's peak device memory and relative training cost.
+pub mod cost;
+pub mod memory;
