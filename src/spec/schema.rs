@@ -1,0 +1,285 @@
+//! The typed experiment spec. Every key is documented in `defaults.toml`,
+//! which is also the lowest configuration layer; these structs only give the
+//! keys their types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::config::{Resolution, Size};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Consumed by the loader (a base file layered below this one).
+    #[serde(default, skip_serializing)]
+    pub extends: Option<String>,
+    pub experiment: Experiment,
+    pub data: Data,
+    pub model: Model,
+    pub train: Train,
+    pub lora: Lora,
+    pub qlora: Qlora,
+    pub eval: Eval,
+    pub sweep: Sweep,
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Defaults to the spec file's stem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub seed: u64,
+    pub results: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    pub path: String,
+    pub task: Task,
+    pub max_prefix_tokens: u32,
+    pub max_suffix_tokens: u32,
+    pub skip_invalid: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Auto,
+    Json,
+    Detect,
+    Segment,
+    Text,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// A Hugging Face id, a local folder, or `tiny`; absent = composed from
+    /// size, variant and resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    pub size: Size,
+    pub resolution: Resolution,
+    pub variant: Variant,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub freeze_vision: bool,
+    pub train_projector: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<Softcap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<Softcap>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Pt,
+    Mix,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Pt => "pt",
+            Variant::Mix => "mix",
+        }
+    }
+}
+
+/// A soft-capping override: `false` turns it off, a number sets the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Softcap {
+    Enabled(bool),
+    Cap(f64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    pub method: Method,
+    pub epochs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    pub batch_size: u32,
+    pub grad_accum: u32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub warmup: Warmup,
+    pub max_grad_norm: f64,
+    pub precision: Precision,
+    pub label_smoothing: f64,
+    pub gradient_checkpointing: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Lora,
+    Qlora,
+    Full,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Qlora => "qlora",
+            Method::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Warm-up as a fraction of the total steps (a float below 1) or a step
+/// count (an integer).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Warmup {
+    Steps(u64),
+    Ratio(f64),
+}
+
+/// Compute precision; `auto` is bf16 on CUDA and f32 on CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Auto,
+    Bf16,
+    F32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lora {
+    pub r: u32,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qlora {
+    pub quant: Quant,
+    pub double_quant: bool,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    Nf4,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eval {
+    pub every: EvalEvery,
+    pub generate: bool,
+    pub max_new_tokens: u32,
+    pub batch_size: u32,
+    pub select: Select,
+}
+
+/// `"epoch"` or a number of optimiser steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EvalEvery {
+    Steps(u64),
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Select {
+    pub metric: String,
+    pub mode: SelectMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectMode {
+    Max,
+    Min,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    pub strategy: Strategy,
+    pub samples: u32,
+    pub max_trials: u32,
+    /// Dotted spec key -> a list of values, or a distribution for `random`.
+    pub axes: BTreeMap<String, Axis>,
+    /// Groups of axes whose lists are walked together instead of crossed.
+    pub zip: Vec<Vec<String>>,
+    /// Rules dropping every trial that matches all the rule's key/values.
+    pub exclude: Vec<BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Grid,
+    Random,
+}
+
+/// One sweep axis: a list of values, or (random strategy) a distribution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Axis {
+    Values(Vec<serde_json::Value>),
+    Distribution(Distribution),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Distribution {
+    Choice(Vec<serde_json::Value>),
+    Uniform([f64; 2]),
+    Loguniform([f64; 2]),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Device grammar: see `crate::devices`.
+    pub devices: String,
+    pub max_trials_per_device: u32,
+    pub memory_headroom: f64,
+    pub retries: u32,
+    /// Seconds; 0 = no limit.
+    pub trial_timeout: u64,
+    /// Seconds without a progress event before a trial is stopped; 0 = never.
+    pub stall_timeout: u64,
+    pub keep_checkpoints: u32,
+    pub backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Local,
+}
