@@ -1,0 +1,94 @@
+//! The results tree, in one place because every command reads or writes it:
+//!
+//! ```text
+//! <results>/palisweep.sqlite              the store
+//! <results>/.cache/                       generated datasets and tiny checkpoints
+//! <results>/<sweep>/spec.toml             the spec as given
+//! <results>/<sweep>/tb/<trial-id>/        TensorBoard run
+//! <results>/<sweep>/trials/<trial-id>/    trial.toml (resolved), events.jsonl, worker.log,
+//!                                         checkpoints/<step>/, final/, best/ (PEFT adapters)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::sweep::trial_id::TrialId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultsRoot(PathBuf);
+
+impl ResultsRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ResultsRoot(root.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.0.join("palisweep.sqlite")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.0.join(".cache")
+    }
+
+    pub fn sweep(&self, name: &str) -> SweepDir {
+        SweepDir(self.0.join(name))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepDir(PathBuf);
+
+impl SweepDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn spec(&self) -> PathBuf {
+        self.0.join("spec.toml")
+    }
+
+    pub fn tensorboard(&self, trial: &TrialId) -> PathBuf {
+        self.0.join("tb").join(trial.as_str())
+    }
+
+    pub fn trial(&self, trial: &TrialId) -> TrialDir {
+        TrialDir(self.0.join("trials").join(trial.as_str()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrialDir(PathBuf);
+
+impl TrialDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The resolved config, canonical TOML.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("trial.toml")
+    }
+
+    pub fn events(&self) -> PathBuf {
+        self.0.join("events.jsonl")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.0.join("worker.log")
+    }
+
+    pub fn checkpoint(&self, step: u64) -> PathBuf {
+        self.0.join("checkpoints").join(step.to_string())
+    }
+
+    pub fn final_adapter(&self) -> PathBuf {
+        self.0.join("final")
+    }
+
+    pub fn best_adapter(&self) -> PathBuf {
+        self.0.join("best")
+    }
+}
