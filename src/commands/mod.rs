@@ -1,0 +1,2 @@
+//! One file per subcommand: validated inputs in, effects out.
+pub mod plan;

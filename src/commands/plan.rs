@@ -1,0 +1,41 @@
+//! `palisweep plan SPEC`: load, expand, estimate, place, print.
+
+use anyhow::Context as _;
+
+use crate::cli::PlanArgs;
+use crate::devices::detect;
+use crate::devices::grammar::DeviceRequest;
+use crate::plan::build::build;
+use crate::plan::placement::Limits;
+use crate::plan::render;
+use crate::spec::load::{Overrides, load};
+use crate::sweep::expand::expand;
+
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    let overrides = Overrides::from_process(args.spec.sets);
+    let loaded = load(&args.spec.spec, &overrides)?;
+    let expansion = expand(&loaded, args.yes)?;
+    let request: DeviceRequest = match &args.devices {
+        Some(flag) => flag
+            .parse()
+            .with_context(|| format!("invalid --devices `{flag}`"))?,
+        None => loaded
+            .spec
+            .resources
+            .devices
+            .parse()
+            .context("invalid resources.devices")?,
+    };
+    let inventory = detect::resolve(&request).context("cannot use the requested devices")?;
+    let limits = Limits {
+        memory_headroom: loaded.spec.resources.memory_headroom,
+        max_trials_per_device: loaded.spec.resources.max_trials_per_device,
+    };
+    let plan = build(&loaded.name, expansion, inventory, limits)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&render::to_json(&plan))?);
+    } else {
+        print!("{}", render::to_table(&plan));
+    }
+    Ok(())
+}

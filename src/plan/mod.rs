@@ -1,0 +1,6 @@
+//! `palisweep plan`: trials with their memory estimate, relative cost and the
+//! device each would start on — the same check `run` makes before starting.
+pub mod build;
+pub mod placement;
+pub mod render;
+pub mod text_lengths;

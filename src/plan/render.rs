@@ -1,0 +1,223 @@
+//! The plan as a terminal table or as JSON with stable keys.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::devices::grammar::format_bytes;
+
+use super::build::{SweepPlan, inventory_summary};
+
+/// JSON keys are a contract: `trials[].id`, `trials[].params`,
+/// `trials[].est_memory_bytes`, `trials[].rel_cost`, `trials[].device`.
+pub fn to_json(plan: &SweepPlan) -> Value {
+    let trials: Vec<Value> = plan
+        .trials
+        .iter()
+        .map(|t| {
+            let device = t
+                .slot
+                .map(|s| plan.inventory.devices[s.device].label.clone());
+            json!({
+                "id": t.trial.id,
+                "params": t.trial.params,
+                "checkpoint": t.checkpoint.display,
+                "method": t.trial.spec.train.method,
+                "est_memory_bytes": t.memory.total,
+                "est_memory": {
+                    "weights": t.memory.weights,
+                    "trainable_state": t.memory.trainable_state,
+                    "activations": t.memory.activations,
+                    "attention": t.memory.attention,
+                    "logits": t.memory.logits,
+                    "overhead": t.memory.overhead,
+                },
+                "rel_cost": t.rel_cost,
+                "device": device,
+                "start": t.slot.map(|s| s.start),
+            })
+        })
+        .collect();
+    let devices: Vec<Value> = plan
+        .inventory
+        .devices
+        .iter()
+        .zip(&plan.placement.capacity_bytes)
+        .map(|(d, cap)| {
+            json!({
+                "label": d.label,
+                "name": d.name,
+                "total_bytes": d.total_bytes,
+                "usable_bytes": cap,
+            })
+        })
+        .collect();
+    json!({
+        "sweep": plan.name,
+        "axes": plan.axes,
+        "trial_count": plan.trials.len(),
+        "excluded": plan.excluded,
+        "repeated_draws": plan.repeated_draws,
+        "trials": trials,
+        "devices": devices,
+        "device_source": plan.inventory.source,
+        "total_rel_cost": plan.trials.iter().map(|t| t.rel_cost).sum::<f64>(),
+        "makespan_rel_cost": plan.placement.makespan,
+        "text_lengths_measured": plan.lengths_measured,
+        "rel_cost_per_example": plan.costs_per_example,
+    })
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn cost_text(cost: f64) -> String {
+    if cost >= 100.0 {
+        format!("{cost:.0}")
+    } else if cost >= 0.01 {
+        format!("{cost:.2}")
+    } else {
+        format!("{cost:.2e}")
+    }
+}
+
+pub fn to_table(plan: &SweepPlan) -> String {
+    let mut out = heading(plan);
+    out.push('\n');
+    out.push_str(&grid(plan));
+    out.push('\n');
+    out.push_str(&footer(plan));
+    out
+}
+
+fn heading(plan: &SweepPlan) -> String {
+    let mut out = String::new();
+    let n = plan.trials.len();
+    let over = if plan.axes.is_empty() {
+        String::new()
+    } else {
+        format!(" over {}", plan.axes.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "sweep `{}`: {n} trial{}{over} on {}",
+        plan.name,
+        if n == 1 { "" } else { "s" },
+        inventory_summary(&plan.inventory),
+    );
+    if plan.excluded > 0 {
+        let _ = writeln!(
+            out,
+            "{} combination(s) dropped by exclude rules",
+            plan.excluded
+        );
+    }
+    if plan.repeated_draws > 0 {
+        let _ = writeln!(
+            out,
+            "{} random draw(s) repeated an earlier trial and were dropped",
+            plan.repeated_draws
+        );
+    }
+    out
+}
+
+/// Axis columns, without the method (it has its own column).
+fn axis_columns(plan: &SweepPlan) -> impl Iterator<Item = &String> {
+    plan.axes.iter().filter(|a| a.as_str() != "train.method")
+}
+
+fn grid(plan: &SweepPlan) -> String {
+    let mut header: Vec<String> = vec!["id".into(), "checkpoint".into(), "method".into()];
+    header.extend(axis_columns(plan).cloned());
+    header.extend(["est. memory", "rel. cost", "device", "start"].map(String::from));
+    let rows: Vec<Vec<String>> = plan
+        .trials
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                t.trial.id.to_string(),
+                t.checkpoint.display.clone(),
+                t.trial.spec.train.method.to_string(),
+            ];
+            row.extend(
+                axis_columns(plan)
+                    .map(|a| t.trial.params.get(a).map(value_text).unwrap_or_default()),
+            );
+            row.push(format_bytes(t.memory.total));
+            row.push(cost_text(t.rel_cost));
+            let (device, start) = t.slot.map_or(("-".into(), "-".into()), |slot| {
+                let start = if slot.start == 0.0 {
+                    "now".into()
+                } else {
+                    format!("+{}", cost_text(slot.start))
+                };
+                (plan.inventory.devices[slot.device].label.clone(), start)
+            });
+            row.push(device);
+            row.push(start);
+            row
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain(std::iter::once(header[c].chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", line(&header));
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row));
+    }
+    out
+}
+
+fn footer(plan: &SweepPlan) -> String {
+    let mut out = String::new();
+    let total: f64 = plan.trials.iter().map(|t| t.rel_cost).sum();
+    let peak = plan
+        .trials
+        .iter()
+        .map(|t| t.memory.total)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "total relative cost {} (1 = one 3B@224 training example); simulated makespan {} across {} device(s)",
+        cost_text(total),
+        cost_text(plan.placement.makespan),
+        plan.inventory.devices.len()
+    );
+    let _ = writeln!(out, "largest trial ≈ {}", format_bytes(peak));
+    if plan.costs_per_example {
+        let _ = writeln!(
+            out,
+            "note: dataset size unknown before it exists: costs are per training example per epoch"
+        );
+    }
+    if !plan.lengths_measured {
+        let _ = writeln!(
+            out,
+            "note: text lengths are the spec maxima (data.max_prefix_tokens / max_suffix_tokens): the dataset is not present yet"
+        );
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary; every test runs the real `palisweep`
+//! executable on a temporary folder.
+mod util;
+
+mod expansion;
+mod experiments;
+mod plan;
+mod spec_errors;

@@ -1,0 +1,144 @@
+//! `plan`: estimates, placement on hypothetical inventories, JSON keys,
+//! and trials that fit nowhere.
+
+use crate::util::Test;
+
+const SWEEP: &str = "[experiment]\nname = \"placement\"\n\
+    [sweep.axes]\n\"model.size\" = [\"3b\", \"10b\"]\n\"train.method\" = [\"lora\", \"qlora\"]\n";
+
+#[test]
+fn json_has_the_stable_keys() {
+    let json = Test::new()
+        .spec(SWEEP)
+        .args(&["plan", "spec.toml", "--json", "--devices", "cuda:2x80GiB"])
+        .run()
+        .code(0)
+        .json();
+    let trials = json["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    for t in trials {
+        assert!(t["id"].is_string());
+        assert!(t["params"]["model.size"].is_string());
+        assert!(t["est_memory_bytes"].as_u64().unwrap() > 1 << 30);
+        assert!(t["rel_cost"].as_f64().unwrap() > 0.0);
+        assert!(t["device"].as_str().unwrap().starts_with("cuda:"));
+    }
+    assert_eq!(json["sweep"], "placement");
+}
+
+fn by_params(json: &serde_json::Value, size: &str, method: &str) -> serde_json::Value {
+    json["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["params"]["model.size"] == size && t["params"]["train.method"] == method)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn estimates_order_as_the_architecture_says() {
+    let json = Test::new()
+        .spec(SWEEP)
+        .args(&["plan", "spec.toml", "--json", "--devices", "cuda:2x80GiB"])
+        .run()
+        .code(0)
+        .json();
+    let mem = |s, m| by_params(&json, s, m)["est_memory_bytes"].as_u64().unwrap();
+    let cost = |s, m| by_params(&json, s, m)["rel_cost"].as_f64().unwrap();
+    assert!(mem("3b", "qlora") < mem("3b", "lora"));
+    assert!(mem("10b", "qlora") < mem("10b", "lora"));
+    assert!(mem("3b", "lora") < mem("10b", "lora"));
+    assert!(cost("3b", "lora") < cost("10b", "lora"));
+}
+
+#[test]
+fn two_gpus_start_the_two_largest_trials_first() {
+    let json = Test::new()
+        .spec(SWEEP)
+        .args(&["plan", "spec.toml", "--json", "--devices", "cuda:2x80GiB"])
+        .run()
+        .code(0)
+        .json();
+    let mut trials = json["trials"].as_array().unwrap().clone();
+    trials.sort_by_key(|t| std::cmp::Reverse(t["est_memory_bytes"].as_u64().unwrap()));
+    let devices: Vec<&str> = trials
+        .iter()
+        .map(|t| t["device"].as_str().unwrap())
+        .collect();
+    // One trial per device (the default): the two largest start at once on
+    // different GPUs, the others wait.
+    assert_ne!(devices[0], devices[1]);
+    assert_eq!(trials[0]["start"], 0.0);
+    assert_eq!(trials[1]["start"], 0.0);
+    assert!(trials[2]["start"].as_f64().unwrap() > 0.0);
+    assert!(trials[3]["start"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn trials_that_fit_nowhere_fail_up_front_with_what_would_fit() {
+    // 10B with LoRA needs more than 36 GiB (40 GiB less headroom); QLoRA fits.
+    Test::new()
+        .spec(SWEEP)
+        .args(&["plan", "spec.toml", "--devices", "cuda:4x40GiB"])
+        .run()
+        .code(2)
+        .stderr_has("fit on no device")
+        .stderr_has("model.size = \"10b\", train.method = \"lora\"")
+        .stderr_has("would fit with: train.method = \"qlora\"");
+}
+
+#[test]
+fn more_trials_share_a_device_when_allowed() {
+    let spec = format!("{SWEEP}[resources]\nmax_trials_per_device = 4\n");
+    let json = Test::new()
+        .spec(&spec)
+        .args(&["plan", "spec.toml", "--json", "--devices", "cuda:1x141GiB"])
+        .run()
+        .code(0)
+        .json();
+    let started_now = json["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["start"] == 0.0)
+        .count();
+    assert!(
+        started_now >= 2,
+        "several trials should start together on 141 GiB"
+    );
+}
+
+#[test]
+fn cpu_slots_plan_the_tiny_demo() {
+    Test::new()
+        .spec("[model]\ncheckpoint = \"tiny\"\n[sweep.axes]\n\"train.lr\" = [1e-3, 3e-3]\n")
+        .args(&["plan", "spec.toml", "--devices", "cpu:2"])
+        .run()
+        .code(0)
+        .stdout_has("2 trials over train.lr")
+        .stdout_has("cpu:0")
+        .stdout_has("cpu:1")
+        .stdout_has("tiny-3b-224");
+}
+
+#[test]
+fn dataset_lengths_are_measured_when_present() {
+    let rows = "{\"image\": \"a.png\", \"prefix\": \"extract\", \"suffix\": \"x\"}\n";
+    let test = Test::new()
+        .file("data/train/annotations.jsonl", rows)
+        .spec("[data]\npath = \"data\"\nmax_suffix_tokens = 512\n");
+    let measured = test
+        .run_in(&["plan", "spec.toml", "--json", "--devices", "cuda:1x80GiB"])
+        .code(0)
+        .json();
+    assert_eq!(measured["text_lengths_measured"], true);
+    let absent = Test::new()
+        .spec("[data]\npath = \"data\"\nmax_suffix_tokens = 512\n")
+        .run_in(&["plan", "spec.toml", "--json", "--devices", "cuda:1x80GiB"]);
+    let absent = absent.code(0).json();
+    assert_eq!(absent["text_lengths_measured"], false);
+    // The one-token suffix needs less memory than the 512-token maximum.
+    let mem = |j: &serde_json::Value| j["trials"][0]["est_memory_bytes"].as_u64().unwrap();
+    assert!(mem(&measured) < mem(&absent));
+}

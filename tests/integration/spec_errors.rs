@@ -1,0 +1,239 @@
+//! One test per class of bad input: exit 2, and a message naming where the
+//! value came from (`file:line:column`, variable or flag), the key and a fix.
+
+use crate::util::Test;
+
+const BASE: &str = "[model]\ncheckpoint = \"tiny\"\n\n[train]\nepochs = 1\n";
+
+fn plan(spec: &str) -> crate::util::Output {
+    Test::new()
+        .spec(spec)
+        .args(&["plan", "spec.toml", "--devices", "cuda:8x1024GiB"])
+        .run()
+}
+
+#[test]
+fn unknown_key_names_line_and_suggests_the_nearest() {
+    plan("[train]\nepochs = 1\nlrr = 1e-4\n")
+        .code(2)
+        .stderr_has("spec.toml:3:1")
+        .stderr_has("`train.lrr`")
+        .stderr_has("did you mean `lr`");
+}
+
+#[test]
+fn unknown_table_is_reported_with_suggestion() {
+    plan("[trian]\nepochs = 1\n")
+        .code(2)
+        .stderr_has("spec.toml:1:2")
+        .stderr_has("`trian`")
+        .stderr_has("did you mean `train`");
+}
+
+#[test]
+fn wrong_type_names_the_key_and_expected_type() {
+    plan(&format!("{BASE}batch_size = \"four\"\n"))
+        .code(2)
+        .stderr_has("spec.toml:6:1")
+        .stderr_has("`train.batch_size`")
+        .stderr_has("expected");
+}
+
+#[test]
+fn out_of_range_values_each_name_their_line() {
+    let out = plan("[train]\nlr = 0.0\nbatch_size = 0\n\n[lora]\nr = 0\n");
+    out.code(2)
+        .stderr_has("spec.toml:2:1: `train.lr`")
+        .stderr_has("spec.toml:3:1: `train.batch_size`")
+        .stderr_has("spec.toml:6:1: `lora.r`")
+        .stderr_has("3 problems");
+}
+
+#[test]
+fn unknown_enum_value_lists_the_valid_ones() {
+    plan("[model]\nsize = \"5b\"\n")
+        .code(2)
+        .stderr_has("spec.toml:2:1")
+        .stderr_has("`model.size`")
+        .stderr_has("3b | 10b | 28b");
+    plan("[model]\nresolution = 300\n")
+        .code(2)
+        .stderr_has("`model.resolution`")
+        .stderr_has("224, 448 or 896");
+}
+
+#[test]
+fn qlora_options_without_qlora_are_an_error() {
+    plan("[train]\nmethod = \"lora\"\n\n[qlora]\ndouble_quant = false\n")
+        .code(2)
+        .stderr_has("spec.toml:5:1: `qlora.double_quant`")
+        .stderr_has("no trial uses train.method = \"qlora\"");
+    // The same option is fine when some trial uses QLoRA.
+    plan(
+        "[qlora]\ndouble_quant = false\n\n[sweep.axes]\n\"train.method\" = [\"lora\", \"qlora\"]\n",
+    )
+    .code(0);
+}
+
+#[test]
+fn syntax_error_names_line() {
+    plan("[train]\nlr = = 3\n")
+        .code(2)
+        .stderr_has("spec.toml:2:")
+        .stderr_has("invalid TOML");
+}
+
+#[test]
+fn axis_on_unknown_key_points_at_the_axis() {
+    plan(&format!(
+        "{BASE}\n[sweep.axes]\n\"train.lrr\" = [1e-5, 3e-5]\n"
+    ))
+    .code(2)
+    .stderr_has("spec.toml:8:1")
+    .stderr_has("`train.lrr`")
+    .stderr_has("did you mean `lr`");
+}
+
+#[test]
+fn axis_with_a_bad_value_names_the_axis_and_the_trial() {
+    plan(&format!(
+        "{BASE}\n[sweep.axes]\n\"train.lr\" = [1e-5, -1.0]\n"
+    ))
+    .code(2)
+    .stderr_has("spec.toml:8:1: `train.lr`")
+    .stderr_has("train.lr = -1.0");
+}
+
+#[test]
+fn empty_and_unsweepable_axes() {
+    plan("[sweep.axes]\n\"train.lr\" = []\n")
+        .code(2)
+        .stderr_has("spec.toml:2:1")
+        .stderr_has("no values");
+    plan("[sweep.axes]\n\"resources.retries\" = [1, 2]\n")
+        .code(2)
+        .stderr_has("cannot be swept");
+}
+
+#[test]
+fn duplicate_trials_are_an_error() {
+    plan("[sweep.axes]\n\"train.lr\" = [1e-5, 0.00001]\n")
+        .code(2)
+        .stderr_has("are the same trial");
+}
+
+#[test]
+fn distribution_needs_random_strategy() {
+    plan("[sweep.axes]\n\"train.lr\" = { loguniform = [1e-6, 1e-4] }\n")
+        .code(2)
+        .stderr_has("spec.toml:2:1")
+        .stderr_has("strategy = \"random\"");
+}
+
+#[test]
+fn zip_groups_need_equal_lengths() {
+    plan("[sweep]\nzip = [[\"train.lr\", \"train.batch_size\"]]\n[sweep.axes]\n\"train.lr\" = [1e-5, 3e-5]\n\"train.batch_size\" = [1, 2, 4]\n")
+        .code(2)
+        .stderr_has("spec.toml:2:1: `sweep.zip`")
+        .stderr_has("equal lengths");
+}
+
+#[test]
+fn exclude_rules_must_name_axes() {
+    plan("[sweep]\nexclude = [{ \"train.epochs\" = 1 }]\n[sweep.axes]\n\"train.lr\" = [1e-5, 3e-5]\n")
+        .code(2)
+        .stderr_has("`sweep.exclude`")
+        .stderr_has("not an axis");
+}
+
+#[test]
+fn large_grids_need_yes() {
+    let spec = "[sweep]\nmax_trials = 4\n[sweep.axes]\n\"train.lr\" = [1e-5, 2e-5, 3e-5]\n\"train.epochs\" = [1, 2]\n";
+    let test = Test::new().spec(spec);
+    test.run_in(&["plan", "spec.toml", "--devices", "cuda:8x1024GiB"])
+        .code(2)
+        .stderr_has("6 trials, more than sweep.max_trials = 4")
+        .stderr_has("--yes");
+    test.run_in(&["plan", "spec.toml", "--devices", "cuda:8x1024GiB", "--yes"])
+        .code(0);
+}
+
+#[test]
+fn bad_environment_value_names_the_variable() {
+    Test::new()
+        .spec(BASE)
+        .env("PALISWEEP_TRAIN__LR", "fast")
+        .args(&["plan", "spec.toml", "--devices", "cuda:8x1024GiB"])
+        .run()
+        .code(2)
+        .stderr_has("environment variable PALISWEEP_TRAIN__LR")
+        .stderr_has("`train.lr`");
+}
+
+#[test]
+fn bad_set_flag_names_the_flag() {
+    Test::new()
+        .spec(BASE)
+        .args(&[
+            "plan",
+            "spec.toml",
+            "--devices",
+            "cuda:8x1024GiB",
+            "--set",
+            "train.batch_size=0",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("flag --set train.batch_size=0")
+        .stderr_has("`train.batch_size`");
+    Test::new()
+        .spec(BASE)
+        .args(&["plan", "spec.toml", "--set", "train.lr"])
+        .run()
+        .code(2)
+        .stderr_has("expected key=value");
+}
+
+#[test]
+fn error_in_an_extended_base_names_the_base_file() {
+    Test::new()
+        .file("base.toml", "[train]\nepochs = 1\nwarmup = 1.5\n")
+        .spec("extends = \"base.toml\"\n[train]\nlr = 1e-4\n")
+        .args(&["plan", "spec.toml", "--devices", "cuda:8x1024GiB"])
+        .run()
+        .code(2)
+        .stderr_has("base.toml:3:1: `train.warmup`");
+}
+
+#[test]
+fn bad_devices_are_bad_input() {
+    Test::new()
+        .spec(BASE)
+        .args(&["plan", "spec.toml", "--devices", "tpu:4"])
+        .run()
+        .code(2)
+        .stderr_has("--devices");
+    plan("[resources]\ndevices = \"cuda:4x\"\n")
+        .code(2)
+        .stderr_has("spec.toml:2:1: `resources.devices`");
+}
+
+#[test]
+fn metric_and_mode_must_agree() {
+    plan("[eval]\nselect = { metric = \"val/loss\", mode = \"max\" }\n")
+        .code(2)
+        .stderr_has("`eval.select.mode`")
+        .stderr_has("mode = \"min\"");
+    plan("[eval]\nselect = { metric = \"val/json_f2\", mode = \"max\" }\n")
+        .code(2)
+        .stderr_has("did you mean `val/json_f1`");
+}
+
+#[test]
+fn missing_spec_file_is_bad_input() {
+    Test::new()
+        .args(&["plan", "nope.toml"])
+        .run()
+        .code(2)
+        .stderr_has("nope.toml");
+}

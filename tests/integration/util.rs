@@ -1,0 +1,136 @@
+//! A small fluent builder: files in a temp dir, run the binary there,
+//! assert on exit code, stdout and stderr.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_palisweep");
+
+pub struct Test {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Test {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes a file (creating folders) relative to the test folder.
+    pub fn file(self, path: &str, content: &str) -> Self {
+        let full = self.dir.path().join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).expect("create dirs");
+        }
+        std::fs::write(full, content).expect("write file");
+        self
+    }
+
+    /// Writes `spec.toml`.
+    pub fn spec(self, content: &str) -> Self {
+        self.file("spec.toml", content)
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn run(&self) -> Output {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.run_in(&args)
+    }
+
+    /// Runs with these arguments instead of the builder's.
+    pub fn run_in(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(self.dir.path());
+        // The tests' own environment must not leak spec overrides in.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PALISWEEP_") {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("run palisweep");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Output {
+    #[track_caller]
+    pub fn code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code, expected,
+            "exit code {} (expected {expected})\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// The repository root, for the committed example specs.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `plan --json` on a spec with extra arguments; returns the trial ids.
+pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["plan", "spec.toml", "--json", "--devices", "cuda:8x1024GiB"];
+    args.extend_from_slice(extra);
+    let mut ids: Vec<String> = test.run_in(&args).code(0).json()["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
