@@ -57,6 +57,21 @@ impl SweepDir {
     pub fn trial(&self, trial: &TrialId) -> TrialDir {
         TrialDir(self.0.join("trials").join(trial.as_str()))
     }
+
+    /// Ids of the trials recorded under this sweep (folders with a
+    /// `trial.toml`), sorted; empty when the sweep has never run.
+    pub fn recorded_trials(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.0.join("trials")) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("trial.toml").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use crate::cli::PlanArgs;
 use crate::devices::detect;
 use crate::devices::grammar::DeviceRequest;
+use crate::layout::ResultsRoot;
 use crate::plan::build::build;
 use crate::plan::placement::Limits;
 use crate::plan::render;
@@ -31,7 +32,10 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         memory_headroom: loaded.spec.resources.memory_headroom,
         max_trials_per_device: loaded.spec.resources.max_trials_per_device,
     };
-    let plan = build(&loaded.name, expansion, inventory, limits)?;
+    let recorded = ResultsRoot::new(&loaded.results)
+        .sweep(&loaded.name)
+        .recorded_trials();
+    let plan = build(&loaded.name, expansion, inventory, limits, &recorded)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&render::to_json(&plan))?);
     } else {

@@ -2,7 +2,7 @@
 //! estimate and relative cost, then placement on the inventory. Trials that
 //! fit on no device are an error that says what would fit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::devices::detect::{DeviceKind, Inventory};
@@ -46,6 +46,10 @@ pub struct SweepPlan {
     /// Whether relative costs cover the whole run (dataset size known) or
     /// one example per epoch.
     pub costs_per_example: bool,
+    /// Trials of this sweep already recorded in the results root.
+    pub recorded: BTreeSet<String>,
+    /// Recorded trials the spec no longer produces.
+    pub dropped: Vec<String>,
 }
 
 /// The architecture to plan with: built-in configs for tiny and published
@@ -126,6 +130,7 @@ pub fn build(
     expansion: Expansion,
     inventory: Inventory,
     limits: Limits,
+    recorded: &[String],
 ) -> Result<SweepPlan, PlanError> {
     let kind = inventory
         .devices
@@ -172,7 +177,7 @@ pub fn build(
         )));
     }
 
-    let trials = planned
+    let trials: Vec<PlannedTrial> = planned
         .into_iter()
         .zip(&placement.slots)
         .map(
@@ -185,7 +190,20 @@ pub fn build(
             },
         )
         .collect();
+    let planned_ids: BTreeSet<String> = trials.iter().map(|t| t.trial.id.to_string()).collect();
+    let dropped = recorded
+        .iter()
+        .filter(|id| !planned_ids.contains(*id))
+        .cloned()
+        .collect();
+    let recorded = recorded
+        .iter()
+        .filter(|id| planned_ids.contains(*id))
+        .cloned()
+        .collect();
     Ok(SweepPlan {
+        recorded,
+        dropped,
         name: name.to_owned(),
         axes: expansion.axes,
         trials,

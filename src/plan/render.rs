@@ -35,6 +35,7 @@ pub fn to_json(plan: &SweepPlan) -> Value {
                 "rel_cost": t.rel_cost,
                 "device": device,
                 "start": t.slot.map(|s| s.start),
+                "recorded": plan.recorded.contains(t.trial.id.as_str()),
             })
         })
         .collect();
@@ -65,6 +66,7 @@ pub fn to_json(plan: &SweepPlan) -> Value {
         "makespan_rel_cost": plan.placement.makespan,
         "text_lengths_measured": plan.lengths_measured,
         "rel_cost_per_example": plan.costs_per_example,
+        "dropped": plan.dropped,
     })
 }
 
@@ -114,6 +116,15 @@ fn heading(plan: &SweepPlan) -> String {
             out,
             "{} combination(s) dropped by exclude rules",
             plan.excluded
+        );
+    }
+    if !plan.recorded.is_empty() || !plan.dropped.is_empty() {
+        let _ = writeln!(
+            out,
+            "against the recorded sweep: {} trial(s) already recorded (run resumes them), {} new, {} recorded trial(s) no longer in the spec (kept, not run)",
+            plan.recorded.len(),
+            plan.trials.len() - plan.recorded.len(),
+            plan.dropped.len()
         );
     }
     if plan.repeated_draws > 0 {

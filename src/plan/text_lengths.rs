@@ -2,7 +2,9 @@
 //! is present, else the spec's maxima.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::data::annotations::{self, Split};
 
 use crate::spec::GENERATED_PREFIX;
 use crate::spec::schema::Data;
@@ -39,16 +41,6 @@ impl TextLengths {
     }
 }
 
-/// The annotations file of the training split, in either Roboflow layout.
-pub fn train_annotations(root: &Path) -> Option<PathBuf> {
-    [
-        root.join("train").join("annotations.jsonl"),
-        root.join("_annotations.train.jsonl"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
-
 /// Measures the training split; falls back to the spec maxima when the
 /// dataset is absent (validating it is `run`'s job, not the plan's).
 pub fn measure(data: &Data) -> TextLengths {
@@ -56,7 +48,7 @@ pub fn measure(data: &Data) -> TextLengths {
     if data.path.starts_with(GENERATED_PREFIX) {
         return fallback;
     }
-    let Some(file) = train_annotations(Path::new(&data.path)) else {
+    let Some((file, _)) = annotations::locate(Path::new(&data.path), Split::Train) else {
         return fallback;
     };
     let Ok(handle) = std::fs::File::open(&file) else {

@@ -12,8 +12,8 @@ use crate::spec::load::LoadedSpec;
 use crate::spec::schema::{Axis, Distribution, Method, Spec, Strategy, Sweep};
 use crate::spec::validate;
 
-use super::rng::SplitMix64;
 use super::trial_id::{TrialId, trial_id, values_equal};
+use crate::rng::SplitMix64;
 
 /// The spec sections whose keys may vary across trials.
 const SWEEPABLE: &[&str] = &["model", "data", "train", "lora", "qlora", "eval"];

@@ -1,4 +1,3 @@
 //! From one spec to many trials: grid and random expansion, stable ids.
 pub mod expand;
-pub mod rng;
 pub mod trial_id;

@@ -142,3 +142,40 @@ fn dataset_lengths_are_measured_when_present() {
     let mem = |j: &serde_json::Value| j["trials"][0]["est_memory_bytes"].as_u64().unwrap();
     assert!(mem(&measured) < mem(&absent));
 }
+
+#[test]
+fn a_changed_spec_is_compared_with_the_recorded_sweep() {
+    let test = Test::new().spec(
+        "[experiment]\nname = \"grow\"\n[model]\ncheckpoint = \"tiny\"\n[sweep.axes]\n\"train.lr\" = [1e-3, 3e-3]\n",
+    );
+    let json = test
+        .run_in(&["plan", "spec.toml", "--json", "--devices", "cpu:2"])
+        .code(0)
+        .json();
+    let first = json["trials"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(json["trials"][0]["recorded"], false);
+    // Pretend a run recorded one of the trials and one the spec no longer has.
+    for id in [first.as_str(), "0123456789ab"] {
+        let dir = test.path().join("results/grow/trials").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trial.toml"), "").unwrap();
+    }
+    let out = test.run_in(&["plan", "spec.toml", "--devices", "cpu:2"]);
+    out.code(0)
+        .stdout_has("1 trial(s) already recorded")
+        .stdout_has("1 new")
+        .stdout_has("1 recorded trial(s) no longer in the spec");
+    let json = test
+        .run_in(&["plan", "spec.toml", "--json", "--devices", "cpu:2"])
+        .code(0)
+        .json();
+    assert_eq!(json["dropped"][0], "0123456789ab");
+    let recorded: Vec<&serde_json::Value> = json["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["recorded"] == true)
+        .collect();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["id"], first.as_str());
+}

@@ -27,6 +27,10 @@ impl Test {
         }
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Writes a file (creating folders) relative to the test folder.
     pub fn file(self, path: &str, content: &str) -> Self {
         let full = self.dir.path().join(path);

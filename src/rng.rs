@@ -21,6 +21,14 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// Standard normal (Box–Muller; the sine half is discarded so each
+    /// draw costs two uniforms and the stream stays simple).
+    pub fn next_normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln stays finite
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
     /// Uniform in 0..n (n > 0), by rejection so every index is equally likely.
     pub fn below(&mut self, n: usize) -> usize {
         let n = n as u64;
