@@ -1,0 +1,9 @@
+//! Task metrics that evaluation computes from generated suffixes against the
+//! reference suffixes of a split: JSON field F1, detection mAP over
+//! `<locNNNN>` boxes, exact match and character error rate, gathered by one
+//! per-task accumulator ([`task::TaskMetrics`]).
+pub mod detection;
+pub mod json_fields;
+pub mod names;
+pub mod task;
+pub mod text;
