@@ -31,6 +31,27 @@ impl Size {
     }
 }
 
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Size::ALL
+            .into_iter()
+            .find(|size| size.as_str() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown size `{s}`: use 3b, 10b or 28b"))
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let px: u32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("unknown resolution `{s}`: use 224, 448 or 896"))?;
+        Resolution::try_from(px)
+    }
+}
+
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -391,10 +412,15 @@ impl PaliGemmaConfig {
             path: path.to_path_buf(),
             error,
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|error| ConfigError::Parse {
+        let mut config: Self = serde_json::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             error,
         })?;
+        // transformers 5 writes the RoPE base under `rope_parameters`.
+        let raw: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(theta) = raw["text_config"]["rope_parameters"]["rope_theta"].as_f64() {
+            config.text_config.rope_theta = theta;
+        }
         config.validate().map_err(|e| match e {
             ConfigError::Inconsistent(reason) => ConfigError::Invalid {
                 path: path.to_path_buf(),

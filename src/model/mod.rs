@@ -1,2 +1,13 @@
-//! PaliGemma 2 on tch: configs now; layers, loading and generation as they land.
+//! `PaliGemma` 2 on tch: configs, weights, the processor (tokenizer and
+//! images), the three towers, generation, and the built-in tiny checkpoints.
 pub mod config;
+pub mod gemma2;
+pub mod generate;
+pub mod hub;
+pub mod image;
+pub mod input;
+pub mod paligemma;
+pub mod processor;
+pub mod siglip;
+pub mod tiny;
+pub mod weights;

@@ -1,0 +1,177 @@
+//! Reading one split of a Roboflow PaliGemma JSONL export: `<root>/<split>/
+//! annotations.jsonl` with the images beside it, or the flat layout
+//! `<root>/_annotations.<split>.jsonl` with the images in `<root>`. Each line
+//! is `{"image": ..., "prefix": ..., "suffix": ...}`; errors name `file:line`.
+
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(Split::Train),
+            "valid" | "validation" | "val" => Ok(Split::Valid),
+            "test" => Ok(Split::Test),
+            other => Err(format!("unknown split `{other}`: use train, valid or test")),
+        }
+    }
+}
+
+/// One annotation line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The image, resolved against the split's image folder.
+    pub image: PathBuf,
+    pub prefix: String,
+    pub suffix: String,
+    /// 1-based line in the annotations file.
+    pub line: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "{}: no {split} split: expected {}/{split}/annotations.jsonl or {}/_annotations.{split}.jsonl",
+        root.display(), root.display(), root.display()
+    )]
+    NoSplit { root: PathBuf, split: Split },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", file.display())]
+    Line {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The annotations file of a split and the folder its images live in.
+pub fn locate(root: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
+    let nested = root.join(split.as_str()).join("annotations.jsonl");
+    if nested.is_file() {
+        return Some((nested, root.join(split.as_str())));
+    }
+    let flat = root.join(format!("_annotations.{split}.jsonl"));
+    flat.is_file().then(|| (flat, root.to_owned()))
+}
+
+/// Reads and checks every line of a split (JSON, the three string keys).
+/// Images are not opened here.
+pub fn read_split(root: &Path, split: Split) -> Result<Vec<Record>, DataError> {
+    let (file, images) = locate(root, split).ok_or_else(|| DataError::NoSplit {
+        root: root.to_owned(),
+        split,
+    })?;
+    let handle = std::fs::File::open(&file).map_err(|source| DataError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let mut records = Vec::new();
+    for (index, line) in BufReader::new(handle).lines().enumerate() {
+        let line_no = index + 1;
+        let text = line.map_err(|source| DataError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| DataError::Line {
+            file: file.clone(),
+            line: line_no,
+            message,
+        };
+        let row: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let field = |key: &str| -> Result<String, DataError> {
+            match row.get(key) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(bad(format!("`{key}` must be a string, found {other}"))),
+                None => Err(bad(format!(
+                    "missing key `{key}` (each line needs \"image\", \"prefix\" and \"suffix\")"
+                ))),
+            }
+        };
+        records.push(Record {
+            image: images.join(field("image")?),
+            prefix: field("prefix")?,
+            suffix: field("suffix")?,
+            line: line_no,
+        });
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_layouts() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("valid")).unwrap();
+        std::fs::write(
+            root.path().join("valid/annotations.jsonl"),
+            "{\"image\":\"a.png\",\"prefix\":\"p\",\"suffix\":\"s\"}\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join("_annotations.train.jsonl"),
+            "{\"image\":\"b.png\",\"prefix\":\"p\",\"suffix\":\"s\"}\n",
+        )
+        .unwrap();
+        let valid = read_split(root.path(), Split::Valid).unwrap();
+        assert_eq!(valid.len(), 1);
+        assert_eq!(valid[0].image, root.path().join("valid/a.png"));
+        let train = read_split(root.path(), Split::Train).unwrap();
+        assert_eq!(train[0].image, root.path().join("b.png"));
+        assert!(matches!(
+            read_split(root.path(), Split::Test),
+            Err(DataError::NoSplit { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("train")).unwrap();
+        std::fs::write(
+            root.path().join("train/annotations.jsonl"),
+            "{\"image\":\"a.png\",\"prefix\":\"p\",\"suffix\":\"s\"}\n{\"image\":\"b.png\",\"prefix\":3,\"suffix\":\"s\"}\n",
+        )
+        .unwrap();
+        let err = read_split(root.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("annotations.jsonl:2"), "{err}");
+        assert!(err.contains("`prefix` must be a string"), "{err}");
+    }
+}

@@ -1,0 +1,2 @@
+//! Datasets in Roboflow's PaliGemma JSONL export.
+pub mod annotations;

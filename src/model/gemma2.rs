@@ -1,0 +1,654 @@
+//! Gemma 2, the language model of `PaliGemma` 2, as transformers 5.24
+//! `modeling_gemma2.py` computes it (eager attention: soft-capping rules out
+//! the fused kernel), reference §2.3.
+//!
+//! Layout follows candle: the config ([`TextConfig`], HF names) → private
+//! layer structs whose fields are named like their weight-path segments →
+//! the public [`Gemma2Model`]. Every dtype step of transformers is kept:
+//! `RMSNorm` and softmax in f32, everything else (projections, `RoPE`
+//! products, soft-caps, residual adds, the tied head) in the compute dtype.
+//!
+//! The plain [`Linear`] is the one layer `LoRA`/NF4 replace later; it is
+//! also what the `SigLIP` tower and the projector use.
+
+use tch::{Device, Kind, TchError, Tensor};
+
+use super::config::TextConfig;
+use super::weights::{WeightError, WeightPath};
+
+// ---------------------------------------------------------------------------
+// Building blocks shared with `siglip.rs` and `paligemma.rs`
+// ---------------------------------------------------------------------------
+
+/// `nn.Linear`: `y = x·Wᵀ + b` with `W` stored `[out, in]` (`PyTorch` layout).
+///
+/// Owns its weight (and optional bias) so a `LoRA` or NF4 variant with the
+/// same constructor and `forward` can take its place.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` (and `bias` `[out]`) under `path`.
+    pub fn new(
+        path: &WeightPath,
+        in_features: i64,
+        out_features: i64,
+        bias: bool,
+    ) -> Result<Self, WeightError> {
+        let weight = path.get("weight", &[out_features, in_features])?;
+        let bias = if bias {
+            Some(path.get("bias", &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// `torch.finfo(kind).min`, the additive "masked" value transformers uses.
+pub fn dtype_min(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
+    }
+}
+
+/// `tanh(x / cap) · cap` in the dtype of `x`, as transformers writes it.
+fn soft_cap(x: &Tensor, cap: Option<f64>) -> Result<Tensor, TchError> {
+    match cap {
+        Some(cap) => x.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap),
+        None => Ok(x.shallow_clone()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Masks
+// ---------------------------------------------------------------------------
+
+/// The additive attention masks of one forward pass, `[B, 1, Lq, Lk]` in the
+/// compute dtype: 0 where a query may attend, `finfo.min` elsewhere.
+#[derive(Debug)]
+pub struct AttentionMasks {
+    /// Odd (global) layers.
+    pub full: Tensor,
+    /// Even (sliding-window) layers.
+    pub sliding: Tensor,
+}
+
+impl AttentionMasks {
+    /// The transformers 5 prefix-LM masks (reference §3) for queries at
+    /// sequence indices `q_start..q_start + q_len` over keys `0..Lk`:
+    /// `allowed = (causal [∧ k > q − window] ∨ (tt[q] = 0 ∧ tt[k] = 0)) ∧
+    /// key_mask[k]`. `key_mask` `[B, Lk]` is the attention mask of every key
+    /// (cached ones included); `token_type_ids` `[B, Lk]` enables the
+    /// bidirectional prefix block (first pass only, as transformers does).
+    pub fn new(
+        key_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        q_start: i64,
+        q_len: i64,
+        sliding_window: i64,
+        kind: Kind,
+    ) -> Result<Self, TchError> {
+        Ok(Self {
+            full: prefix_lm_mask(key_mask, token_type_ids, q_start, q_len, None, kind)?,
+            sliding: prefix_lm_mask(
+                key_mask,
+                token_type_ids,
+                q_start,
+                q_len,
+                Some(sliding_window),
+                kind,
+            )?,
+        })
+    }
+}
+
+/// One additive prefix-LM mask `[B, 1, Lq, Lk]`; see [`AttentionMasks::new`].
+pub fn prefix_lm_mask(
+    key_mask: &Tensor,
+    token_type_ids: Option<&Tensor>,
+    q_start: i64,
+    q_len: i64,
+    sliding_window: Option<i64>,
+    kind: Kind,
+) -> Result<Tensor, TchError> {
+    let device = key_mask.device();
+    let (batch, k_len) = key_mask.size2()?;
+    let q =
+        Tensor::f_arange_start(q_start, q_start + q_len, (Kind::Int64, device))?.f_unsqueeze(1)?;
+    let k = Tensor::f_arange(k_len, (Kind::Int64, device))?.f_unsqueeze(0)?;
+    let mut allowed = k.f_le_tensor(&q)?;
+    if let Some(window) = sliding_window {
+        allowed = allowed.f_logical_and(&k.f_gt_tensor(&q.f_sub_scalar(window)?)?)?;
+    }
+    let mut allowed = allowed.f_unsqueeze(0)?;
+    if let Some(tt) = token_type_ids {
+        let prefix = tt.f_eq(0)?;
+        let q_prefix = prefix.f_narrow(1, q_start, q_len)?.f_unsqueeze(2)?;
+        let k_prefix = prefix.f_unsqueeze(1)?;
+        allowed = allowed.f_logical_or(&q_prefix.f_logical_and(&k_prefix)?)?;
+    }
+    let allowed = allowed.f_logical_and(&key_mask.f_ne(0)?.f_unsqueeze(1)?)?;
+    Tensor::f_zeros([batch, q_len, k_len], (kind, device))?
+        .f_masked_fill(&allowed.f_logical_not()?, dtype_min(kind))?
+        .f_unsqueeze(1)
+}
+
+// ---------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------
+
+/// `Gemma2RMSNorm`: `(x·rsqrt(mean(x²) + eps))·(1 + w)` in f32, then cast
+/// back to the input dtype.
+#[derive(Debug)]
+struct RmsNorm {
+    /// `1 + weight`, in f32 (the stored weight is an offset from 1).
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(path: &WeightPath, size: i64, eps: f64) -> Result<Self, WeightError> {
+        let weight = path.get("weight", &[size])?;
+        let weight = weight
+            .f_to_kind(Kind::Float)
+            .and_then(|w| w.f_add_scalar(1.0))
+            .map_err(|source| WeightError::Tch {
+                name: path.name("weight"),
+                source,
+            })?;
+        Ok(Self { weight, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let xf = x.f_to_kind(Kind::Float)?;
+        let variance = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, None::<Kind>)?;
+        let normed = xf.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        normed.f_mul(&self.weight)?.f_to_kind(x.kind())
+    }
+}
+
+/// Default `RoPE` over the full head dim ("rotate half" pairing).
+#[derive(Debug)]
+struct RotaryEmbedding {
+    /// `1 / theta^(2j/d)`, f32 `[d/2]`, computed on the CPU like transformers.
+    inv_freq: Tensor,
+}
+
+impl RotaryEmbedding {
+    fn new(head_dim: i64, theta: f64, device: Device) -> Result<Self, TchError> {
+        let exponent = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Float, Device::Cpu))?
+            .f_div_scalar(head_dim)?;
+        let inv_freq = Tensor::f_pow_scalar(theta, &exponent)?
+            .f_reciprocal()?
+            .f_to_device(device)?;
+        Ok(Self { inv_freq })
+    }
+
+    /// `(cos, sin)` for `position_ids` `[B, L]`, each `[B, 1, L, d]` in `kind`
+    /// (angles in f32, cast like transformers).
+    fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor), TchError> {
+        let freqs = position_ids
+            .f_to_kind(Kind::Float)?
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq)?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        Ok((cos, sin))
+    }
+}
+
+/// `x·cos + rotate_half(x)·sin`, `rotate_half([x1, x2]) = [−x2, x1]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, TchError> {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let x1 = x.f_narrow(-1, 0, half)?;
+    let x2 = x.f_narrow(-1, half, half)?;
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+    x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)
+}
+
+/// `repeat_kv`: `[B, kv, L, d]` → `[B, kv·n, L, d]`, head `g` using kv head
+/// `g / n`.
+fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor, TchError> {
+    if n_rep == 1 {
+        return Ok(x.shallow_clone());
+    }
+    let (b, kv, l, d) = x.size4()?;
+    x.f_unsqueeze(2)?
+        .f_expand([b, kv, n_rep, l, d], false)?
+        .f_reshape([b, kv * n_rep, l, d])
+}
+
+/// Keys and values of one layer for incremental decoding, preallocated to
+/// the whole generation length: `[B, kv_heads, capacity, head_dim]`.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl LayerCache {
+    /// Writes `k`, `v` at `offset` and returns every key/value so far.
+    fn update(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+        offset: i64,
+    ) -> Result<(Tensor, Tensor), TchError> {
+        let len = k.size()[2];
+        self.k.f_narrow(2, offset, len)?.f_copy_(k)?;
+        self.v.f_narrow(2, offset, len)?.f_copy_(v)?;
+        Ok((
+            self.k.f_narrow(2, 0, offset + len)?,
+            self.v.f_narrow(2, 0, offset + len)?,
+        ))
+    }
+}
+
+/// The key/value cache of every layer, filled by the prefill and extended
+/// one token per decode step. Keys are stored after `RoPE`.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    /// Number of positions filled.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+    /// `query_pre_attn_scalar^-0.5` (not `head_dim^-0.5` in general).
+    scaling: f64,
+    softcap: Option<f64>,
+}
+
+impl Attention {
+    fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+        let h = i64::from(cfg.hidden_size);
+        let (nh, nkv, hd) = (
+            i64::from(cfg.num_attention_heads),
+            i64::from(cfg.num_key_value_heads),
+            i64::from(cfg.head_dim),
+        );
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: Linear::new(&path.pp("q_proj"), h, nh * hd, bias)?,
+            k_proj: Linear::new(&path.pp("k_proj"), h, nkv * hd, bias)?,
+            v_proj: Linear::new(&path.pp("v_proj"), h, nkv * hd, bias)?,
+            o_proj: Linear::new(&path.pp("o_proj"), nh * hd, h, bias)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            scaling: f64::from(cfg.query_pre_attn_scalar).powf(-0.5),
+            softcap: cfg.attn_logit_softcapping,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut LayerCache, i64)>,
+    ) -> Result<Tensor, TchError> {
+        let (batch, len, _) = x.size3()?;
+        let heads = |t: Tensor, n: i64| t.f_view([batch, len, n, self.head_dim])?.f_transpose(1, 2);
+        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = apply_rope(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some((cache, offset)) => cache.update(&k, &v, offset)?,
+            None => (k, v),
+        };
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(&k, n_rep)?;
+        let v = repeat_kv(&v, n_rep)?;
+        let scores = q
+            .f_matmul(&k.f_transpose(2, 3)?)?
+            .f_mul_scalar(self.scaling)?;
+        let scores = soft_cap(&scores, self.softcap)?.f_add(mask)?;
+        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+        let out = probs
+            .f_matmul(&v)?
+            .f_transpose(1, 2)?
+            .f_contiguous()?
+            .f_reshape([batch, len, -1])?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug)]
+#[allow(clippy::struct_field_names)] // the weight-path segments
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+        let (h, i) = (i64::from(cfg.hidden_size), i64::from(cfg.intermediate_size));
+        Ok(Self {
+            gate_proj: Linear::new(&path.pp("gate_proj"), h, i, false)?,
+            up_proj: Linear::new(&path.pp("up_proj"), h, i, false)?,
+            down_proj: Linear::new(&path.pp("down_proj"), i, h, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let gate = self.gate_proj.forward(x)?.f_gelu("tanh")?;
+        self.down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: RmsNorm,
+    post_feedforward_layernorm: RmsNorm,
+    /// Even layer indices use the sliding-window mask.
+    is_sliding: bool,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, path: &WeightPath, index: usize) -> Result<Self, WeightError> {
+        let (h, eps) = (i64::from(cfg.hidden_size), cfg.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::new(cfg, &path.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, &path.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(&path.pp("input_layernorm"), h, eps)?,
+            post_attention_layernorm: RmsNorm::new(&path.pp("post_attention_layernorm"), h, eps)?,
+            pre_feedforward_layernorm: RmsNorm::new(&path.pp("pre_feedforward_layernorm"), h, eps)?,
+            post_feedforward_layernorm: RmsNorm::new(
+                &path.pp("post_feedforward_layernorm"),
+                h,
+                eps,
+            )?,
+            is_sliding: index.is_multiple_of(2),
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        masks: &AttentionMasks,
+        cache: Option<(&mut LayerCache, i64)>,
+    ) -> Result<Tensor, TchError> {
+        let mask = if self.is_sliding {
+            &masks.sliding
+        } else {
+            &masks.full
+        };
+        let h = self.input_layernorm.forward(x)?;
+        let h = self.self_attn.forward(&h, cos, sin, mask, cache)?;
+        let h = self.post_attention_layernorm.forward(&h)?;
+        let x = x.f_add(&h)?;
+        let h = self.pre_feedforward_layernorm.forward(&x)?;
+        let h = self.mlp.forward(&h)?;
+        let h = self.post_feedforward_layernorm.forward(&h)?;
+        x.f_add(&h)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------
+
+/// The Gemma 2 decoder with its tied, soft-capped head. Built from the
+/// `language_model` subtree (`model.embed_tokens`, `model.layers.*`,
+/// `model.norm`).
+#[derive(Debug)]
+pub struct Gemma2Model {
+    /// Token embedding `[vocab, hidden]`, also the `lm_head` weight.
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rotary_emb: RotaryEmbedding,
+    /// `√hidden` as f32, then cast to the compute dtype (0-dim).
+    embed_scale: Tensor,
+    vocab_size: i64,
+    hidden_size: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+    sliding_window: i64,
+    final_logit_softcapping: Option<f64>,
+}
+
+impl Gemma2Model {
+    /// Loads the decoder from `path` (the `language_model` level). The
+    /// vocabulary size is the embedding's row count, not `cfg.vocab_size`
+    /// (reference §1).
+    pub fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+        let model = path.pp("model");
+        let h = i64::from(cfg.hidden_size);
+        let embed_shape = model.pp("embed_tokens").shape("weight")?;
+        let vocab_size = match embed_shape.as_slice() {
+            [rows, _] => *rows,
+            _ => 0,
+        };
+        let embed_tokens = model.pp("embed_tokens").get("weight", &[vocab_size, h])?;
+        let layers = (0..cfg.num_hidden_layers as usize)
+            .map(|i| DecoderLayer::new(cfg, &model.pp("layers").pp(i), i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = RmsNorm::new(&model.pp("norm"), h, cfg.rms_norm_eps)?;
+        let tch_err = |source| WeightError::Tch {
+            name: model.name("rotary_emb"),
+            source,
+        };
+        let rotary_emb =
+            RotaryEmbedding::new(i64::from(cfg.head_dim), cfg.rope_theta, path.device())
+                .map_err(tch_err)?;
+        // transformers: `torch.tensor(hidden**0.5)` (f32) `.to(weight.dtype)`.
+        let embed_scale = Tensor::f_from_slice(&[(f64::from(cfg.hidden_size).sqrt()) as f32])
+            .and_then(|t| t.f_reshape([] as [i64; 0]))
+            .and_then(|t| t.f_to_kind(path.kind()))
+            .and_then(|t| t.f_to_device(path.device()))
+            .map_err(tch_err)?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            rotary_emb,
+            embed_scale,
+            vocab_size,
+            hidden_size: h,
+            num_kv_heads: i64::from(cfg.num_key_value_heads),
+            head_dim: i64::from(cfg.head_dim),
+            sliding_window: i64::from(cfg.sliding_window),
+            final_logit_softcapping: cfg.final_logit_softcapping,
+        })
+    }
+
+    /// Rows of the token embedding (257216 for the published checkpoints).
+    pub fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+
+    pub fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+
+    pub fn sliding_window(&self) -> i64 {
+        self.sliding_window
+    }
+
+    /// The token embedding matrix (= the tied head's weight).
+    pub fn embed_weight(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// `Gemma2TextScaledWordEmbedding`: `E[ids] · √hidden` in the compute
+    /// dtype.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor, TchError> {
+        Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?
+            .f_mul(&self.embed_scale)
+    }
+
+    /// An empty cache for `batch` rows and up to `capacity` positions.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> Result<KvCache, TchError> {
+        let options = (self.embed_tokens.kind(), self.embed_tokens.device());
+        let shape = [batch, self.num_kv_heads, capacity, self.head_dim];
+        let layers = self
+            .layers
+            .iter()
+            .map(|_| {
+                Ok(LayerCache {
+                    k: Tensor::f_zeros(shape, options)?,
+                    v: Tensor::f_zeros(shape, options)?,
+                })
+            })
+            .collect::<Result<Vec<_>, TchError>>()?;
+        Ok(KvCache {
+            layers,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Runs the decoder layers and the final norm over `inputs_embeds`
+    /// `[B, L, hidden]` at `position_ids` `[B, L]`. With a cache, the new
+    /// keys/values are stored at `cache.len()..` and attention covers every
+    /// cached position (the masks must be `[B, 1, L, cache.len() + L]`).
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        position_ids: &Tensor,
+        masks: &AttentionMasks,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, TchError> {
+        let (cos, sin) = self
+            .rotary_emb
+            .cos_sin(position_ids, inputs_embeds.kind())?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let mut x = inputs_embeds.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
+            x = layer.forward(&x, &cos, &sin, masks, layer_cache)?;
+        }
+        if let Some(cache) = cache {
+            cache.len = offset + inputs_embeds.size()[1];
+        }
+        self.norm.forward(&x)
+    }
+
+    /// The tied `lm_head` and the final soft-cap on normed hidden states
+    /// (any leading shape), in the compute dtype.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, TchError> {
+        let logits = hidden.f_linear(&self.embed_tokens, None::<Tensor>)?;
+        soft_cap(&logits, self.final_logit_softcapping)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(mask: &Tensor) -> Vec<Vec<Vec<i64>>> {
+        let m = mask.f_eq(0).unwrap().to_kind(Kind::Int64).squeeze_dim(1);
+        let (b, q, k) = m.size3().unwrap();
+        (0..b)
+            .map(|bi| {
+                (0..q)
+                    .map(|qi| (0..k).map(|ki| m.int64_value(&[bi, qi, ki])).collect())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefix_lm_mask_matches_the_v5_rule() {
+        // Row 0: 3 prefix tokens, 2 suffix tokens, 1 pad.
+        // Row 1: 1 left pad, 4 prefix tokens, 1 suffix token.
+        let am = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1]).view([2, 6]);
+        let tt = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1]).view([2, 6]);
+        let full = prefix_lm_mask(&am, Some(&tt), 0, 6, None, Kind::Float).unwrap();
+        assert_eq!(full.size(), [2, 1, 6, 6]);
+        let a = allowed(&full);
+        assert_eq!(a[0][0], [1, 1, 1, 0, 0, 0]); // prefix sees the prefix
+        assert_eq!(a[0][3], [1, 1, 1, 1, 0, 0]); // suffix: causal
+        assert_eq!(a[0][4], [1, 1, 1, 1, 1, 0]);
+        assert_eq!(a[0][5], [1, 1, 1, 1, 1, 0]); // pad query: causal, pad key hidden
+        assert_eq!(a[1][1], [0, 1, 1, 1, 1, 0]); // left pad key hidden
+        assert_eq!(a[1][5], [0, 1, 1, 1, 1, 1]);
+        // Sliding window 2: the prefix block is ORed after the window.
+        let sliding = prefix_lm_mask(&am, Some(&tt), 0, 6, Some(2), Kind::Float).unwrap();
+        let s = allowed(&sliding);
+        assert_eq!(s[0][0], [1, 1, 1, 0, 0, 0]);
+        assert_eq!(s[0][4], [0, 0, 0, 1, 1, 0]);
+        assert_eq!(s[1][5], [0, 0, 0, 0, 1, 1]);
+        // Masked value is finfo.min of the dtype.
+        let bf = prefix_lm_mask(&am, Some(&tt), 0, 6, None, Kind::BFloat16).unwrap();
+        assert_eq!(bf.kind(), Kind::BFloat16);
+        let masked = bf.to_kind(Kind::Float).double_value(&[0, 0, 0, 5]);
+        assert_eq!(masked.to_bits(), dtype_min(Kind::BFloat16).to_bits());
+        // Decode: one query at index 6 over 7 keys, no block rule.
+        let am7 = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 1]).view([1, 7]);
+        let step = prefix_lm_mask(&am7, None, 6, 1, Some(3), Kind::Float).unwrap();
+        assert_eq!(allowed(&step)[0][0], [0, 0, 0, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn rope_rotates_halves() {
+        let rope = RotaryEmbedding::new(4, 10_000.0, Device::Cpu).unwrap();
+        let pos = Tensor::from_slice(&[0i64, 1]).view([1, 2]);
+        let (cos, sin) = rope.cos_sin(&pos, Kind::Float).unwrap();
+        assert_eq!(cos.size(), [1, 1, 2, 4]);
+        let x = Tensor::from_slice(&[1f32, 2., 3., 4., 1., 2., 3., 4.]).view([1, 1, 2, 4]);
+        let y = apply_rope(&x, &cos, &sin).unwrap();
+        // Position 0 is the identity.
+        assert!(
+            y.get(0)
+                .get(0)
+                .get(0)
+                .allclose(&x.get(0).get(0).get(0), 0.0, 0.0, false)
+        );
+        // Position 1, pair (x0, x2) rotated by angle 1, pair (x1, x3) by 0.01.
+        let (c, s) = (1f64.cos(), 1f64.sin());
+        let y0 = y.double_value(&[0, 0, 1, 0]);
+        let y2 = y.double_value(&[0, 0, 1, 2]);
+        assert!((y0 - (c - 3.0 * s)).abs() < 1e-6 && (y2 - (3.0 * c + s)).abs() < 1e-6);
+    }
+}

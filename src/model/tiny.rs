@@ -1,0 +1,331 @@
+//! The built-in tiny checkpoints: random weights with the structure of a
+//! published PaliGemma 2 checkpoint, scaled down (`PaliGemmaConfig::tiny`),
+//! written in Hugging Face layout with the hub's weight names, the tiny
+//! tokenizer (the real special, `<locNNNN>` and `<segNNN>` tokens) and a
+//! preprocessor config. The demo and the tests train these on CPU.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+
+use crate::rng::SplitMix64;
+
+use super::config::{PaliGemmaConfig, Resolution, Size};
+
+const TOKENIZER_JSON: &str = include_str!("../../assets/tiny-tokenizer/tokenizer.json");
+const TOKENIZER_CONFIG: &str = include_str!("../../assets/tiny-tokenizer/tokenizer_config.json");
+const SPECIAL_TOKENS_MAP: &str =
+    include_str!("../../assets/tiny-tokenizer/special_tokens_map.json");
+
+/// Standard deviation of the random weights (transformers' `initializer_range`).
+const INIT_STD: f64 = 0.02;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TinyError {
+    #[error("cannot write the tiny checkpoint to {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the tiny weights: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TinyError + '_ {
+    move |source| TinyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The folder of a tiny checkpoint inside a cache folder.
+pub fn cache_path(cache: &Path, size: Size, resolution: Resolution, seed: u64) -> PathBuf {
+    cache
+        .join("tiny")
+        .join(format!("paligemma2-tiny-{size}-{resolution}-seed{seed}"))
+}
+
+/// The tiny checkpoint for (size, resolution), generated on first use.
+/// Generation goes through a temporary folder and a rename, so concurrent
+/// workers never see half a checkpoint.
+pub fn ensure(cache: &Path, size: Size, resolution: Resolution) -> Result<PathBuf, TinyError> {
+    let dir = cache_path(cache, size, resolution, 0);
+    if dir.join("model.safetensors").is_file() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().unwrap_or(cache);
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let staging = parent.join(format!(
+        ".staging-{}-{size}-{resolution}",
+        std::process::id()
+    ));
+    write(&staging, size, resolution, 0)?;
+    match std::fs::rename(&staging, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process finished first: use theirs.
+        Err(_) if dir.join("model.safetensors").is_file() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(dir)
+        }
+        Err(e) => Err(io(&dir)(e)),
+    }
+}
+
+/// Writes a tiny random checkpoint into `dir` (created if needed).
+pub fn write(dir: &Path, size: Size, resolution: Resolution, seed: u64) -> Result<(), TinyError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let config = PaliGemmaConfig::tiny(size, resolution);
+    let mut config_json = serde_json::to_value(&config).map_err(|e| io(dir)(e.into()))?;
+    // Lets transformers' `AutoModel` load the tiny checkpoints too.
+    config_json["architectures"] = serde_json::json!(["PaliGemmaForConditionalGeneration"]);
+    let config_json = serde_json::to_string_pretty(&config_json).map_err(|e| io(dir)(e.into()))?;
+    let files = [
+        ("config.json", config_json),
+        ("tokenizer.json", TOKENIZER_JSON.to_owned()),
+        ("tokenizer_config.json", TOKENIZER_CONFIG.to_owned()),
+        ("special_tokens_map.json", SPECIAL_TOKENS_MAP.to_owned()),
+        ("preprocessor_config.json", preprocessor_config(&config)),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    let tensors = random_weights(&config, seed)?;
+    let path = dir.join("model.safetensors");
+    Tensor::write_safetensors(&tensors, &path)?;
+    Ok(())
+}
+
+fn preprocessor_config(config: &PaliGemmaConfig) -> String {
+    let side = config.vision_config.image_size;
+    let json = serde_json::json!({
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "PaliGemmaProcessor",
+        "do_resize": true,
+        "size": { "height": side, "width": side },
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 0.003_921_568_627_450_98,
+        "do_normalize": true,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "image_seq_length": config.num_image_tokens(),
+    });
+    serde_json::to_string_pretty(&json).unwrap_or_default()
+}
+
+/// What a tensor is initialised to.
+enum Init {
+    Normal,
+    /// `1 + N(0, std)`: `LayerNorm` scales.
+    AroundOne,
+}
+
+/// Every tensor of the checkpoint, with the hub's (legacy) names.
+// One flat list, in checkpoint order: splitting it would only scatter it.
+#[allow(clippy::too_many_lines)]
+fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>, Init)> {
+    let v = &config.vision_config;
+    let t = &config.text_config;
+    let (vh, vi) = (i64::from(v.hidden_size), i64::from(v.intermediate_size));
+    let patch = i64::from(v.patch_size);
+    let tokens = i64::from(config.num_image_tokens());
+    let (th, ti) = (i64::from(t.hidden_size), i64::from(t.intermediate_size));
+    let (q_out, kv_out) = (
+        i64::from(t.num_attention_heads) * i64::from(t.head_dim),
+        i64::from(t.num_key_value_heads) * i64::from(t.head_dim),
+    );
+    let mut specs: Vec<(String, Vec<i64>, Init)> = Vec::new();
+    let mut add = |name: String, shape: Vec<i64>, init: Init| specs.push((name, shape, init));
+
+    let vp = "vision_tower.vision_model";
+    add(
+        format!("{vp}.embeddings.patch_embedding.weight"),
+        vec![vh, i64::from(v.num_channels), patch, patch],
+        Init::Normal,
+    );
+    add(
+        format!("{vp}.embeddings.patch_embedding.bias"),
+        vec![vh],
+        Init::Normal,
+    );
+    add(
+        format!("{vp}.embeddings.position_embedding.weight"),
+        vec![tokens, vh],
+        Init::Normal,
+    );
+    for i in 0..v.num_hidden_layers {
+        let l = format!("{vp}.encoder.layers.{i}");
+        for norm in ["layer_norm1", "layer_norm2"] {
+            add(format!("{l}.{norm}.weight"), vec![vh], Init::AroundOne);
+            add(format!("{l}.{norm}.bias"), vec![vh], Init::Normal);
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            add(
+                format!("{l}.self_attn.{proj}.weight"),
+                vec![vh, vh],
+                Init::Normal,
+            );
+            add(format!("{l}.self_attn.{proj}.bias"), vec![vh], Init::Normal);
+        }
+        add(format!("{l}.mlp.fc1.weight"), vec![vi, vh], Init::Normal);
+        add(format!("{l}.mlp.fc1.bias"), vec![vi], Init::Normal);
+        add(format!("{l}.mlp.fc2.weight"), vec![vh, vi], Init::Normal);
+        add(format!("{l}.mlp.fc2.bias"), vec![vh], Init::Normal);
+    }
+    add(
+        format!("{vp}.post_layernorm.weight"),
+        vec![vh],
+        Init::AroundOne,
+    );
+    add(format!("{vp}.post_layernorm.bias"), vec![vh], Init::Normal);
+
+    let proj = i64::from(config.projection_dim);
+    add(
+        "multi_modal_projector.linear.weight".into(),
+        vec![proj, vh],
+        Init::Normal,
+    );
+    add(
+        "multi_modal_projector.linear.bias".into(),
+        vec![proj],
+        Init::Normal,
+    );
+
+    let lp = "language_model.model";
+    add(
+        format!("{lp}.embed_tokens.weight"),
+        vec![i64::from(t.vocab_size), th],
+        Init::Normal,
+    );
+    for i in 0..t.num_hidden_layers {
+        let l = format!("{lp}.layers.{i}");
+        add(
+            format!("{l}.self_attn.q_proj.weight"),
+            vec![q_out, th],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.self_attn.k_proj.weight"),
+            vec![kv_out, th],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.self_attn.v_proj.weight"),
+            vec![kv_out, th],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.self_attn.o_proj.weight"),
+            vec![th, q_out],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.mlp.gate_proj.weight"),
+            vec![ti, th],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.mlp.up_proj.weight"),
+            vec![ti, th],
+            Init::Normal,
+        );
+        add(
+            format!("{l}.mlp.down_proj.weight"),
+            vec![th, ti],
+            Init::Normal,
+        );
+        // Gemma's RMSNorm scales by (1 + w): random w around 0.
+        for norm in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            add(format!("{l}.{norm}.weight"), vec![th], Init::Normal);
+        }
+    }
+    add(format!("{lp}.norm.weight"), vec![th], Init::Normal);
+    specs
+}
+
+fn random_weights(config: &PaliGemmaConfig, seed: u64) -> Result<Vec<(String, Tensor)>, TinyError> {
+    // Our own generator, one stream in a fixed tensor order: the same seed
+    // gives the same bytes on every machine and libtorch version, and no
+    // global torch RNG state is touched.
+    let mut rng = SplitMix64::new(seed);
+    tensor_specs(config)
+        .into_iter()
+        .map(|(name, shape, init)| {
+            let count: i64 = shape.iter().product();
+            let offset = match init {
+                Init::Normal => 0.0,
+                Init::AroundOne => 1.0,
+            };
+            let values: Vec<f32> = (0..count)
+                .map(|_| (offset + INIT_STD * rng.next_normal()) as f32)
+                .collect();
+            let tensor = Tensor::f_from_slice(&values)?
+                .f_reshape(shape.as_slice())?
+                .f_to_kind(Kind::Float)?;
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_writes_the_same_bytes_and_another_seed_does_not() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let c = tempfile::tempdir().unwrap();
+        write(a.path(), Size::B3, Resolution::R224, 0).unwrap();
+        write(b.path(), Size::B3, Resolution::R224, 0).unwrap();
+        write(c.path(), Size::B3, Resolution::R224, 1).unwrap();
+        let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+        assert_eq!(bytes(a.path()), bytes(b.path()));
+        assert_ne!(bytes(a.path()), bytes(c.path()));
+    }
+
+    #[test]
+    fn every_tensor_matches_the_parameter_count_of_the_config() {
+        for size in Size::ALL {
+            for resolution in Resolution::ALL {
+                let config = PaliGemmaConfig::tiny(size, resolution);
+                let total: i64 = tensor_specs(&config)
+                    .iter()
+                    .map(|(_, shape, _)| shape.iter().product::<i64>())
+                    .sum();
+                assert_eq!(
+                    total as u64,
+                    config.param_counts().total,
+                    "{size}@{resolution}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ensure_generates_once() {
+        let cache = tempfile::tempdir().unwrap();
+        let first = ensure(cache.path(), Size::B10, Resolution::R448).unwrap();
+        let stamp = std::fs::metadata(first.join("model.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let again = ensure(cache.path(), Size::B10, Resolution::R448).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            stamp,
+            std::fs::metadata(again.join("model.safetensors"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        );
+        let config = PaliGemmaConfig::from_json_file(first.join("config.json")).unwrap();
+        assert_eq!(config, PaliGemmaConfig::tiny(Size::B10, Resolution::R448));
+    }
+}
