@@ -14,10 +14,24 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render(&error));
             ExitCode::from(exit_code(&error))
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message
+/// already quotes (our typed errors often embed their source).
+fn render(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -27,5 +41,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", spec::DEFAULTS_TOML);
             Ok(())
         }
+        Command::Fetch(args) => commands::fetch::run(args),
+        Command::InitTiny(args) => commands::init_tiny::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Predict(args) => commands::predict::run(&args),
     }
 }

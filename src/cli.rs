@@ -27,6 +27,101 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the embedded, commented default spec (every key, documented).
     Defaults,
+    /// Download every checkpoint a spec names into the Hugging Face cache
+    /// (and generate its tiny checkpoints), for machines without internet.
+    Fetch(FetchArgs),
+    /// Write a tiny random checkpoint with the structure of a published one.
+    InitTiny(InitTinyArgs),
+    /// Loss (and with --generate the task metrics) of a checkpoint on a dataset split.
+    Eval(EvalArgs),
+    /// Generate the suffix for one image and prefix.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitTinyArgs {
+    /// Which published checkpoint to scale down.
+    #[arg(long, default_value = "3b", value_parser = ["3b", "10b", "28b"])]
+    pub size: String,
+    /// Its image side: the tiny twin keeps the 1 : 4 : 16 image-token ratio.
+    #[arg(long, default_value = "224", value_parser = ["224", "448", "896"])]
+    pub resolution: String,
+    /// Output folder (Hugging Face layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Where a command finds its checkpoint.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// A checkpoint folder (HF layout), a Hugging Face id
+    /// (`google/paligemma2-3b-pt-224`), or `tiny` / `tiny-<size>-<resolution>`.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Hub revision (commit or tag) for a Hugging Face id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Compute device: `cpu`, `cuda` or `cuda:N` (default: cuda:0 when available).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute precision: `auto` (bf16 on CUDA, f32 on CPU), `bf16` or `f32`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub precision: String,
+    /// Where generated tiny checkpoints are cached.
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// Dataset root (Roboflow PaliGemma JSONL export).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// `train`, `valid` or `test`.
+    #[arg(long, default_value = "valid")]
+    pub split: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Suffixes longer than this many tokens are truncated.
+    #[arg(long, default_value_t = 512)]
+    pub max_suffix_tokens: usize,
+    /// Also generate and score the task metrics.
+    #[arg(long)]
+    pub generate: bool,
+    /// Generation budget with --generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// `json`, `detect`, `segment`, `text` or `auto` (guessed from the suffixes).
+    #[arg(long, default_value = "auto")]
+    pub task: String,
+    /// Print JSON: loss, examples, tokens, metrics.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// The image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The prompt, e.g. `detect cat ; dog` or `extract JSON`.
+    #[arg(long)]
+    pub prefix: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
 }
 
 /// The layers a spec-reading command accepts on top of the spec file.

@@ -7,11 +7,14 @@
 pub mod app;
 pub mod cli;
 pub mod commands;
+pub mod data;
 pub mod devices;
 pub mod error;
 pub mod estimate;
 pub mod layout;
+pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod rng;
 pub mod spec;
 pub mod sweep;

@@ -1,2 +1,8 @@
 //! One file per subcommand: validated inputs in, effects out.
+pub mod checkpoint;
+pub mod eval;
+pub mod fetch;
+pub mod init_tiny;
 pub mod plan;
+pub mod predict;
+pub mod runtime;

@@ -4,5 +4,6 @@ mod util;
 
 mod expansion;
 mod experiments;
+mod model_cli;
 mod plan;
 mod spec_errors;

@@ -1,0 +1,21 @@
+//! `palisweep init-tiny`: a random checkpoint with the structure of a
+//! published one, scaled down, in Hugging Face layout.
+
+use anyhow::Context as _;
+
+use crate::cli::InitTinyArgs;
+use crate::model::config::{Resolution, Size};
+use crate::model::tiny;
+
+pub fn run(args: &InitTinyArgs) -> anyhow::Result<()> {
+    let size: Size = args.size.parse().map_err(anyhow::Error::msg)?;
+    let resolution: Resolution = args.resolution.parse().map_err(anyhow::Error::msg)?;
+    tiny::write(&args.out, size, resolution, args.seed)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "wrote the tiny twin of PaliGemma 2 {size}@{resolution} (seed {}) to {}",
+        args.seed,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! `palisweep predict`: the greedy answer for one image and prefix; for
+//! detection answers also the boxes in pixels of the original image.
+
+use anyhow::Context as _;
+
+use crate::cli::PredictArgs;
+use crate::metrics::detection::{loc_to_pixels, parse_detections};
+use crate::model::generate::generate;
+use crate::model::image::load_image;
+use crate::model::paligemma::PaliGemma;
+use crate::model::processor::Processor;
+
+use super::{checkpoint, runtime};
+
+pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
+    let image = load_image(&args.image)?;
+    let (width, height) = image.dimensions();
+    let c = &args.checkpoint;
+    let dir = checkpoint::resolve(&c.checkpoint, c.revision.as_deref(), &c.cache)?;
+    let device = runtime::device(c.device.as_deref())?;
+    let kind = runtime::kind(&c.precision, device)?;
+    let model = PaliGemma::load(&dir, device, kind)
+        .with_context(|| format!("cannot load the checkpoint at {}", dir.display()))?;
+    let processor = Processor::from_dir(&dir)?;
+    let prompts = processor
+        .encode_prompts(&[image], std::slice::from_ref(&args.prefix))?
+        .to(device, kind);
+    let special = processor.special_tokens();
+    let ids = generate(
+        &model,
+        &prompts,
+        args.max_new_tokens,
+        &[i64::from(special.eos)],
+        i64::from(special.pad),
+    )?;
+    let text = processor.decode(ids.first().map_or(&[][..], Vec::as_slice));
+    println!("{text}");
+    let detections = parse_detections(&text);
+    for object in &detections.objects {
+        let b = loc_to_pixels(object.bbox, width, height);
+        println!("  {}: {b}", object.label);
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Device, precision and threads for commands that run the model.
+
+use anyhow::Context as _;
+use tch::{Device, Kind};
+
+/// `cpu`, `cuda`, `cuda:N`, or the default: the first GPU when libtorch
+/// sees one, else the CPU.
+pub fn device(flag: Option<&str>) -> anyhow::Result<Device> {
+    let device = match flag.map(str::trim) {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(other) => {
+            let index = other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse::<usize>().ok())
+                .with_context(|| format!("invalid --device `{other}`: use cpu, cuda or cuda:N"))?;
+            Device::Cuda(index)
+        }
+    };
+    if let Device::Cuda(index) = device {
+        let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+        anyhow::ensure!(
+            index < count,
+            "--device cuda:{index}: libtorch sees {count} CUDA device(s) (CUDA_VISIBLE_DEVICES={})",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+        );
+    } else {
+        // Evaluation on the CPU uses every core.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        tch::set_num_threads(i32::try_from(cores).unwrap_or(1));
+    }
+    Ok(device)
+}
+
+/// `auto` is bf16 on CUDA and f32 on the CPU.
+pub fn kind(precision: &str, device: Device) -> anyhow::Result<Kind> {
+    Ok(match (precision, device) {
+        ("bf16", _) | ("auto", Device::Cuda(_)) => Kind::BFloat16,
+        ("f32" | "auto", _) => Kind::Float,
+        (other, _) => anyhow::bail!("invalid --precision `{other}`: use auto, bf16 or f32"),
+    })
+}
