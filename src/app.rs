@@ -45,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::InitTiny(args) => commands::init_tiny::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     }
 }

@@ -36,6 +36,44 @@ pub enum Command {
     Eval(EvalArgs),
     /// Generate the suffix for one image and prefix.
     Predict(PredictArgs),
+    /// Time forward passes (evaluation) on a random or given checkpoint.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A checkpoint folder, or `tiny` / `small` for a random checkpoint of
+    /// that preset (see --size and --resolution).
+    #[arg(long, default_value = "tiny")]
+    pub checkpoint: String,
+    #[arg(long, default_value = "3b", value_parser = ["3b", "10b", "28b"])]
+    pub size: String,
+    #[arg(long, default_value = "224", value_parser = ["224", "448", "896"])]
+    pub resolution: String,
+    /// Dataset root whose train split feeds the batches (default: synthetic
+    /// examples with a 24-token suffix).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Timed steps (after --warmup untimed ones).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Compute device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
+    pub precision: String,
+    /// Torch threads on the CPU (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Where random preset checkpoints are cached.
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

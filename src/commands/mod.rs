@@ -1,4 +1,5 @@
 //! One file per subcommand: validated inputs in, effects out.
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod fetch;

@@ -405,6 +405,39 @@ impl PaliGemmaConfig {
         }
     }
 
+    /// A "small" twin for benchmarks and memory calibration on CPU: the real
+    /// image geometry (patch 14 at 224/448/896 px → 256/1024/4096 image
+    /// tokens, the sequence lengths that dominate cost) with narrow towers —
+    /// a 4-layer, 256-wide SigLIP and a 4/6/8-layer Gemma 2 of width
+    /// 256/384/512 for 3b/10b/28b — and the tiny tokenizer's vocabulary.
+    pub fn small(size: Size, resolution: Resolution) -> Self {
+        let mut config = Self::tiny(size, resolution);
+        let (h, i, layers, heads, kv) = match size {
+            Size::B3 => (256, 1024, 4, 4, 2),
+            Size::B10 => (384, 1536, 6, 6, 3),
+            Size::B28 => (512, 4096, 8, 8, 4),
+        };
+        let v = &mut config.vision_config;
+        v.hidden_size = 256;
+        v.intermediate_size = 1024;
+        v.num_hidden_layers = 4;
+        v.num_attention_heads = 4;
+        v.patch_size = 14;
+        v.image_size = resolution.pixels();
+        let t = &mut config.text_config;
+        t.hidden_size = h;
+        t.intermediate_size = i;
+        t.num_hidden_layers = layers;
+        t.num_attention_heads = heads;
+        t.num_key_value_heads = kv;
+        t.head_dim = 64;
+        t.query_pre_attn_scalar = 64;
+        // Gemma 2's own window: it binds only at 896 px, as in the real model.
+        t.sliding_window = 4096;
+        config.projection_dim = h;
+        config
+    }
+
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();

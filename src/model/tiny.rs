@@ -73,9 +73,14 @@ pub fn ensure(cache: &Path, size: Size, resolution: Resolution) -> Result<PathBu
 
 /// Writes a tiny random checkpoint into `dir` (created if needed).
 pub fn write(dir: &Path, size: Size, resolution: Resolution, seed: u64) -> Result<(), TinyError> {
+    write_random(dir, &PaliGemmaConfig::tiny(size, resolution), seed)
+}
+
+/// Writes a random checkpoint of any architecture that uses the tiny
+/// tokenizer's vocabulary (the tiny and small presets).
+pub fn write_random(dir: &Path, config: &PaliGemmaConfig, seed: u64) -> Result<(), TinyError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let config = PaliGemmaConfig::tiny(size, resolution);
-    let mut config_json = serde_json::to_value(&config).map_err(|e| io(dir)(e.into()))?;
+    let mut config_json = serde_json::to_value(config).map_err(|e| io(dir)(e.into()))?;
     // Lets transformers' `AutoModel` load the tiny checkpoints too.
     config_json["architectures"] = serde_json::json!(["PaliGemmaForConditionalGeneration"]);
     let config_json = serde_json::to_string_pretty(&config_json).map_err(|e| io(dir)(e.into()))?;
@@ -84,13 +89,13 @@ pub fn write(dir: &Path, size: Size, resolution: Resolution, seed: u64) -> Resul
         ("tokenizer.json", TOKENIZER_JSON.to_owned()),
         ("tokenizer_config.json", TOKENIZER_CONFIG.to_owned()),
         ("special_tokens_map.json", SPECIAL_TOKENS_MAP.to_owned()),
-        ("preprocessor_config.json", preprocessor_config(&config)),
+        ("preprocessor_config.json", preprocessor_config(config)),
     ];
     for (name, text) in files {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(io(&path))?;
     }
-    let tensors = random_weights(&config, seed)?;
+    let tensors = random_weights(config, seed)?;
     let path = dir.join("model.safetensors");
     Tensor::write_safetensors(&tensors, &path)?;
     Ok(())
