@@ -4,12 +4,10 @@
 //! of [`Field`]s, each a path to a leaf and the leaf's value:
 //!
 //! * objects descend by key: `{"a": {"b": 1}}` → `a.b = 1`;
-//! * arrays that hold at least one object or array are matched **in order**:
-//!   `{"items": [{"name": "x"}]}` → `items[0].name = "x"`, so an object
-//!   predicted at the wrong position counts as a miss plus a false positive;
-//! * arrays of scalars only are a **multiset**: `{"tags": ["b", "a"]}` →
-//!   `tags[] = "b"`, `tags[] = "a"`, so their order does not matter but
-//!   repeats do;
+//! * arrays are matched **without regard to order**: every element's fields
+//!   sit under `[]`, so `{"tags": ["b", "a"]}` → `tags[] = "b"`,
+//!   `tags[] = "a"` and `{"items": [{"name": "x"}]}` → `items[].name = "x"`;
+//!   order does not matter, repeats do (a multiset of fields);
 //! * empty objects and arrays are leaves themselves (`a = {}`), so that they
 //!   can be right or wrong;
 //! * a scalar at the top level is a leaf at the root path `$`.
@@ -38,9 +36,7 @@ use serde_json::{Number, Value};
 pub enum PathSegment {
     /// An object key.
     Key(String),
-    /// A position in an array of objects or arrays.
-    Index(usize),
-    /// Any position in an array of scalars (multiset matching).
+    /// Any position in an array (order-insensitive matching).
     AnyIndex,
 }
 
@@ -154,7 +150,6 @@ impl fmt::Display for Field {
             match segment {
                 PathSegment::Key(key) if i == 0 => f.write_str(key)?,
                 PathSegment::Key(key) => write!(f, ".{key}")?,
-                PathSegment::Index(index) => write!(f, "[{index}]")?,
                 PathSegment::AnyIndex => f.write_str("[]")?,
             }
         }
@@ -193,15 +188,8 @@ fn flatten_into(value: &Value, path: &mut Vec<PathSegment>, out: &mut Vec<Field>
             }
         }
         Value::Array(items) => {
-            let scalars = items
-                .iter()
-                .all(|item| !matches!(item, Value::Object(_) | Value::Array(_)));
-            for (index, child) in items.iter().enumerate() {
-                path.push(if scalars {
-                    PathSegment::AnyIndex
-                } else {
-                    PathSegment::Index(index)
-                });
+            for child in items {
+                path.push(PathSegment::AnyIndex);
                 flatten_into(child, path, out);
                 path.pop();
             }
@@ -296,6 +284,9 @@ pub struct JsonScores {
     pub recall: f64,
     /// Fraction of predictions that parse as JSON.
     pub valid: f64,
+    /// Fraction of predictions whose fields equal the reference's exactly
+    /// (as multisets, so key order and number spelling do not matter).
+    pub exact: f64,
 }
 
 /// Micro-averaged field counts over the examples seen so far.
@@ -303,6 +294,7 @@ pub struct JsonScores {
 pub struct JsonFieldAccumulator {
     examples: u64,
     valid: u64,
+    exact: u64,
     counts: FieldCounts,
 }
 
@@ -319,7 +311,11 @@ impl JsonFieldAccumulator {
             .unwrap_or_else(|_| Value::String(reference.trim().to_owned()));
         self.examples += 1;
         self.valid += u64::from(predicted.is_some());
-        self.counts += FieldCounts::compare(predicted.as_ref(), &reference);
+        let counts = FieldCounts::compare(predicted.as_ref(), &reference);
+        self.exact += u64::from(
+            predicted.is_some() && counts.false_positives == 0 && counts.false_negatives == 0,
+        );
+        self.counts += counts;
     }
 
     /// How many pairs were added.
@@ -339,6 +335,7 @@ impl JsonFieldAccumulator {
             precision: self.counts.precision(),
             recall: self.counts.recall(),
             valid: self.valid as f64 / self.examples as f64,
+            exact: self.exact as f64 / self.examples as f64,
         })
     }
 }
@@ -374,8 +371,8 @@ mod tests {
             [
                 "a.b = 1",
                 "e = []",
-                "items[0].name = \"x\"",
-                "items[1][] = true",
+                "items[].name = \"x\"",
+                "items[][] = true",
                 "n = null",
                 "o = {}",
                 "tags[] = \"p\"",
@@ -446,11 +443,23 @@ mod tests {
     }
 
     #[test]
-    fn object_arrays_match_in_order() {
+    fn object_arrays_match_without_regard_to_order() {
         let reference = r#"{"items": [{"n": "x"}, {"n": "y"}]}"#;
         assert_eq!(tp_fp_fn(counts(reference, reference)), (2, 0, 0));
         let swapped = r#"{"items": [{"n": "y"}, {"n": "x"}]}"#;
-        assert_eq!(tp_fp_fn(counts(swapped, reference)), (0, 2, 2));
+        assert_eq!(tp_fp_fn(counts(swapped, reference)), (2, 0, 0));
+        let one_wrong = r#"{"items": [{"n": "y"}, {"n": "z"}]}"#;
+        assert_eq!(tp_fp_fn(counts(one_wrong, reference)), (1, 1, 1));
+    }
+
+    #[test]
+    fn exact_json_ignores_key_order_and_number_spelling() {
+        let mut acc = JsonFieldAccumulator::default();
+        acc.add(r#"{"b": 1.0, "a": " x"}"#, r#"{"a": "x", "b": 1}"#);
+        acc.add(r#"{"a": "x"}"#, r#"{"a": "x", "b": 1}"#);
+        acc.add("not json", r#"{"a": "x"}"#);
+        let scores = acc.finish().expect("scores");
+        assert!((scores.exact - 1.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

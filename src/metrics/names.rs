@@ -5,15 +5,18 @@
 //! reports never need to special-case a name.
 
 /// Micro-averaged F1 over flattened JSON fields; higher is better.
-pub const JSON_F1: &str = "json_f1";
+pub const JSON_F1: &str = "field_f1";
 /// Micro-averaged precision over flattened JSON fields; higher is better.
-pub const JSON_PRECISION: &str = "json_precision";
+pub const JSON_PRECISION: &str = "field_precision";
 /// Micro-averaged recall over flattened JSON fields; higher is better.
-pub const JSON_RECALL: &str = "json_recall";
+pub const JSON_RECALL: &str = "field_recall";
+/// Fraction of predictions whose parsed JSON equals the reference's
+/// (numbers by value, strings trimmed); higher is better.
+pub const JSON_EXACT: &str = "json_exact";
 /// Fraction of predictions that parse as JSON; higher is better.
 pub const JSON_VALID: &str = "json_valid";
 /// COCO-style box mAP averaged over `IoU` 0.50:0.05:0.95; higher is better.
-pub const MAP: &str = "map";
+pub const MAP: &str = "map50_95";
 /// Box mAP at `IoU` 0.50; higher is better.
 pub const MAP50: &str = "map50";
 /// Number of predicted objects that did not parse; lower is better.

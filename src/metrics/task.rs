@@ -87,14 +87,15 @@ impl Task {
                 names::JSON_F1,
                 names::JSON_PRECISION,
                 names::JSON_RECALL,
+                names::JSON_EXACT,
                 names::JSON_VALID,
             ],
             Task::Detect | Task::Segment => &[
                 names::CER,
                 names::DETECT_PARSE_ERRORS,
                 names::EXACT_MATCH,
-                names::MAP,
                 names::MAP50,
+                names::MAP,
             ],
             Task::Text => &[names::CER, names::EXACT_MATCH],
         }
@@ -193,6 +194,7 @@ impl TaskMetrics {
                     put(names::JSON_PRECISION, json.precision);
                     put(names::JSON_RECALL, json.recall);
                     put(names::JSON_VALID, json.valid);
+                    put(names::JSON_EXACT, json.exact);
                 }
             }
             Specific::Detection(acc) => {

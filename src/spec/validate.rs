@@ -17,11 +17,13 @@ pub struct Issue {
 /// Metrics a trial can report, and whether higher is better.
 pub const METRICS: &[(&str, SelectMode)] = &[
     ("loss", SelectMode::Min),
-    ("json_f1", SelectMode::Max),
-    ("json_precision", SelectMode::Max),
-    ("json_recall", SelectMode::Max),
-    ("map", SelectMode::Max),
+    ("json_valid", SelectMode::Max),
+    ("json_exact", SelectMode::Max),
+    ("field_precision", SelectMode::Max),
+    ("field_recall", SelectMode::Max),
+    ("field_f1", SelectMode::Max),
     ("map50", SelectMode::Max),
+    ("map50_95", SelectMode::Max),
     ("exact_match", SelectMode::Max),
     ("cer", SelectMode::Min),
 ];

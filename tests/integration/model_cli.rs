@@ -123,7 +123,7 @@ fn eval_generate_reports_task_metrics() {
         .code(0)
         .json();
     let metrics = json["metrics"].as_object().unwrap();
-    for key in ["json_f1", "json_valid", "exact_match", "cer"] {
+    for key in ["field_f1", "json_valid", "json_exact", "exact_match", "cer"] {
         assert!(metrics.contains_key(key), "metrics lack {key}: {metrics:?}");
     }
     assert_eq!(json["task"], "json");
@@ -312,4 +312,46 @@ fn fetch_offline_names_the_missing_hub_checkpoint() {
         .run()
         .code(2)
         .stderr_has("google/paligemma2-10b-pt-224");
+}
+
+#[test]
+fn init_data_writes_a_dataset_that_eval_reads() {
+    let test = Test::new();
+    test.run_in(&[
+        "init-data",
+        "--task",
+        "detect",
+        "--out",
+        "shapes",
+        "--train",
+        "5",
+        "--valid",
+        "3",
+        "--test",
+        "2",
+    ])
+    .code(0);
+    let lines =
+        std::fs::read_to_string(test.path().join("shapes/valid/annotations.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    assert!(lines.contains("<loc"), "{lines}");
+    let json = test
+        .run_in(&[
+            "eval",
+            "--checkpoint",
+            "tiny",
+            "--cache",
+            "cache",
+            "--data",
+            "shapes",
+            "--generate",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ])
+        .code(0)
+        .json();
+    assert_eq!(json["examples"], 3);
+    assert_eq!(json["task"], "detect");
+    assert!(json["metrics"]["map50"].is_number());
 }

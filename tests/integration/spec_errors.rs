@@ -224,9 +224,9 @@ fn metric_and_mode_must_agree() {
         .code(2)
         .stderr_has("`eval.select.mode`")
         .stderr_has("mode = \"min\"");
-    plan("[eval]\nselect = { metric = \"val/json_f2\", mode = \"max\" }\n")
+    plan("[eval]\nselect = { metric = \"val/field_f2\", mode = \"max\" }\n")
         .code(2)
-        .stderr_has("did you mean `val/json_f1`");
+        .stderr_has("did you mean `val/field_f1`");
 }
 
 #[test]
