@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Fetch(args) => commands::fetch::run(args),
         Command::InitTiny(args) => commands::init_tiny::run(&args),
+        Command::InitData(args) => commands::init_data::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
         Command::Bench(args) => commands::bench::run(&args),

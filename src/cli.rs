@@ -32,6 +32,8 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Write a tiny random checkpoint with the structure of a published one.
     InitTiny(InitTinyArgs),
+    /// Write the synthetic dataset of coloured shapes (Roboflow JSONL layout).
+    InitData(InitDataArgs),
     /// Loss (and with --generate the task metrics) of a checkpoint on a dataset split.
     Eval(EvalArgs),
     /// Generate the suffix for one image and prefix.
@@ -80,6 +82,27 @@ pub struct BenchArgs {
 pub struct FetchArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitDataArgs {
+    /// `json` (shape and colour as JSON) or `detect` (`<loc>` boxes).
+    #[arg(long, default_value = "json", value_parser = ["json", "detect"])]
+    pub task: String,
+    /// Output folder (gets train/, valid/, test/).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 48)]
+    pub train: usize,
+    #[arg(long, default_value_t = 12)]
+    pub valid: usize,
+    #[arg(long, default_value_t = 12)]
+    pub test: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub image_size: u32,
 }
 
 #[derive(Debug, Args)]

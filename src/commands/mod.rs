@@ -3,6 +3,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod fetch;
+pub mod init_data;
 pub mod init_tiny;
 pub mod plan;
 pub mod predict;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Split {
     Train,
     Valid,
@@ -15,6 +15,8 @@ pub enum Split {
 }
 
 impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -71,6 +73,14 @@ pub enum DataError {
         line: usize,
         message: String,
     },
+    #[error(
+        "{bad} of {total} dataset lines are invalid; the first:\n{first}\n  help: fix them, or set data.skip_invalid = true to skip (and count) them"
+    )]
+    Invalid {
+        bad: usize,
+        total: usize,
+        first: String,
+    },
 }
 
 /// The annotations file of a split and the folder its images live in.
@@ -83,9 +93,17 @@ pub fn locate(root: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
     flat.is_file().then(|| (flat, root.to_owned()))
 }
 
-/// Reads and checks every line of a split (JSON, the three string keys).
-/// Images are not opened here.
+/// Reads and checks every line of a split (JSON, the three string keys),
+/// failing at the first bad line. Images are not opened here.
 pub fn read_split(root: &Path, split: Split) -> Result<Vec<Record>, DataError> {
+    read_split_lines(root, split)?.into_iter().collect()
+}
+
+/// Every non-empty line of a split, each parsed or its error (`file:line`).
+pub fn read_split_lines(
+    root: &Path,
+    split: Split,
+) -> Result<Vec<Result<Record, DataError>>, DataError> {
     let (file, images) = locate(root, split).ok_or_else(|| DataError::NoSplit {
         root: root.to_owned(),
         split,
@@ -94,9 +112,8 @@ pub fn read_split(root: &Path, split: Split) -> Result<Vec<Record>, DataError> {
         path: file.clone(),
         source,
     })?;
-    let mut records = Vec::new();
+    let mut lines = Vec::new();
     for (index, line) in BufReader::new(handle).lines().enumerate() {
-        let line_no = index + 1;
         let text = line.map_err(|source| DataError::Io {
             path: file.clone(),
             source,
@@ -104,30 +121,34 @@ pub fn read_split(root: &Path, split: Split) -> Result<Vec<Record>, DataError> {
         if text.trim().is_empty() {
             continue;
         }
-        let bad = |message: String| DataError::Line {
-            file: file.clone(),
-            line: line_no,
-            message,
-        };
-        let row: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let field = |key: &str| -> Result<String, DataError> {
-            match row.get(key) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(bad(format!("`{key}` must be a string, found {other}"))),
-                None => Err(bad(format!(
-                    "missing key `{key}` (each line needs \"image\", \"prefix\" and \"suffix\")"
-                ))),
-            }
-        };
-        records.push(Record {
-            image: images.join(field("image")?),
-            prefix: field("prefix")?,
-            suffix: field("suffix")?,
-            line: line_no,
-        });
+        lines.push(parse_line(&text, &file, index + 1, &images));
     }
-    Ok(records)
+    Ok(lines)
+}
+
+fn parse_line(text: &str, file: &Path, line: usize, images: &Path) -> Result<Record, DataError> {
+    let bad = |message: String| DataError::Line {
+        file: file.to_owned(),
+        line,
+        message,
+    };
+    let row: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let field = |key: &str| -> Result<String, DataError> {
+        match row.get(key) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(bad(format!("`{key}` must be a string, found {other}"))),
+            None => Err(bad(format!(
+                "missing key `{key}` (each line needs \"image\", \"prefix\" and \"suffix\")"
+            ))),
+        }
+    };
+    Ok(Record {
+        image: images.join(field("image")?),
+        prefix: field("prefix")?,
+        suffix: field("suffix")?,
+        line,
+    })
 }
 
 #[cfg(test)]

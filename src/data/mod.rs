@@ -1,2 +1,5 @@
-//! Datasets in Roboflow's PaliGemma JSONL export.
+//! Datasets in Roboflow's PaliGemma JSONL export, and the synthetic one.
 pub mod annotations;
+pub mod check;
+pub mod loader;
+pub mod synthetic;
