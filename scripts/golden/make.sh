@@ -37,4 +37,5 @@ if "$VENV/bin/python" -c 'import torchvision' 2>/dev/null; then
 fi
 
 "$VENV/bin/python" scripts/golden/make_golden.py
+"$VENV/bin/python" scripts/golden/make_adapters.py  # tests/golden/{nf4,adapters}: PEFT + bitsandbytes fixtures
 find assets/tiny-tokenizer tests/golden -type f -not -name README.md | LC_ALL=C sort | xargs sha256sum
