@@ -18,3 +18,4 @@ pub mod plan;
 pub mod rng;
 pub mod spec;
 pub mod sweep;
+pub mod train;

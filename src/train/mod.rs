@@ -1,0 +1,3 @@
+//! Training: the pieces the worker's loop is built from.
+pub mod optim;
+pub mod schedule;
