@@ -19,3 +19,4 @@ pub mod rng;
 pub mod spec;
 pub mod sweep;
 pub mod train;
+pub mod worker;

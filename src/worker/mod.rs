@@ -1,0 +1,2 @@
+//! The `palisweep worker` side: what runs one trial and reports on it.
+pub mod protocol;

@@ -1,0 +1,210 @@
+//! What a worker tells its parent: one JSON object per line, on stdout and
+//! appended to the trial's `events.jsonl`. The scheduler, the store and
+//! TensorBoard read nothing else from a worker, so this is the only schema.
+//!
+//! Versioned: every line carries `"v"`; readers reject a newer major version
+//! instead of guessing.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a field changes meaning or disappears (adding one is not a bump).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Why a worker failed, which decides what the scheduler does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Out of memory: retry with a smaller batch.
+    Oom,
+    /// Bad spec or data: retrying cannot help.
+    Data,
+    Other,
+}
+
+/// One event of a trial's life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Started {
+        trial: String,
+        attempt: u32,
+        /// Trainable parameters (what PEFT would report).
+        trainable_params: u64,
+        total_steps: u64,
+        batch_size: u32,
+        grad_accum: u32,
+        threads: i32,
+        device: String,
+        /// sha256 of the dataset (annotations and images).
+        dataset_fingerprint: String,
+        /// Step the run resumed from (0 for a fresh start).
+        resumed_from: u64,
+    },
+    /// One optimiser step: `train/loss`, `train/lr`, `train/grad_norm`,
+    /// `perf/samples_per_s`, `perf/tokens_per_s`, `perf/peak_memory_bytes`.
+    Step {
+        step: u64,
+        epoch: u64,
+        metrics: BTreeMap<String, f64>,
+    },
+    /// An evaluation on a split: `val/loss`, `val/field_f1`, …
+    Eval {
+        step: u64,
+        epoch: u64,
+        split: String,
+        metrics: BTreeMap<String, f64>,
+    },
+    Checkpoint {
+        step: u64,
+        path: String,
+        /// Whether this is the best so far by `eval.select`.
+        best: bool,
+    },
+    Finished {
+        step: u64,
+        /// The selection metric of the best checkpoint.
+        best_metric: Option<f64>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+/// A line on the wire: the version, the wall-clock time, the event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    #[serde(flatten)]
+    pub event: WorkerEvent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("not a worker event: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error(
+        "worker protocol version {found} is newer than this palisweep understands ({PROTOCOL_VERSION})"
+    )]
+    TooNew { found: u32 },
+}
+
+impl Envelope {
+    pub fn now(event: WorkerEvent) -> Self {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Envelope {
+            v: PROTOCOL_VERSION,
+            time,
+            event,
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn parse(line: &str) -> Result<Self, ProtocolError> {
+        let envelope: Envelope = serde_json::from_str(line)?;
+        if envelope.v > PROTOCOL_VERSION {
+            return Err(ProtocolError::TooNew { found: envelope.v });
+        }
+        Ok(envelope)
+    }
+}
+
+/// Writes events to stdout and appends them to `events.jsonl`, flushing
+/// each line so a crash loses nothing already reported.
+pub struct EventWriter {
+    file: std::fs::File,
+}
+
+impl EventWriter {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(EventWriter { file })
+    }
+
+    pub fn emit(&mut self, event: WorkerEvent) -> std::io::Result<()> {
+        let line = Envelope::now(event).to_line();
+        writeln!(self.file, "{line}")?;
+        self.file.flush()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        stdout.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_with_their_tag_and_version() {
+        let event = WorkerEvent::Step {
+            step: 3,
+            epoch: 0,
+            metrics: BTreeMap::from([("train/loss".to_owned(), 1.5)]),
+        };
+        let line = Envelope::now(event.clone()).to_line();
+        assert!(line.contains("\"event\":\"step\""), "{line}");
+        assert!(line.contains("\"v\":1"), "{line}");
+        assert_eq!(Envelope::parse(&line).unwrap().event, event);
+        let failed = Envelope::now(WorkerEvent::Failed {
+            kind: FailureKind::Oom,
+            message: "CUDA out of memory".into(),
+        })
+        .to_line();
+        assert!(failed.contains("\"kind\":\"oom\""), "{failed}");
+    }
+
+    #[test]
+    fn newer_versions_and_garbage_are_rejected() {
+        let newer = r#"{"v": 99, "time": 0, "event": "finished", "step": 1, "best_metric": null}"#;
+        assert!(matches!(
+            Envelope::parse(newer),
+            Err(ProtocolError::TooNew { found: 99 })
+        ));
+        assert!(Envelope::parse("Traceback (most recent call last)").is_err());
+    }
+
+    #[test]
+    fn the_writer_appends_lines_to_the_events_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut writer = EventWriter::open(&path).unwrap();
+        writer
+            .emit(WorkerEvent::Finished {
+                step: 1,
+                best_metric: Some(0.5),
+            })
+            .unwrap();
+        drop(writer);
+        let mut writer = EventWriter::open(&path).unwrap();
+        writer
+            .emit(WorkerEvent::Finished {
+                step: 2,
+                best_metric: None,
+            })
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let steps: Vec<u64> = text
+            .lines()
+            .map(|l| match Envelope::parse(l).unwrap().event {
+                WorkerEvent::Finished { step, .. } => step,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(steps, vec![1, 2]);
+    }
+}
