@@ -1,5 +1,6 @@
 //! Exit codes, decided in one place.
 
+use crate::commands::export::ExportError;
 use crate::data::annotations::DataError;
 use crate::devices::error::DeviceError;
 use crate::devices::grammar::ParseDeviceError;
@@ -7,6 +8,7 @@ use crate::model::config::ConfigError;
 use crate::model::hub::HubError;
 use crate::model::image::ImageError;
 use crate::model::paligemma::ModelError;
+use crate::model::peft::PeftError;
 use crate::model::processor::ProcessorError;
 use crate::model::weights::WeightError;
 use crate::plan::build::PlanError;
@@ -27,12 +29,20 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<DataError>()
             || cause.is::<ImageError>()
             || cause.is::<ProcessorError>()
-            || cause.is::<WeightError>()
+            || cause
+                .downcast_ref::<WeightError>()
+                .is_some_and(weights_bad_input)
             || cause.is::<ConfigError>()
-            || matches!(
-                cause.downcast_ref::<ModelError>(),
-                Some(ModelError::Config(_) | ModelError::Weights(_) | ModelError::Input(_))
-            )
+            || cause.is::<ExportError>()
+            || cause
+                .downcast_ref::<PeftError>()
+                .is_some_and(adapter_bad_input)
+            || match cause.downcast_ref::<ModelError>() {
+                Some(ModelError::Config(_) | ModelError::Input(_)) => true,
+                Some(ModelError::Weights(e)) => weights_bad_input(e),
+                Some(ModelError::Adapter(e)) => adapter_bad_input(e),
+                _ => false,
+            }
             || matches!(
                 cause.downcast_ref::<HubError>(),
                 Some(HubError::NotCached { .. } | HubError::Incomplete { .. })
@@ -46,5 +56,21 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         EXIT_BAD_INPUT
     } else {
         EXIT_FAILURE
+    }
+}
+
+/// Checkpoint files that are missing, corrupt or do not fit are bad input;
+/// a failure to quantise them is not.
+fn weights_bad_input(error: &WeightError) -> bool {
+    !matches!(error, WeightError::Quantize { .. })
+}
+
+/// An adapter folder that is missing, unreadable, unsupported or does not
+/// fit the model is bad input; libtorch failures are not.
+fn adapter_bad_input(error: &PeftError) -> bool {
+    match error {
+        PeftError::Tch { .. } | PeftError::NotAnAdapter => false,
+        PeftError::Weights(e) => weights_bad_input(e),
+        _ => true,
     }
 }

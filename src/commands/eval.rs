@@ -2,9 +2,11 @@
 //! and, with `--generate`, the task metrics of its greedy answers.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::json;
+use tch::{Device, Kind};
 
 use crate::cli::EvalArgs;
 use crate::data::annotations::{Split, read_split};
@@ -24,6 +26,29 @@ pub struct EvalReport {
     pub tokens: i64,
     pub truncated: usize,
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// The checkpoint in `dir`, with the PEFT adapter in `adapter` applied
+/// (unmerged, on the dense base) when given.
+pub fn load_model(
+    dir: &Path,
+    adapter: Option<&Path>,
+    device: Device,
+    kind: Kind,
+) -> anyhow::Result<PaliGemma> {
+    match adapter {
+        None => PaliGemma::load(dir, device, kind)
+            .with_context(|| format!("cannot load the checkpoint at {}", dir.display())),
+        Some(adapter) => {
+            PaliGemma::load_with_adapter(dir, adapter, device, kind).with_context(|| {
+                format!(
+                    "cannot load the checkpoint at {} with the adapter {}",
+                    dir.display(),
+                    adapter.display()
+                )
+            })
+        }
+    }
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
@@ -48,8 +73,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let dir = checkpoint::resolve(&c.checkpoint, c.revision.as_deref(), &c.cache)?;
     let device = runtime::device(c.device.as_deref())?;
     let kind = runtime::kind(&c.precision, device)?;
-    let model = PaliGemma::load(&dir, device, kind)
-        .with_context(|| format!("cannot load the checkpoint at {}", dir.display()))?;
+    let model = load_model(&dir, c.adapter.as_deref(), device, kind)?;
     let processor = Processor::from_dir(&dir)?;
 
     let suffixes: Vec<&str> = records.iter().map(|r| r.suffix.as_str()).collect();
@@ -124,6 +148,9 @@ fn print_report(args: &EvalArgs, report: &EvalReport, task: Task) {
         return;
     }
     println!("split      {} of {}", args.split, args.data.display());
+    if let Some(adapter) = &args.checkpoint.adapter {
+        println!("adapter    {}", adapter.display());
+    }
     println!("examples   {}", report.examples);
     println!("tokens     {} (supervised)", report.tokens);
     println!("loss       {:.6}", report.loss);

@@ -1,15 +1,13 @@
 //! `palisweep predict`: the greedy answer for one image and prefix; for
 //! detection answers also the boxes in pixels of the original image.
 
-use anyhow::Context as _;
-
 use crate::cli::PredictArgs;
 use crate::metrics::detection::{loc_to_pixels, parse_detections};
 use crate::model::generate::generate;
 use crate::model::image::load_image;
-use crate::model::paligemma::PaliGemma;
 use crate::model::processor::Processor;
 
+use super::eval::load_model;
 use super::{checkpoint, runtime};
 
 pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
@@ -19,8 +17,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
     let dir = checkpoint::resolve(&c.checkpoint, c.revision.as_deref(), &c.cache)?;
     let device = runtime::device(c.device.as_deref())?;
     let kind = runtime::kind(&c.precision, device)?;
-    let model = PaliGemma::load(&dir, device, kind)
-        .with_context(|| format!("cannot load the checkpoint at {}", dir.display()))?;
+    let model = load_model(&dir, c.adapter.as_deref(), device, kind)?;
     let processor = Processor::from_dir(&dir)?;
     let prompts = processor
         .encode_prompts(&[image], std::slice::from_ref(&args.prefix))?

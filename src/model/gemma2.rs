@@ -8,49 +8,18 @@
 //! `RMSNorm` and softmax in f32, everything else (projections, `RoPE`
 //! products, soft-caps, residual adds, the tied head) in the compute dtype.
 //!
-//! The plain [`Linear`] is the one layer `LoRA`/NF4 replace later; it is
-//! also what the `SigLIP` tower and the projector use.
+//! Every projection is a [`Linear`], the one linear type of all towers
+//! (frozen, NF4, `LoRA` or trainable, as the adaptation plan decides).
 
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::config::TextConfig;
+use super::linear::Linear;
 use super::weights::{WeightError, WeightPath};
 
 // ---------------------------------------------------------------------------
 // Building blocks shared with `siglip.rs` and `paligemma.rs`
 // ---------------------------------------------------------------------------
-
-/// `nn.Linear`: `y = x·Wᵀ + b` with `W` stored `[out, in]` (`PyTorch` layout).
-///
-/// Owns its weight (and optional bias) so a `LoRA` or NF4 variant with the
-/// same constructor and `forward` can take its place.
-#[derive(Debug)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// Loads `weight` `[out, in]` (and `bias` `[out]`) under `path`.
-    pub fn new(
-        path: &WeightPath,
-        in_features: i64,
-        out_features: i64,
-        bias: bool,
-    ) -> Result<Self, WeightError> {
-        let weight = path.get("weight", &[out_features, in_features])?;
-        let bias = if bias {
-            Some(path.get("bias", &[out_features])?)
-        } else {
-            None
-        };
-        Ok(Self { weight, bias })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, self.bias.as_ref())
-    }
-}
 
 /// `torch.finfo(kind).min`, the additive "masked" value transformers uses.
 pub fn dtype_min(kind: Kind) -> f64 {
@@ -152,22 +121,30 @@ pub fn prefix_lm_mask(
 /// back to the input dtype.
 #[derive(Debug)]
 struct RmsNorm {
-    /// `1 + weight`, in f32 (the stored weight is an offset from 1).
+    /// The stored weight (an offset from 1), in the compute dtype; a
+    /// variable when trained.
     weight: Tensor,
+    /// `1 + weight` in f32, precomputed when the weight is frozen.
+    scale: Option<Tensor>,
     eps: f64,
 }
 
 impl RmsNorm {
     fn new(path: &WeightPath, size: i64, eps: f64) -> Result<Self, WeightError> {
         let weight = path.get("weight", &[size])?;
-        let weight = weight
-            .f_to_kind(Kind::Float)
-            .and_then(|w| w.f_add_scalar(1.0))
-            .map_err(|source| WeightError::Tch {
+        let scale = if weight.requires_grad() {
+            None
+        } else {
+            Some(Self::scale_of(&weight).map_err(|source| WeightError::Tch {
                 name: path.name("weight"),
                 source,
-            })?;
-        Ok(Self { weight, eps })
+            })?)
+        };
+        Ok(Self { weight, scale, eps })
+    }
+
+    fn scale_of(weight: &Tensor) -> Result<Tensor, TchError> {
+        weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
@@ -176,7 +153,11 @@ impl RmsNorm {
             .f_pow_tensor_scalar(2)?
             .f_mean_dim(-1, true, None::<Kind>)?;
         let normed = xf.f_mul(&variance.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        normed.f_mul(&self.weight)?.f_to_kind(x.kind())
+        let scale = match &self.scale {
+            Some(scale) => scale.shallow_clone(),
+            None => Self::scale_of(&self.weight)?,
+        };
+        normed.f_mul(&scale)?.f_to_kind(x.kind())
     }
 }
 

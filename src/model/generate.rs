@@ -29,7 +29,13 @@ pub fn generate(
     eos_ids: &[i64],
     pad_id: i64,
 ) -> Result<Vec<Vec<i64>>, ModelError> {
-    tch::no_grad(|| generate_inner(model, input, max_new_tokens, eos_ids, pad_id))
+    // Decoding runs in evaluation mode (no `LoRA` dropout), whatever mode
+    // the caller (a training loop) left the model in.
+    let training = model.is_training();
+    model.set_training(false);
+    let out = tch::no_grad(|| generate_inner(model, input, max_new_tokens, eos_ids, pad_id));
+    model.set_training(training);
+    out
 }
 
 fn generate_inner(

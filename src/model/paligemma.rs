@@ -12,12 +12,17 @@
 //!   supervised and returns the summed cross-entropy and the token count.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Kind, Reduction, TchError, Tensor};
 
+use super::adapt::{AdaptContext, AdaptPlan, Trainables};
 use super::config::{ConfigError, PaliGemmaConfig};
-use super::gemma2::{AttentionMasks, Gemma2Model, KvCache, Linear};
+use super::gemma2::{AttentionMasks, Gemma2Model, KvCache};
 use super::input::ModelInput;
+use super::linear::Linear;
+use super::peft::{PeftAdapter, PeftError};
 use super::siglip::{SiglipVisionModel, VisionAttention};
 use super::weights::{WeightError, WeightPath, Weights};
 
@@ -37,6 +42,9 @@ pub enum ModelError {
     Input(String),
     #[error("libtorch: {0}")]
     Tch(#[from] TchError),
+    /// A PEFT adapter that cannot be read or does not fit the model.
+    #[error(transparent)]
+    Adapter(#[from] PeftError),
 }
 
 /// The summed token cross-entropy of a batch; `sum / tokens` is the
@@ -75,6 +83,8 @@ pub struct PaliGemma {
     device: Device,
     kind: Kind,
     freeze_vision: bool,
+    /// Shared with every `LoRA` branch: dropout is on while set.
+    training: Arc<AtomicBool>,
 }
 
 impl PaliGemma {
@@ -90,7 +100,45 @@ impl PaliGemma {
         Ok(model)
     }
 
-    /// Builds the model from the root of a checkpoint's weight tree.
+    /// Loads `dir` for fine-tuning with `plan`: the base frozen (plain
+    /// tensors without grad, or NF4 for `qlora`, quantised layer by layer
+    /// while loading), fresh `LoRA` branches initialised from `seed` as PEFT
+    /// does, and the trainable variables returned in [`Trainables`]. The
+    /// vision tower runs without autograd when nothing in it is trained.
+    pub fn load_adapted(
+        dir: &Path,
+        device: Device,
+        dtype: Kind,
+        plan: &AdaptPlan,
+        seed: u64,
+    ) -> Result<(Self, Trainables), ModelError> {
+        let config = PaliGemmaConfig::from_json_file(dir.join("config.json"))?;
+        let weights = Weights::open(dir, device, dtype)?;
+        tch::manual_seed(i64::from_ne_bytes(seed.to_ne_bytes()));
+        let ctx = AdaptContext::new(plan.clone(), device);
+        let mut model = Self::new(&config, &weights.adapted_root(&ctx))?;
+        weights.finish()?;
+        model.freeze_vision = !ctx.vision_trainable();
+        Ok((model, ctx.finish()))
+    }
+
+    /// Loads `dir` with the PEFT adapter in `adapter_dir` applied unmerged on
+    /// the dense base (ours or PEFT's, either key form), for evaluation.
+    pub fn load_with_adapter(
+        dir: &Path,
+        adapter_dir: &Path,
+        device: Device,
+        dtype: Kind,
+    ) -> Result<Self, ModelError> {
+        let adapter = PeftAdapter::read(adapter_dir)?;
+        let plan = AdaptPlan::from_adapter(&adapter);
+        let (model, trainables) = Self::load_adapted(dir, device, dtype, &plan, 0)?;
+        trainables.load_peft(&adapter)?;
+        Ok(model)
+    }
+
+    /// Builds the model from the root of a checkpoint's weight tree (an
+    /// [adapted](Weights::adapted_root) root applies its plan).
     pub fn new(config: &PaliGemmaConfig, path: &WeightPath) -> Result<Self, ModelError> {
         let vision_tower = SiglipVisionModel::new(
             &config.vision_config,
@@ -113,7 +161,19 @@ impl PaliGemma {
             device: path.device(),
             kind: path.kind(),
             freeze_vision: false,
+            training: path
+                .adapt()
+                .map_or_else(|| Arc::new(AtomicBool::new(false)), AdaptContext::training),
         })
+    }
+
+    /// Training mode: `LoRA` dropout on (`true`) or off. Off after loading.
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &PaliGemmaConfig {

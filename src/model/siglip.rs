@@ -9,7 +9,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::config::VisionConfig;
-use super::gemma2::Linear;
+use super::linear::Linear;
 use super::weights::{WeightError, WeightPath};
 
 /// How the encoder computes attention (no mask, no soft-cap).

@@ -17,7 +17,8 @@ const TOKENIZER_CONFIG: &str = include_str!("../../assets/tiny-tokenizer/tokeniz
 const SPECIAL_TOKENS_MAP: &str =
     include_str!("../../assets/tiny-tokenizer/special_tokens_map.json");
 
-/// Standard deviation of the random weights (transformers' `initializer_range`).
+/// Standard deviation of biases and norm weights (transformers'
+/// `initializer_range`).
 const INIT_STD: f64 = 0.02;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,17 +120,41 @@ fn preprocessor_config(config: &PaliGemmaConfig) -> String {
     serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
-/// What a tensor is initialised to.
-enum Init {
-    Normal,
-    /// `1 + N(0, std)`: `LayerNorm` scales.
-    AroundOne,
+/// Mean and standard deviation of a tensor's random values. Chosen so the
+/// tiny model is not degenerate: fan-in scaled linears, token embeddings
+/// and a final norm scale (≈ 3) large enough that the logits can become
+/// confident — with transformers' 0.02 everywhere, the tied head's logits
+/// stay near zero and training stalls at a loss of ~6.5.
+fn init_for(name: &str, shape: &[i64]) -> (f64, f64) {
+    let fan_in = shape.iter().skip(1).product::<i64>().max(1) as f64;
+    let mut segments = name.rsplit('.');
+    let leaf = segments.next().unwrap_or_default();
+    let module = segments.next().unwrap_or_default();
+    if name.ends_with("embed_tokens.weight") {
+        (0.0, 0.1)
+    } else if name.ends_with("position_embedding.weight") {
+        (0.0, 0.5)
+    } else if leaf == "bias" {
+        (0.0, INIT_STD)
+    } else if module.starts_with("layer_norm") || module == "post_layernorm" {
+        (1.0, INIT_STD)
+    } else if matches!(
+        module,
+        "post_attention_layernorm" | "post_feedforward_layernorm" | "norm"
+    ) {
+        // Gemma's RMSNorm scales by (1 + w).
+        (2.0, INIT_STD)
+    } else if module.ends_with("layernorm") {
+        (0.0, INIT_STD)
+    } else {
+        (0.0, 1.0 / fan_in.sqrt())
+    }
 }
 
 /// Every tensor of the checkpoint, with the hub's (legacy) names.
 // One flat list, in checkpoint order: splitting it would only scatter it.
 #[allow(clippy::too_many_lines)]
-fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>, Init)> {
+fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>)> {
     let v = &config.vision_config;
     let t = &config.text_config;
     let (vh, vi) = (i64::from(v.hidden_size), i64::from(v.intermediate_size));
@@ -140,106 +165,55 @@ fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>, Init)> {
         i64::from(t.num_attention_heads) * i64::from(t.head_dim),
         i64::from(t.num_key_value_heads) * i64::from(t.head_dim),
     );
-    let mut specs: Vec<(String, Vec<i64>, Init)> = Vec::new();
-    let mut add = |name: String, shape: Vec<i64>, init: Init| specs.push((name, shape, init));
+    let mut specs: Vec<(String, Vec<i64>)> = Vec::new();
+    let mut add = |name: String, shape: Vec<i64>| specs.push((name, shape));
 
     let vp = "vision_tower.vision_model";
     add(
         format!("{vp}.embeddings.patch_embedding.weight"),
         vec![vh, i64::from(v.num_channels), patch, patch],
-        Init::Normal,
     );
-    add(
-        format!("{vp}.embeddings.patch_embedding.bias"),
-        vec![vh],
-        Init::Normal,
-    );
+    add(format!("{vp}.embeddings.patch_embedding.bias"), vec![vh]);
     add(
         format!("{vp}.embeddings.position_embedding.weight"),
         vec![tokens, vh],
-        Init::Normal,
     );
     for i in 0..v.num_hidden_layers {
         let l = format!("{vp}.encoder.layers.{i}");
         for norm in ["layer_norm1", "layer_norm2"] {
-            add(format!("{l}.{norm}.weight"), vec![vh], Init::AroundOne);
-            add(format!("{l}.{norm}.bias"), vec![vh], Init::Normal);
+            add(format!("{l}.{norm}.weight"), vec![vh]);
+            add(format!("{l}.{norm}.bias"), vec![vh]);
         }
         for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(
-                format!("{l}.self_attn.{proj}.weight"),
-                vec![vh, vh],
-                Init::Normal,
-            );
-            add(format!("{l}.self_attn.{proj}.bias"), vec![vh], Init::Normal);
+            add(format!("{l}.self_attn.{proj}.weight"), vec![vh, vh]);
+            add(format!("{l}.self_attn.{proj}.bias"), vec![vh]);
         }
-        add(format!("{l}.mlp.fc1.weight"), vec![vi, vh], Init::Normal);
-        add(format!("{l}.mlp.fc1.bias"), vec![vi], Init::Normal);
-        add(format!("{l}.mlp.fc2.weight"), vec![vh, vi], Init::Normal);
-        add(format!("{l}.mlp.fc2.bias"), vec![vh], Init::Normal);
+        add(format!("{l}.mlp.fc1.weight"), vec![vi, vh]);
+        add(format!("{l}.mlp.fc1.bias"), vec![vi]);
+        add(format!("{l}.mlp.fc2.weight"), vec![vh, vi]);
+        add(format!("{l}.mlp.fc2.bias"), vec![vh]);
     }
-    add(
-        format!("{vp}.post_layernorm.weight"),
-        vec![vh],
-        Init::AroundOne,
-    );
-    add(format!("{vp}.post_layernorm.bias"), vec![vh], Init::Normal);
+    add(format!("{vp}.post_layernorm.weight"), vec![vh]);
+    add(format!("{vp}.post_layernorm.bias"), vec![vh]);
 
     let proj = i64::from(config.projection_dim);
-    add(
-        "multi_modal_projector.linear.weight".into(),
-        vec![proj, vh],
-        Init::Normal,
-    );
-    add(
-        "multi_modal_projector.linear.bias".into(),
-        vec![proj],
-        Init::Normal,
-    );
+    add("multi_modal_projector.linear.weight".into(), vec![proj, vh]);
+    add("multi_modal_projector.linear.bias".into(), vec![proj]);
 
     let lp = "language_model.model";
     add(
         format!("{lp}.embed_tokens.weight"),
         vec![i64::from(t.vocab_size), th],
-        Init::Normal,
     );
     for i in 0..t.num_hidden_layers {
         let l = format!("{lp}.layers.{i}");
-        add(
-            format!("{l}.self_attn.q_proj.weight"),
-            vec![q_out, th],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.self_attn.k_proj.weight"),
-            vec![kv_out, th],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.self_attn.v_proj.weight"),
-            vec![kv_out, th],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.self_attn.o_proj.weight"),
-            vec![th, q_out],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.mlp.gate_proj.weight"),
-            vec![ti, th],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.mlp.up_proj.weight"),
-            vec![ti, th],
-            Init::Normal,
-        );
-        add(
-            format!("{l}.mlp.down_proj.weight"),
-            vec![th, ti],
-            Init::Normal,
-        );
+        add(format!("{l}.self_attn.q_proj.weight"), vec![q_out, th]);
+        add(format!("{l}.self_attn.k_proj.weight"), vec![kv_out, th]);
+        add(format!("{l}.self_attn.v_proj.weight"), vec![kv_out, th]);
+        add(format!("{l}.self_attn.o_proj.weight"), vec![th, q_out]);
+        add(format!("{l}.mlp.gate_proj.weight"), vec![ti, th]);
+        add(format!("{l}.mlp.up_proj.weight"), vec![ti, th]);
+        add(format!("{l}.mlp.down_proj.weight"), vec![th, ti]);
         // Gemma's RMSNorm scales by (1 + w): random w around 0.
         for norm in [
             "input_layernorm",
@@ -247,10 +221,10 @@ fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>, Init)> {
             "pre_feedforward_layernorm",
             "post_feedforward_layernorm",
         ] {
-            add(format!("{l}.{norm}.weight"), vec![th], Init::Normal);
+            add(format!("{l}.{norm}.weight"), vec![th]);
         }
     }
-    add(format!("{lp}.norm.weight"), vec![th], Init::Normal);
+    add(format!("{lp}.norm.weight"), vec![th]);
     specs
 }
 
@@ -261,14 +235,11 @@ fn random_weights(config: &PaliGemmaConfig, seed: u64) -> Result<Vec<(String, Te
     let mut rng = SplitMix64::new(seed);
     tensor_specs(config)
         .into_iter()
-        .map(|(name, shape, init)| {
+        .map(|(name, shape)| {
             let count: i64 = shape.iter().product();
-            let offset = match init {
-                Init::Normal => 0.0,
-                Init::AroundOne => 1.0,
-            };
+            let (mean, std) = init_for(&name, &shape);
             let values: Vec<f32> = (0..count)
-                .map(|_| (offset + INIT_STD * rng.next_normal()) as f32)
+                .map(|_| (mean + std * rng.next_normal()) as f32)
                 .collect();
             let tensor = Tensor::f_from_slice(&values)?
                 .f_reshape(shape.as_slice())?
@@ -302,7 +273,7 @@ mod tests {
                 let config = PaliGemmaConfig::tiny(size, resolution);
                 let total: i64 = tensor_specs(&config)
                     .iter()
-                    .map(|(_, shape, _)| shape.iter().product::<i64>())
+                    .map(|(_, shape)| shape.iter().product::<i64>())
                     .sum();
                 assert_eq!(
                     total as u64,

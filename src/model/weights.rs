@@ -31,6 +31,9 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::adapt::AdaptContext;
+use super::nf4::Nf4Error;
+
 /// Single-file checkpoint name.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// Index of a sharded checkpoint.
@@ -82,6 +85,9 @@ pub enum WeightError {
     Unused { dir: PathBuf, names: Vec<String> },
     #[error("cannot create tensor `{name}`: {source}")]
     Tch { name: String, source: TchError },
+    /// Quantising a weight to NF4 while loading failed (not the file's fault).
+    #[error("cannot quantise `{name}` to NF4: {source}")]
+    Quantize { name: String, source: Nf4Error },
 }
 
 /// Formats a list of paths as `a, b, c`.
@@ -106,6 +112,15 @@ enum KeyRole {
     Tensor(String),
     /// The tied `lm_head`, which is never loaded.
     TiedHead,
+}
+
+/// The internal name of a stored key or module path of either convention
+/// (`None` for the tied head).
+pub fn internal_name(key: &str) -> Option<String> {
+    match normalise_key(key) {
+        KeyRole::Tensor(name) => Some(name),
+        KeyRole::TiedHead => None,
+    }
 }
 
 /// Maps a stored key of either convention to the internal naming.
@@ -304,6 +319,17 @@ impl Weights {
         WeightPath {
             weights: self,
             prefix: String::new(),
+            adapt: None,
+        }
+    }
+
+    /// The root path of a model built for fine-tuning: every layer loaded
+    /// through it follows `ctx`'s plan (trainable tensors, `LoRA`, NF4).
+    pub fn adapted_root<'a>(&'a self, ctx: &'a AdaptContext) -> WeightPath<'a> {
+        WeightPath {
+            weights: self,
+            prefix: String::new(),
+            adapt: Some(ctx),
         }
     }
 
@@ -451,6 +477,7 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 pub struct WeightPath<'a> {
     weights: &'a Weights,
     prefix: String,
+    adapt: Option<&'a AdaptContext>,
 }
 
 impl fmt::Debug for WeightPath<'_> {
@@ -466,7 +493,18 @@ impl<'a> WeightPath<'a> {
         WeightPath {
             weights: self.weights,
             prefix: self.name(&segment.to_string()),
+            adapt: self.adapt,
         }
+    }
+
+    /// The full internal name of this path (the module name).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The adaptation plan the model is built with, if any.
+    pub fn adapt(&self) -> Option<&'a AdaptContext> {
+        self.adapt
     }
 
     /// The full internal name of `name` under this path.
@@ -479,9 +517,17 @@ impl<'a> WeightPath<'a> {
     }
 
     /// Loads `name` under this path, checking its shape, as the compute
-    /// dtype on the target device.
+    /// dtype on the target device. With an adaptation plan that trains this
+    /// tensor, it comes back as a trainable variable.
     pub fn get(&self, name: &str, expected_shape: &[i64]) -> Result<Tensor, WeightError> {
-        self.weights.load(&self.name(name), expected_shape)
+        let full = self.name(name);
+        let tensor = self.weights.load(&full, expected_shape)?;
+        match self.adapt {
+            Some(ctx) => ctx
+                .tensor(&full, tensor)
+                .map_err(|source| WeightError::Tch { name: full, source }),
+            None => Ok(tensor),
+        }
     }
 
     /// The stored shape of `name`, for sizes the config does not fix (the
@@ -501,6 +547,107 @@ impl<'a> WeightPath<'a> {
     pub fn kind(&self) -> Kind {
         self.weights.kind
     }
+}
+
+/// The safetensors dtype name of a floating-point kind.
+fn safetensors_dtype(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::BFloat16 => Some("BF16"),
+        Kind::Half => Some("F16"),
+        Kind::Float => Some("F32"),
+        Kind::Double => Some("F64"),
+        _ => None,
+    }
+}
+
+/// One tensor of a file written by [`write_safetensors`].
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub name: String,
+    pub kind: Kind,
+    pub shape: Vec<i64>,
+}
+
+/// Writes a safetensors file tensor by tensor: the header first (names,
+/// dtypes, shapes and offsets, in `entries` order, padded to 8 bytes as the
+/// safetensors library pads it), then the bytes of each tensor `produce`
+/// returns for its index, so only one tensor is in memory at a time. A
+/// produced tensor of another dtype is converted; one of another shape is an
+/// error.
+pub fn write_safetensors(
+    path: &Path,
+    entries: &[TensorEntry],
+    metadata: &[(&str, &str)],
+    mut produce: impl FnMut(usize) -> Result<Tensor, WeightError>,
+) -> Result<(), WeightError> {
+    use std::io::Write as _;
+    let io_err = |source| WeightError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        header.insert("__metadata__".into(), meta.into());
+    }
+    let mut offset = 0usize;
+    for entry in entries {
+        let dtype = safetensors_dtype(entry.kind).ok_or_else(|| WeightError::Dtype {
+            name: entry.name.clone(),
+            dtype: format!("{:?}", entry.kind),
+            file: path.to_path_buf(),
+        })?;
+        let numel: i64 = entry.shape.iter().product();
+        let bytes = numel.unsigned_abs() as usize * entry.kind.elt_size_in_bytes();
+        header.insert(
+            entry.name.clone(),
+            serde_json::json!({
+                "dtype": dtype,
+                "shape": entry.shape,
+                "data_offsets": [offset, offset + bytes],
+            }),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let file = File::create(path).map_err(io_err)?;
+    let mut out = std::io::BufWriter::new(file);
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(text.as_bytes()))
+        .map_err(io_err)?;
+    let mut buffer = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let tch_err = |source| WeightError::Tch {
+            name: entry.name.clone(),
+            source,
+        };
+        let tensor = produce(index)?;
+        if tensor.size() != entry.shape {
+            return Err(WeightError::Shape {
+                name: entry.name.clone(),
+                expected: entry.shape.clone(),
+                found: tensor.size(),
+                file: path.to_path_buf(),
+            });
+        }
+        let tensor = tensor
+            .f_to_device(Device::Cpu)
+            .and_then(|t| t.f_to_kind(entry.kind))
+            .and_then(|t| t.f_contiguous())
+            .map_err(tch_err)?;
+        let numel = tensor.numel();
+        buffer.resize(numel * entry.kind.elt_size_in_bytes(), 0);
+        tensor.f_copy_data_u8(&mut buffer, numel).map_err(tch_err)?;
+        out.write_all(&buffer).map_err(io_err)?;
+    }
+    out.flush().map_err(io_err)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -708,5 +855,45 @@ mod tests {
         let err = Weights::open(dir.path(), Device::Cpu, Kind::Float).unwrap_err();
         assert!(matches!(err, WeightError::Missing { .. }), "{err}");
         assert!(err.to_string().contains("00002"), "{err}");
+    }
+
+    #[test]
+    fn streamed_safetensors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SINGLE_FILE);
+        let entries = [
+            TensorEntry {
+                name: "b.weight".into(),
+                kind: Kind::BFloat16,
+                shape: vec![2, 3],
+            },
+            TensorEntry {
+                name: "a.bias".into(),
+                kind: Kind::Float,
+                shape: vec![3],
+            },
+        ];
+        let values = [
+            Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.5]).view([2, 3]),
+            Tensor::from_slice(&[0.25f32, -1., 7.]),
+        ];
+        write_safetensors(&path, &entries, &[("format", "pt")], |i| {
+            Ok(values[i].shallow_clone())
+        })
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(file.tensor("b.weight").unwrap().dtype(), Dtype::BF16);
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+        let w = Weights::open(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        let b = w.root().get("b.weight", &[2, 3]).unwrap();
+        assert!((b.double_value(&[1, 2]) - 6.5).abs() < 1e-12);
+        let a = w.root().get("a.bias", &[3]).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), [0.25, -1., 7.]);
+        // A produced tensor of the wrong shape is an error.
+        let err =
+            write_safetensors(&path, &entries, &[], |_| Ok(values[1].shallow_clone())).unwrap_err();
+        assert!(matches!(err, WeightError::Shape { .. }), "{err}");
     }
 }

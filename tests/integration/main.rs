@@ -2,6 +2,7 @@
 //! executable on a temporary folder.
 mod util;
 
+mod adapters;
 mod expansion;
 mod experiments;
 mod model_cli;
