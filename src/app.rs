@@ -11,8 +11,13 @@ use crate::{commands, spec};
 /// The binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    // The worker reports its own exit codes (out of memory, stopped, ...).
+    let result = match cli.command {
+        Command::Worker(args) => commands::worker::run(&args),
+        command => run(Cli { command }).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", render(&error));
             ExitCode::from(exit_code(&error))
@@ -46,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::InitData(args) => commands::init_data::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Predict(args) => commands::predict::run(&args),
+        Command::Export(args) => commands::export::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Worker(args) => commands::worker::run(&args).map(|_| ()),
     }
 }

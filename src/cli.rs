@@ -38,8 +38,47 @@ pub enum Command {
     Eval(EvalArgs),
     /// Generate the suffix for one image and prefix.
     Predict(PredictArgs),
+    /// Copy a trial's PEFT adapter out, or (--merge) write its base with the
+    /// adapter merged in as a full checkpoint.
+    Export(ExportArgs),
     /// Time forward passes (evaluation) on a random or given checkpoint.
     Bench(BenchArgs),
+    /// Run one trial from its folder's `trial.toml` (what the scheduler runs).
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The trial folder (`<results>/<sweep>/trials/<id>/`).
+    #[arg(long)]
+    pub trial: PathBuf,
+    /// Attempt number (retries count up from 1).
+    #[arg(long, default_value_t = 1)]
+    pub attempt: u32,
+    /// Override a key of `trial.toml` (the scheduler passes an OOM back-off's
+    /// batch size this way).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// For debugging by hand: write `trial.toml` from this spec first (when
+    /// the folder has none); the spec must expand to one trial, or name it
+    /// with --trial-id.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[arg(long)]
+    pub trial_id: Option<String>,
+    /// Stop (checkpoint, exit 4) when standard input closes: the parent is gone.
+    #[arg(long)]
+    pub watch_stdin: bool,
+    /// Stop (checkpoint, exit 4) after this optimiser step, as if asked to:
+    /// for testing resume.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Torch threads (default: all cores). CPU results depend on it.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// `cpu`, `cuda` or `cuda:N` (default: the first visible GPU, else CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +176,41 @@ pub struct CheckpointArgs {
     /// Compute precision: `auto` (bf16 on CUDA, f32 on CPU), `bf16` or `f32`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "f32"])]
     pub precision: String,
+    /// Where generated tiny checkpoints are cached.
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
+    /// A PEFT LoRA adapter folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`, ours or PEFT's) applied on the checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A trial id (its `best/` adapter under --results, else `final/`), a
+    /// trial folder, or an adapter folder.
+    #[arg(value_name = "TRIAL|ADAPTER_DIR")]
+    pub target: String,
+    /// Output folder (created; refused if it exists and is not empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write a full checkpoint (Hugging Face layout, hub tensor names,
+    /// tokenizer and preprocessor files copied) with the adapter merged into
+    /// the full-precision base, even when it was trained against NF4.
+    #[arg(long)]
+    pub merge: bool,
+    /// The results tree trial ids are looked up in.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// The base to merge into (default: the adapter's `base_model_name_or_path`).
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// Hub revision of the base (default: the adapter's `revision`).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Dtype of the merged weights.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    pub dtype: String,
     /// Where generated tiny checkpoints are cached.
     #[arg(long, default_value = "results/.cache")]
     pub cache: PathBuf,

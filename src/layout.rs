@@ -78,6 +78,11 @@ impl SweepDir {
 pub struct TrialDir(PathBuf);
 
 impl TrialDir {
+    /// A trial folder given directly (the worker's `--trial`).
+    pub fn from_path(path: &Path) -> Self {
+        TrialDir(path.to_owned())
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }

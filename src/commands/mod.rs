@@ -2,9 +2,11 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod init_data;
 pub mod init_tiny;
 pub mod plan;
 pub mod predict;
 pub mod runtime;
+pub mod worker;

@@ -8,6 +8,8 @@
 //! without decoding them.
 
 use std::sync::Arc;
+
+use image::RgbImage;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
@@ -43,6 +45,8 @@ pub struct Batch {
     pub encoded: Encoded,
     /// The records in the batch, in batch order (for references in metrics).
     pub records: Vec<Record>,
+    /// Their decoded images (generation prompts reuse them).
+    pub images: Vec<RgbImage>,
 }
 
 /// The record order of one epoch: a Fisher–Yates shuffle driven by a stream
@@ -131,6 +135,7 @@ fn prepare(
         index,
         encoded,
         records: picked,
+        images: examples.into_iter().map(|e| e.image).collect(),
     })
 }
 

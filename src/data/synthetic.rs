@@ -198,7 +198,7 @@ fn draw(rng: &mut SplitMix64, options: &SyntheticOptions) -> (RgbImage, Vec<Shap
 fn paint(image: &mut RgbImage, shape: &Shape) {
     let [x0, y0, x1, y1] = shape.bbox;
     let color = Rgb(COLORS[shape.color].1);
-    let (w, h) = ((x1 - x0) as f64, (y1 - y0) as f64);
+    let (w, h) = (f64::from(x1 - x0), f64::from(y1 - y0));
     for y in y0..y1 {
         for x in x0..x1 {
             // Pixel centre in the unit square of the box.

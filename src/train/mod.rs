@@ -1,3 +1,7 @@
-//! Training: the pieces the worker's loop is built from.
+//! Training: the pieces the worker's loop is built from, and the loop.
+pub mod checkpoint;
+pub mod evaluate;
+pub mod learner;
 pub mod optim;
+pub mod perf;
 pub mod schedule;

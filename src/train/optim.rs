@@ -164,7 +164,10 @@ impl AdamW {
                 p.exp_avg_sq.shallow_clone(),
             ));
         }
-        tensors.push(("step".into(), Tensor::from_slice(&[self.step as i64])));
+        tensors.push((
+            "step".into(),
+            Tensor::from_slice(&[i64::try_from(self.step).unwrap_or(i64::MAX)]),
+        ));
         Tensor::write_safetensors(&tensors, path)
     }
 
@@ -220,7 +223,7 @@ mod tests {
             }
         }
         for (i, e) in expected.iter().enumerate() {
-            let got = w.double_value(&[i as i64]);
+            let got = w.double_value(&[i64::try_from(i).unwrap()]);
             assert!((got - e).abs() < 1e-6, "w[{i}] = {got}, expected {e}");
         }
     }

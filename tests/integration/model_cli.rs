@@ -161,9 +161,9 @@ fn init_tiny_writes_a_checkpoint_eval_and_predict_can_use() {
         ])
         .code(0)
         .json();
-    // A random model: the loss is near ln(vocab) = ln(2048) ≈ 7.6.
+    // An untrained random model: far above what training reaches (< 1).
     let loss = json["loss"].as_f64().unwrap();
-    assert!((6.5..8.7).contains(&loss), "loss {loss}");
+    assert!(loss.is_finite() && loss > 5.0, "loss {loss}");
     let out = test.run_in(&[
         "predict",
         "--checkpoint",

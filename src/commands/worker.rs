@@ -1,0 +1,162 @@
+//! `palisweep worker --trial DIR`: runs one trial from its resolved config
+//! (`DIR/trial.toml`), reporting events as JSON lines on stdout and in
+//! `DIR/events.jsonl`, progress on stderr. The scheduler runs one per trial;
+//! it is runnable by hand for debugging (`--spec` makes the trial folder).
+//!
+//! Exit codes: 0 finished, 1 failure, 2 bad spec or data, 3 out of memory,
+//! 4 stopped on request (SIGTERM, or end of stdin with `--watch-stdin`).
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+
+use crate::cli::WorkerArgs;
+use crate::layout::{ResultsRoot, TrialDir};
+use crate::spec::load::{Overrides, load};
+use crate::sweep::expand::expand;
+use crate::train::learner::{RunContext, TrainError, train};
+use crate::worker::protocol::{EventWriter, FailureKind, WorkerEvent};
+
+pub const EXIT_OOM: u8 = 3;
+pub const EXIT_STOPPED: u8 = 4;
+
+/// Writes `trial.toml` from a spec that expands to one trial (or the one
+/// named by `--trial-id`).
+fn materialize(spec_path: &Path, trial: &Path, wanted: Option<&str>) -> anyhow::Result<()> {
+    let loaded = load(spec_path, &Overrides::from_process(Vec::new()))?;
+    let expansion = expand(&loaded, true)?;
+    let chosen = if let Some(id) = wanted {
+        expansion
+            .trials
+            .iter()
+            .find(|t| t.id.as_str() == id)
+            .with_context(|| format!("{} has no trial {id}", spec_path.display()))?
+    } else {
+        anyhow::ensure!(
+            expansion.trials.len() == 1,
+            "{} expands to {} trials: pick one with --trial-id",
+            spec_path.display(),
+            expansion.trials.len()
+        );
+        &expansion.trials[0]
+    };
+    std::fs::create_dir_all(trial)?;
+    let mut spec = chosen.spec.clone();
+    spec.sweep = loaded.defaults.sweep.clone();
+    std::fs::write(trial.join("trial.toml"), toml::to_string(&spec)?)?;
+    Ok(())
+}
+
+/// SIGTERM and (optionally) the end of stdin set the stop flag.
+fn watch_for_stop(stop: &Arc<AtomicBool>, watch_stdin: bool) {
+    let flag = Arc::clone(stop);
+    std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                if let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    term.recv().await;
+                    flag.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    if watch_stdin {
+        // The parent holds our stdin open; end of file means it is gone.
+        let flag = Arc::clone(stop);
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+}
+
+pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let trial = TrialDir::from_path(&args.trial);
+    if let Some(spec) = &args.spec
+        && !trial.config().is_file()
+    {
+        materialize(spec, trial.path(), args.trial_id.as_deref())?;
+    }
+    let loaded = load(
+        &trial.config(),
+        &Overrides {
+            sets: args.sets.clone(),
+            env: Vec::new(),
+        },
+    )
+    .with_context(|| format!("cannot read the trial config {}", trial.config().display()))?;
+    let spec = loaded.spec;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_for_stop(&stop, args.watch_stdin);
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(1))
+    });
+    let device = super::runtime::device(args.device.as_deref())?;
+    let ctx = RunContext {
+        trial_id: trial
+            .path()
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        cache: ResultsRoot::new(&spec.experiment.results).cache(),
+        trial,
+        attempt: args.attempt,
+        device,
+        threads,
+        stop: &stop,
+        stop_after: args.stop_after,
+    };
+    let mut events = EventWriter::open(&ctx.trial.events())
+        .with_context(|| format!("cannot write {}", ctx.trial.events().display()))?;
+    match train(&spec, &ctx, &mut events) {
+        Ok(outcome) => {
+            eprintln!(
+                "finished after {} steps; last train loss {:.4}; best {}",
+                outcome.steps,
+                outcome.last_train_loss,
+                outcome
+                    .best
+                    .map_or("-".into(), |(v, s)| format!("{v:.4} at step {s}"))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(TrainError::Stopped { step }) => {
+            eprintln!("stopped at step {step}; the checkpoint resumes it");
+            Ok(ExitCode::from(EXIT_STOPPED))
+        }
+        Err(error) => {
+            let message = error.to_string();
+            let (kind, code) = classify(&error);
+            let _ = events.emit(WorkerEvent::Failed {
+                kind,
+                message: message.clone(),
+            });
+            eprintln!("error: {message}");
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+/// Out of memory → 3, bad data or spec → 2, anything else → 1.
+fn classify(error: &TrainError) -> (FailureKind, u8) {
+    let text = error.to_string().to_ascii_lowercase();
+    if text.contains("out of memory") {
+        return (FailureKind::Oom, EXIT_OOM);
+    }
+    match error {
+        TrainError::Data(_) | TrainError::Processor(_) | TrainError::Loader(_) => {
+            (FailureKind::Data, 2)
+        }
+        _ => (FailureKind::Other, 1),
+    }
+}
