@@ -2,6 +2,7 @@
 
 use crate::commands::export::ExportError;
 use crate::data::annotations::DataError;
+use crate::data::loader::LoaderError;
 use crate::devices::error::DeviceError;
 use crate::devices::grammar::ParseDeviceError;
 use crate::model::config::ConfigError;
@@ -13,6 +14,7 @@ use crate::model::processor::ProcessorError;
 use crate::model::weights::WeightError;
 use crate::plan::build::PlanError;
 use crate::spec::error::SpecError;
+use crate::train::evaluate::EvalError;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
@@ -28,6 +30,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<ParseDeviceError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()
+            || cause.is::<LoaderError>()
+            || matches!(
+                cause.downcast_ref::<EvalError>(),
+                Some(EvalError::Loader(_) | EvalError::Processor(_))
+            )
             || cause.is::<ProcessorError>()
             || cause
                 .downcast_ref::<WeightError>()

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -10,11 +11,10 @@ use tch::{Device, Kind};
 
 use crate::cli::EvalArgs;
 use crate::data::annotations::{Split, read_split};
-use crate::metrics::task::{Task, TaskMetrics};
-use crate::model::generate::generate;
-use crate::model::image::load_image;
+use crate::metrics::task::Task;
 use crate::model::paligemma::PaliGemma;
-use crate::model::processor::{Example, Processor};
+use crate::model::processor::Processor;
+use crate::train::evaluate::{EvalOptions, evaluate};
 
 use super::{checkpoint, runtime};
 
@@ -78,55 +78,27 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
 
     let suffixes: Vec<&str> = records.iter().map(|r| r.suffix.as_str()).collect();
     let task = task.unwrap_or_else(|| Task::guess(&suffixes));
-    let mut metrics = TaskMetrics::new(task);
-    let (mut loss_sum, mut tokens, mut truncated) = (0.0_f64, 0_i64, 0_usize);
-    let eos = i64::from(processor.special_tokens().eos);
-    let pad = i64::from(processor.special_tokens().pad);
-
-    for chunk in records.chunks(args.batch_size) {
-        let examples = chunk
-            .iter()
-            .map(|r| {
-                Ok(Example {
-                    image: load_image(&r.image)?,
-                    prefix: r.prefix.clone(),
-                    suffix: r.suffix.clone(),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let encoded = processor.encode_training(&examples, args.max_suffix_tokens)?;
-        truncated += encoded.truncated;
-        let input = encoded.input.to(device, kind);
-        let loss = tch::no_grad(|| model.loss(&input))?;
-        loss_sum += loss.sum.double_value(&[]);
-        tokens += loss.tokens;
-
-        if args.generate {
-            let images: Vec<_> = examples.iter().map(|e| e.image.clone()).collect();
-            let prefixes: Vec<String> = examples.iter().map(|e| e.prefix.clone()).collect();
-            let prompts = processor
-                .encode_prompts(&images, &prefixes)?
-                .to(device, kind);
-            let outputs = generate(&model, &prompts, args.max_new_tokens, &[eos], pad)?;
-            for (ids, example) in outputs.iter().zip(&examples) {
-                metrics.add(&processor.decode(ids), &example.suffix);
-            }
-        }
-    }
+    let options = EvalOptions {
+        batch_size: args.batch_size,
+        max_suffix_tokens: args.max_suffix_tokens,
+        generate: args.generate,
+        max_new_tokens: args.max_new_tokens,
+        device,
+        kind,
+    };
+    let result = evaluate(
+        &model,
+        &Arc::new(processor),
+        &Arc::new(records),
+        task,
+        &options,
+    )?;
     let report = EvalReport {
-        loss: if tokens > 0 {
-            loss_sum / tokens as f64
-        } else {
-            f64::NAN
-        },
-        examples: records.len(),
-        tokens,
-        truncated,
-        metrics: if args.generate {
-            metrics.finish()
-        } else {
-            BTreeMap::new()
-        },
+        loss: result.loss,
+        examples: result.examples,
+        tokens: result.tokens,
+        truncated: result.truncated,
+        metrics: result.metrics,
     };
     print_report(args, &report, task);
     Ok(())

@@ -62,7 +62,6 @@ pub const NF4_CODE: [f32; 16] = [
 /// Block size of the second-level (double) quantisation of the absmax.
 pub const NESTED_BLOCK_SIZE: i64 = 256;
 
-
 /// Why a weight could not be quantised or dequantised.
 #[derive(Debug, thiserror::Error)]
 pub enum Nf4Error {
@@ -100,8 +99,8 @@ impl Absmax {
     /// Number of first-level blocks.
     pub fn blocks(&self) -> i64 {
         match self {
-            Absmax::Plain(a) => a.numel() as i64,
-            Absmax::Double { codes, .. } => codes.numel() as i64,
+            Absmax::Plain(a) => numel(a),
+            Absmax::Double { codes, .. } => numel(codes),
         }
     }
 
@@ -114,7 +113,7 @@ impl Absmax {
                 nested_absmax,
                 offset,
             } => {
-                let blocks = codes.numel() as i64;
+                let blocks = numel(codes);
                 let map = tables(codes.device())?.dynamic_map;
                 let values = map.f_index_select(0, &codes.f_to_kind(Kind::Int)?)?;
                 let scale = nested_absmax
@@ -177,7 +176,7 @@ impl Nf4Tensor {
             return Err(Nf4Error::UnsupportedInput(kind));
         }
         let shape = weight.size();
-        let n = weight.numel() as i64;
+        let n = numel(weight);
         if n == 0 {
             return Err(Nf4Error::Empty(shape));
         }
@@ -208,8 +207,9 @@ impl Nf4Tensor {
         })
     }
 
-    /// Rebuilds a tensor from stored parts (e.g. a saved checkpoint), checking
-    /// that their kinds and sizes fit `shape` and `block_size`.
+    /// Rebuilds a tensor from stored parts (e.g. a saved checkpoint; bnb
+    /// stores `packed` as `[n/2, 1]`), checking that their kinds, sizes and
+    /// devices fit `shape` and `block_size`.
     pub fn from_parts(
         packed: Tensor,
         absmax: Absmax,
@@ -218,46 +218,36 @@ impl Nf4Tensor {
     ) -> Result<Self, Nf4Error> {
         check_block_size(block_size)?;
         let n: i64 = shape.iter().product();
-        if n <= 0 {
+        if n <= 0 || shape.iter().any(|&d| d < 0) {
             return Err(Nf4Error::Empty(shape));
         }
         let blocks = ceil_div(n, block_size);
-        let expect = |t: &Tensor, name: &str, kind: Kind, len: i64| -> Result<(), Nf4Error> {
-            let (k, s) = (t.f_kind()?, t.size());
-            if k != kind || s.iter().product::<i64>() != len {
+        let device = packed.device();
+        let flat = |t: Tensor, name: &str, kind: Kind, len: i64| -> Result<Tensor, Nf4Error> {
+            let (k, s, d) = (t.f_kind()?, t.size(), t.device());
+            if k != kind || s.iter().product::<i64>() != len || d != device {
                 return Err(Nf4Error::Parts(format!(
-                    "{name} is {k:?} {s:?}, expected {kind:?} with {len} elements for shape {shape:?}, block size {block_size}"
+                    "{name} is {k:?} {s:?} on {d:?}, expected {kind:?} with {len} elements on \
+                     {device:?} for shape {shape:?}, block size {block_size}"
                 )));
             }
-            Ok(())
+            Ok(if s.len() == 1 { t } else { t.f_reshape([-1])? })
         };
-        expect(&packed, "packed", Kind::Uint8, ceil_div(n, 2))?;
-        match &absmax {
-            Absmax::Plain(a) => expect(a, "absmax", Kind::Float, blocks)?,
-            Absmax::Double {
-                codes,
-                nested_absmax,
-                ..
-            } => {
-                expect(codes, "absmax codes", Kind::Uint8, blocks)?;
-                expect(
-                    nested_absmax,
-                    "nested absmax",
-                    Kind::Float,
-                    ceil_div(blocks, NESTED_BLOCK_SIZE),
-                )?;
-            }
-        }
-        let packed = packed.f_reshape([-1])?;
+        let packed = flat(packed, "packed", Kind::Uint8, ceil_div(n, 2))?;
         let absmax = match absmax {
-            Absmax::Plain(a) => Absmax::Plain(a.f_reshape([-1])?),
+            Absmax::Plain(a) => Absmax::Plain(flat(a, "absmax", Kind::Float, blocks)?),
             Absmax::Double {
                 codes,
                 nested_absmax,
                 offset,
             } => Absmax::Double {
-                codes: codes.f_reshape([-1])?,
-                nested_absmax: nested_absmax.f_reshape([-1])?,
+                codes: flat(codes, "absmax codes", Kind::Uint8, blocks)?,
+                nested_absmax: flat(
+                    nested_absmax,
+                    "nested absmax",
+                    Kind::Float,
+                    ceil_div(blocks, NESTED_BLOCK_SIZE),
+                )?,
                 offset,
             },
         };
@@ -325,6 +315,7 @@ impl Nf4Tensor {
     ///
     /// # Panics
     /// If libtorch cannot copy to `device` (see [`Nf4Tensor::f_to_device`]).
+    #[must_use]
     pub fn to_device(&self, device: Device) -> Self {
         Nf4Tensor {
             packed: self.packed.to_device(device),
@@ -375,7 +366,7 @@ pub fn dynamic_map() -> [f32; 256] {
     let mut data = Vec::with_capacity(256);
     for (i, &scale) in SCALES.iter().enumerate() {
         let bounds = torch_linspace_f32(0.1, 1.0, (1 << i) + 1);
-        let means: Vec<f32> = bounds.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        let means = midpoints(&bounds);
         let scale = scale as f32;
         data.extend(means.iter().map(|m| scale * m));
         data.extend(means.iter().map(|m| -scale * m));
@@ -514,7 +505,9 @@ fn tables(device: Device) -> Result<Tables, TchError> {
     Ok(out)
 }
 
-/// `(code[:-1] + code[1:]) / 2` in f32, bnb's decision thresholds.
+/// `(code[:-1] + code[1:]) / 2` in f32 (bnb's decision thresholds and
+/// `create_dynamic_map`'s means), written as torch computes it.
+#[allow(clippy::manual_midpoint)]
 fn midpoints(code: &[f32]) -> Vec<f32> {
     code.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect()
 }
@@ -534,6 +527,11 @@ fn is_float(kind: Kind) -> bool {
     )
 }
 
+/// Element count as i64 (tch reports usize).
+fn numel(t: &Tensor) -> i64 {
+    t.size().iter().product()
+}
+
 /// `ceil(a / b)` for `a ≥ 0`, `b > 0`.
 fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1) / b
@@ -545,14 +543,18 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, clippy::many_single_char_names)]
 mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
     use super::*;
 
-    /// Plain-Rust, element-by-element reading of bnb's quantiser, to check
-    /// the vectorised one: (packed bytes, absmax) for an f32 input.
-    fn reference_nf4(x: &[f32], bs: usize) -> (Vec<u8>, Vec<f32>) {
-        let bounds: Vec<f32> = NF4_CODE.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        let mut q = Vec::with_capacity(x.len() + 1);
+    /// Plain-Rust, element-by-element reading of bnb's reference blockwise
+    /// quantiser: (codes, absmax) of an f32 input.
+    fn reference_blockwise(x: &[f32], code: &[f32], bs: usize) -> (Vec<u8>, Vec<f32>) {
+        let bounds = midpoints(code);
+        let mut q = Vec::with_capacity(x.len());
         let mut absmax = Vec::new();
         let full = x.len() / bs;
         for (b, block) in x.chunks(bs).enumerate() {
@@ -566,32 +568,17 @@ mod tests {
                 q.push(bounds.iter().filter(|&&t| s > t).count() as u8);
             }
         }
-        if q.len() % 2 == 1 {
-            q.push(7);
-        }
-        (q.chunks(2).map(|p| p[0] << 4 | p[1]).collect(), absmax)
+        (q, absmax)
     }
 
-    /// Plain-Rust reading of bnb's native CPU 8-bit blockwise quantiser.
-    fn reference_8bit(x: &[f32], bs: usize) -> (Vec<u8>, Vec<f32>) {
-        let lut = dynamic_lut();
-        let mut out = Vec::new();
-        let mut absmax = Vec::new();
-        for block in x.chunks(bs) {
-            let am = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            absmax.push(am);
-            if am == 0.0 {
-                out.extend(std::iter::repeat_n(0u8, block.len()));
-                continue;
-            }
-            let inv = 1.0 / am;
-            for &v in block {
-                let s = (v * inv).clamp(-1.0, 1.0);
-                let i = ((s + 1.0) * 0.5).mul_add((LUT_SIZE - 1) as f32, 0.5) as usize;
-                out.push(lut[i]);
-            }
-        }
-        (out, absmax)
+    fn pack(q: &[u8]) -> Vec<u8> {
+        q.chunks(2)
+            .map(|p| p[0] << 4 | p.get(1).copied().unwrap_or(7))
+            .collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        to_vec_f32(t).iter().map(|v| v.to_bits()).collect()
     }
 
     fn to_vec_f32(t: &Tensor) -> Vec<f32> {
@@ -663,8 +650,9 @@ mod tests {
             }
             for dq in [false, true] {
                 let q = Nf4Tensor::quantize(&x, bs, dq).unwrap();
-                let (want_packed, want_absmax) = reference_nf4(&to_vec_f32(&x), bs as usize);
-                assert_eq!(to_vec_u8(&q.packed), want_packed, "n={n} bs={bs}");
+                let (want_q, want_absmax) =
+                    reference_blockwise(&to_vec_f32(&x), &NF4_CODE, bs as usize);
+                assert_eq!(to_vec_u8(&q.packed), pack(&want_q), "n={n} bs={bs}");
                 match &q.absmax {
                     Absmax::Plain(a) => assert_eq!(to_vec_f32(a), want_absmax),
                     Absmax::Double {
@@ -675,7 +663,7 @@ mod tests {
                         let mean = Tensor::from_slice(&want_absmax).mean(None::<Kind>);
                         assert_eq!(*offset, mean.double_value(&[]) as f32);
                         let centred: Vec<f32> = want_absmax.iter().map(|a| a - offset).collect();
-                        let (c, nested) = reference_8bit(&centred, 256);
+                        let (c, nested) = reference_blockwise(&centred, &dynamic_map(), 256);
                         assert_eq!(to_vec_u8(codes), c);
                         assert_eq!(to_vec_f32(nested_absmax), nested);
                     }
@@ -857,6 +845,40 @@ mod tests {
     }
 
     #[test]
+    fn cuda_matches_cpu_when_available() {
+        if !tch::Cuda::is_available() {
+            println!("no CUDA device: skipped");
+            return;
+        }
+        let cuda = Device::Cuda(0);
+        let x = randn(&[129, 77], 6);
+        let cpu = Nf4Tensor::quantize(&x, 64, false).unwrap();
+        let gpu = Nf4Tensor::quantize(&x.to_device(cuda), 64, false).unwrap();
+        assert_eq!(gpu.device(), cuda);
+        let back = gpu.to_device(Device::Cpu);
+        assert!(back.packed.equal(&cpu.packed));
+        assert!(
+            back.absmax
+                .restore()
+                .unwrap()
+                .equal(&cpu.absmax.restore().unwrap())
+        );
+        let d = gpu.dequantize(Kind::BFloat16).unwrap();
+        assert!(
+            d.to_device(Device::Cpu)
+                .equal(&cpu.dequantize(Kind::BFloat16).unwrap())
+        );
+        // Double quant: the CUDA mean may round differently, so only closeness.
+        let gpu = Nf4Tensor::quantize(&x.to_device(cuda), 64, true).unwrap();
+        let err = (gpu.dequantize(Kind::Float).unwrap().to_device(Device::Cpu)
+            - cpu.dequantize(Kind::Float).unwrap())
+        .abs()
+        .max()
+        .double_value(&[]);
+        assert!(err < 1e-3, "{err}");
+    }
+
+    #[test]
     fn timing_2304x9216_f32_cpu() {
         let x = randn(&[2304, 9216], 4);
         for dq in [false, true] {
@@ -874,6 +896,155 @@ mod tests {
                 "NF4 2304x9216 f32 on CPU ({} threads), double_quant={dq}: quantize {tq:.2?}, dequantize bf16 {td:.2?}, f32 {tf:.2?}",
                 tch::get_num_threads()
             );
+        }
+    }
+
+    // ---- bitsandbytes 0.50.2 fixture (tests/golden/nf4, see its README) ----
+
+    struct Golden {
+        tensors: HashMap<String, Tensor>,
+        json: serde_json::Value,
+    }
+
+    impl Golden {
+        fn load() -> Self {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/nf4");
+            let tensors = Tensor::read_safetensors(dir.join("nf4.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+            let json =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("nf4.json")).unwrap())
+                    .unwrap();
+            Golden { tensors, json }
+        }
+
+        fn get(&self, name: &str) -> &Tensor {
+            self.tensors
+                .get(name)
+                .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.json["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn golden_code_table_and_dynamic_map_equal_bnb() {
+        let g = Golden::load();
+        let nf4: Vec<u32> = NF4_CODE.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits(g.get("nf4_code")), nf4);
+        let map: Vec<u32> = dynamic_map().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits(g.get("nested_quant_map")), map);
+        let json_mids: Vec<f32> = g.json["code_midpoints_f32"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(json_mids, midpoints(&NF4_CODE));
+        assert_eq!(g.json["blocksize"], 64);
+        assert_eq!(g.json["nested_blocksize"], NESTED_BLOCK_SIZE);
+    }
+
+    #[test]
+    fn golden_quantize_and_dequantize_are_bit_exact() {
+        let g = Golden::load();
+        let names = g.names();
+        assert_eq!(names.len(), 5);
+        for name in names {
+            let x = g.get(&format!("{name}.x"));
+            let bf16 = x.kind() == Kind::BFloat16;
+            let f = |suffix: &str| g.get(&format!("{name}.{suffix}"));
+
+            let q = Nf4Tensor::quantize(x, 64, false).unwrap();
+            assert_eq!(q.shape(), x.size().as_slice());
+            assert_eq!(
+                to_vec_u8(&q.packed),
+                to_vec_u8(f("nf4.packed")),
+                "{name} packed"
+            );
+            let Absmax::Plain(absmax) = &q.absmax else {
+                panic!("plain absmax expected");
+            };
+            assert_eq!(bits(absmax), bits(f("nf4.absmax")), "{name} absmax");
+            let deq = q.dequantize(Kind::Float).unwrap();
+            assert_eq!(deq.size(), x.size());
+            assert_eq!(bits(&deq), bits(f("nf4.dequant")), "{name} dequant");
+            if bf16 {
+                let d = q.dequantize(Kind::BFloat16).unwrap();
+                assert!(d.equal(f("nf4.dequant_bf16")), "{name} dequant bf16");
+            }
+
+            let q = Nf4Tensor::quantize(x, 64, true).unwrap();
+            assert_eq!(
+                to_vec_u8(&q.packed),
+                to_vec_u8(f("nf4_dq.packed")),
+                "{name} dq packed"
+            );
+            let Absmax::Double {
+                codes,
+                nested_absmax,
+                offset,
+            } = &q.absmax
+            else {
+                panic!("double absmax expected");
+            };
+            assert_eq!(
+                to_vec_u8(codes),
+                to_vec_u8(f("nf4_dq.absmax")),
+                "{name} dq codes"
+            );
+            assert_eq!(
+                bits(nested_absmax),
+                bits(f("nf4_dq.nested_absmax")),
+                "{name} nested absmax"
+            );
+            assert_eq!(
+                offset.to_bits(),
+                bits(f("nf4_dq.offset"))[0],
+                "{name} offset"
+            );
+            assert_eq!(
+                bits(&q.absmax.restore().unwrap()),
+                bits(f("nf4_dq.absmax_dequant")),
+                "{name} restored absmax"
+            );
+            let deq = q.dequantize(Kind::Float).unwrap();
+            assert_eq!(bits(&deq), bits(f("nf4_dq.dequant")), "{name} dq dequant");
+            if bf16 {
+                let d = q.dequantize(Kind::BFloat16).unwrap();
+                assert!(d.equal(f("nf4_dq.dequant_bf16")), "{name} dq dequant bf16");
+            }
+        }
+    }
+
+    #[test]
+    fn golden_parts_dequantize_like_bnb() {
+        // Parts written by bnb, read back through `from_parts`.
+        let g = Golden::load();
+        for name in g.names() {
+            let f = |suffix: &str| g.get(&format!("{name}.{suffix}")).copy();
+            let shape = f("x").size();
+            let q = Nf4Tensor::from_parts(
+                f("nf4_dq.packed"),
+                Absmax::Double {
+                    codes: f("nf4_dq.absmax"),
+                    nested_absmax: f("nf4_dq.nested_absmax"),
+                    offset: to_vec_f32(&f("nf4_dq.offset"))[0],
+                },
+                shape,
+                64,
+            )
+            .unwrap();
+            let deq = q.dequantize(Kind::Float).unwrap();
+            assert_eq!(bits(&deq), bits(&f("nf4_dq.dequant")), "{name}");
         }
     }
 }
