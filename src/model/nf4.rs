@@ -22,11 +22,11 @@
 //!
 //! This is bnb's reference torch kernel (`backends/default/ops.py`), which is
 //! what its public CPU `quantize_4bit` runs and what the golden fixture
-//! (`tests/golden/nf4/`, bnb 0.50.2) records. It also matches bnb's CUDA kernels
-//! except in degenerate blocks: CUDA writes code 0 instead of 7 for an all-zero
-//! block (the dequantised value is 0 either way) and does not clamp a partial
-//! block's absmax. bnb's *native CPU* 8-bit kernel is not followed: it looks
-//! codes up in a 65,536-entry table instead of taking the nearest one.
+//! (`tests/golden/nf4/`, bnb 0.50.2) records. bnb's CUDA kernels give the same
+//! codes except in degenerate all-zero blocks (CUDA writes code 0 instead of 7
+//! there; the dequantised value is 0 either way; see `tests/golden/README.md`).
+//! bnb's *native CPU* 8-bit kernel is not followed: it looks codes up in a
+//! 65,536-entry table instead of taking the nearest one.
 //!
 //! Dequantisation computes `code[q]·absmax` in f32 and then casts, as bnb's
 //! kernels do. Both directions are pure tensor ops on the weight's device.
@@ -273,17 +273,17 @@ impl Nf4Tensor {
         let values = byte_lut
             .f_index_select(0, &self.packed.f_to_kind(Kind::Int)?)?
             .f_view([-1])?;
-        let out = if n % bs == 0 {
-            values.f_view([blocks, bs])?.f_mul(&absmax)?
+        let mut grid = if n % bs == 0 {
+            values.f_view([blocks, bs])?
         } else {
             let len = values.size()[0];
             values
                 .f_constant_pad_nd([0, blocks * bs - len])?
                 .f_view([blocks, bs])?
-                .f_mul(&absmax)?
-                .f_view([-1])?
-                .f_narrow(0, 0, n)?
         };
+        // In place: `values` is a fresh tensor, so only one full-size f32 buffer.
+        let _ = grid.f_mul_(&absmax)?;
+        let out = grid.f_view([-1])?.f_narrow(0, 0, n)?;
         let out = out.f_reshape(self.shape.as_slice())?;
         Ok(if kind == Kind::Float {
             out

@@ -204,6 +204,18 @@ pub fn train(
         state = checkpoint::restore(&latest, &trainables, &mut optimizer)?;
     }
     let resumed_from = state.step;
+    let total_params = model.config().param_counts().total;
+    eprintln!(
+        "trainable parameters: {} of {} ({:.3}%); {} train / {} valid / {} test examples ({} invalid lines skipped); dataset sha256 {}",
+        trainables.num_parameters(),
+        total_params,
+        100.0 * trainables.num_parameters() as f64 / total_params.max(1) as f64,
+        train_records.len(),
+        valid_records.len(),
+        test_records.len(),
+        dataset.skipped,
+        dataset.fingerprint
+    );
     events.emit(WorkerEvent::Started {
         trial: ctx.trial_id.clone(),
         attempt: ctx.attempt,
@@ -215,6 +227,7 @@ pub fn train(
         device: format!("{:?}", ctx.device),
         dataset_fingerprint: dataset.fingerprint.clone(),
         resumed_from,
+        skipped_lines: dataset.skipped,
     })?;
 
     let meta = AdapterMeta {

@@ -43,6 +43,9 @@ pub enum WorkerEvent {
         dataset_fingerprint: String,
         /// Step the run resumed from (0 for a fresh start).
         resumed_from: u64,
+        /// Invalid dataset lines skipped (`data.skip_invalid`).
+        #[serde(default)]
+        skipped_lines: usize,
     },
     /// One optimiser step: `train/loss`, `train/lr`, `train/grad_norm`,
     /// `perf/samples_per_s`, `perf/tokens_per_s`, `perf/peak_memory_bytes`.

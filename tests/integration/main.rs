@@ -8,3 +8,4 @@ mod experiments;
 mod model_cli;
 mod plan;
 mod spec_errors;
+mod worker;
