@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::rng::SplitMix64;
 
+use super::adapt::tensor_shapes;
 use super::config::{PaliGemmaConfig, Resolution, Size};
 
 const TOKENIZER_JSON: &str = include_str!("../../assets/tiny-tokenizer/tokenizer.json");
@@ -151,89 +152,13 @@ fn init_for(name: &str, shape: &[i64]) -> (f64, f64) {
     }
 }
 
-/// Every tensor of the checkpoint, with the hub's (legacy) names.
-// One flat list, in checkpoint order: splitting it would only scatter it.
-#[allow(clippy::too_many_lines)]
-fn tensor_specs(config: &PaliGemmaConfig) -> Vec<(String, Vec<i64>)> {
-    let v = &config.vision_config;
-    let t = &config.text_config;
-    let (vh, vi) = (i64::from(v.hidden_size), i64::from(v.intermediate_size));
-    let patch = i64::from(v.patch_size);
-    let tokens = i64::from(config.num_image_tokens());
-    let (th, ti) = (i64::from(t.hidden_size), i64::from(t.intermediate_size));
-    let (q_out, kv_out) = (
-        i64::from(t.num_attention_heads) * i64::from(t.head_dim),
-        i64::from(t.num_key_value_heads) * i64::from(t.head_dim),
-    );
-    let mut specs: Vec<(String, Vec<i64>)> = Vec::new();
-    let mut add = |name: String, shape: Vec<i64>| specs.push((name, shape));
-
-    let vp = "vision_tower.vision_model";
-    add(
-        format!("{vp}.embeddings.patch_embedding.weight"),
-        vec![vh, i64::from(v.num_channels), patch, patch],
-    );
-    add(format!("{vp}.embeddings.patch_embedding.bias"), vec![vh]);
-    add(
-        format!("{vp}.embeddings.position_embedding.weight"),
-        vec![tokens, vh],
-    );
-    for i in 0..v.num_hidden_layers {
-        let l = format!("{vp}.encoder.layers.{i}");
-        for norm in ["layer_norm1", "layer_norm2"] {
-            add(format!("{l}.{norm}.weight"), vec![vh]);
-            add(format!("{l}.{norm}.bias"), vec![vh]);
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(format!("{l}.self_attn.{proj}.weight"), vec![vh, vh]);
-            add(format!("{l}.self_attn.{proj}.bias"), vec![vh]);
-        }
-        add(format!("{l}.mlp.fc1.weight"), vec![vi, vh]);
-        add(format!("{l}.mlp.fc1.bias"), vec![vi]);
-        add(format!("{l}.mlp.fc2.weight"), vec![vh, vi]);
-        add(format!("{l}.mlp.fc2.bias"), vec![vh]);
-    }
-    add(format!("{vp}.post_layernorm.weight"), vec![vh]);
-    add(format!("{vp}.post_layernorm.bias"), vec![vh]);
-
-    let proj = i64::from(config.projection_dim);
-    add("multi_modal_projector.linear.weight".into(), vec![proj, vh]);
-    add("multi_modal_projector.linear.bias".into(), vec![proj]);
-
-    let lp = "language_model.model";
-    add(
-        format!("{lp}.embed_tokens.weight"),
-        vec![i64::from(t.vocab_size), th],
-    );
-    for i in 0..t.num_hidden_layers {
-        let l = format!("{lp}.layers.{i}");
-        add(format!("{l}.self_attn.q_proj.weight"), vec![q_out, th]);
-        add(format!("{l}.self_attn.k_proj.weight"), vec![kv_out, th]);
-        add(format!("{l}.self_attn.v_proj.weight"), vec![kv_out, th]);
-        add(format!("{l}.self_attn.o_proj.weight"), vec![th, q_out]);
-        add(format!("{l}.mlp.gate_proj.weight"), vec![ti, th]);
-        add(format!("{l}.mlp.up_proj.weight"), vec![ti, th]);
-        add(format!("{l}.mlp.down_proj.weight"), vec![th, ti]);
-        // Gemma's RMSNorm scales by (1 + w): random w around 0.
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            add(format!("{l}.{norm}.weight"), vec![th]);
-        }
-    }
-    add(format!("{lp}.norm.weight"), vec![th]);
-    specs
-}
-
 fn random_weights(config: &PaliGemmaConfig, seed: u64) -> Result<Vec<(String, Tensor)>, TinyError> {
     // Our own generator, one stream in a fixed tensor order: the same seed
     // gives the same bytes on every machine and libtorch version, and no
     // global torch RNG state is touched.
     let mut rng = SplitMix64::new(seed);
-    tensor_specs(config)
+    // Every tensor with the hub's (legacy) names, in checkpoint order.
+    tensor_shapes(config)
         .into_iter()
         .map(|(name, shape)| {
             let count: i64 = shape.iter().product();
@@ -271,7 +196,7 @@ mod tests {
         for size in Size::ALL {
             for resolution in Resolution::ALL {
                 let config = PaliGemmaConfig::tiny(size, resolution);
-                let total: i64 = tensor_specs(&config)
+                let total: i64 = tensor_shapes(&config)
                     .iter()
                     .map(|(_, shape)| shape.iter().product::<i64>())
                     .sum();
