@@ -85,6 +85,9 @@ pub fn write_random(dir: &Path, config: &PaliGemmaConfig, seed: u64) -> Result<(
     let mut config_json = serde_json::to_value(config).map_err(|e| io(dir)(e.into()))?;
     // Lets transformers' `AutoModel` load the tiny checkpoints too.
     config_json["architectures"] = serde_json::json!(["PaliGemmaForConditionalGeneration"]);
+    // PaliGemma's SigLIP has no attention-pool head; transformers would
+    // otherwise build one and report its weights missing.
+    config_json["vision_config"]["vision_use_head"] = serde_json::json!(false);
     let config_json = serde_json::to_string_pretty(&config_json).map_err(|e| io(dir)(e.into()))?;
     let files = [
         ("config.json", config_json),
@@ -228,5 +231,11 @@ mod tests {
         );
         let config = PaliGemmaConfig::from_json_file(first.join("config.json")).unwrap();
         assert_eq!(config, PaliGemmaConfig::tiny(Size::B10, Resolution::R448));
+        // What transformers needs to build the same model from the folder.
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(first.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(raw["vision_config"]["vision_use_head"], false);
+        assert_eq!(raw["architectures"][0], "PaliGemmaForConditionalGeneration");
     }
 }
