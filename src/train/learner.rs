@@ -50,8 +50,9 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Tch(#[from] tch::TchError),
-    #[error("cannot prepare the checkpoint: {0}")]
-    Checkpoint0(String),
+    /// The dataset or checkpoint the spec names cannot be had.
+    #[error("{0}")]
+    Input(String),
     #[error("cannot write events: {0}")]
     Events(#[from] std::io::Error),
     #[error("the trial was stopped at step {step} (checkpoint saved)")]
@@ -85,18 +86,8 @@ pub struct Outcome {
 fn dataset_root(spec: &Spec, cache: &Path) -> Result<PathBuf, TrainError> {
     match spec.data.path.strip_prefix(GENERATED_PREFIX) {
         Some(kind) => {
-            let task: SyntheticTask = kind.parse().map_err(|m: String| DataError::Line {
-                file: PathBuf::from("data.path"),
-                line: 0,
-                message: m,
-            })?;
-            synthetic::ensure(cache, task).map_err(|e| {
-                DataError::Io {
-                    path: e.path,
-                    source: e.source,
-                }
-                .into()
-            })
+            let task: SyntheticTask = kind.parse().map_err(TrainError::Input)?;
+            synthetic::ensure(cache, task).map_err(|e| TrainError::Input(e.to_string()))
         }
         None => Ok(PathBuf::from(&spec.data.path)),
     }
@@ -108,9 +99,9 @@ pub fn checkpoint_dir(spec: &Spec, cache: &Path) -> Result<PathBuf, TrainError> 
     let resolved = ckpt_ref::resolve(&spec.model);
     match resolved.reference {
         CheckpointRef::Tiny => tiny::ensure(cache, resolved.size, resolved.resolution)
-            .map_err(|e| TrainError::Checkpoint0(e.to_string())),
+            .map_err(|e| TrainError::Input(e.to_string())),
         CheckpointRef::Hub(id) => hub::resolve(&id, spec.model.revision.as_deref())
-            .map_err(|e| TrainError::Checkpoint0(e.to_string())),
+            .map_err(|e| TrainError::Input(e.to_string())),
         CheckpointRef::Local(dir) => Ok(dir),
     }
 }
