@@ -154,9 +154,10 @@ fn classify(error: &TrainError) -> (FailureKind, u8) {
         return (FailureKind::Oom, EXIT_OOM);
     }
     match error {
-        TrainError::Data(_) | TrainError::Processor(_) | TrainError::Loader(_) => {
-            (FailureKind::Data, 2)
-        }
+        TrainError::Data(_)
+        | TrainError::Processor(_)
+        | TrainError::Loader(_)
+        | TrainError::Input(_) => (FailureKind::Data, 2),
         _ => (FailureKind::Other, 1),
     }
 }
