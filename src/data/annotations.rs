@@ -83,8 +83,20 @@ pub enum DataError {
     },
 }
 
-/// The annotations file of a split and the folder its images live in.
+/// The annotations file of a split and the folder its images live in. A
+/// single `.jsonl` file (images beside it) is a training split alone.
 pub fn locate(root: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
+    if root
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+    {
+        return (split == Split::Train && root.is_file()).then(|| {
+            (
+                root.to_owned(),
+                root.parent().unwrap_or(Path::new(".")).to_owned(),
+            )
+        });
+    }
     let nested = root.join(split.as_str()).join("annotations.jsonl");
     if nested.is_file() {
         return Some((nested, root.join(split.as_str())));
@@ -176,6 +188,14 @@ mod tests {
         assert_eq!(train[0].image, root.path().join("b.png"));
         assert!(matches!(
             read_split(root.path(), Split::Test),
+            Err(DataError::NoSplit { .. })
+        ));
+        // A single .jsonl file is a training split with its images beside it.
+        let single = root.path().join("_annotations.train.jsonl");
+        let train = read_split(&single, Split::Train).unwrap();
+        assert_eq!(train[0].image, root.path().join("b.png"));
+        assert!(matches!(
+            read_split(&single, Split::Valid),
             Err(DataError::NoSplit { .. })
         ));
     }
