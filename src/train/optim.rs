@@ -2,8 +2,10 @@
 //! arithmetic), written here rather than taken from tch because tch cannot
 //! save or restore an optimiser's state, and resume must be exact.
 //!
-//! Parameters are f32 master copies; with bf16 compute the trainer casts
-//! them for the forward pass and casts gradients back.
+//! A parameter held in a lower precision (a bf16 tensor trained in full on
+//! CUDA) gets an f32 master copy: the update runs on the master, which is
+//! then cast into the model's tensor — explicit casts, since tch's autocast
+//! cannot select bf16.
 
 use std::path::Path;
 
@@ -33,8 +35,10 @@ impl Default for AdamWConfig {
 #[derive(Debug)]
 pub struct Param {
     pub name: String,
-    /// The f32 master weight (requires grad).
+    /// The model's tensor (requires grad).
     pub value: Tensor,
+    /// The f32 master copy when `value` is not f32.
+    master: Option<Tensor>,
     /// Biases and norm weights get no weight decay.
     pub decay: bool,
     exp_avg: Tensor,
@@ -55,7 +59,13 @@ impl AdamW {
         let params = params
             .into_iter()
             .map(|(name, value, decay)| {
+                let master = if value.kind() == Kind::Float {
+                    None
+                } else {
+                    Some(value.f_detach()?.f_to_kind(Kind::Float)?)
+                };
                 Ok(Param {
+                    master,
                     exp_avg: value.f_zeros_like()?.f_to_kind(Kind::Float)?,
                     exp_avg_sq: value.f_zeros_like()?.f_to_kind(Kind::Float)?,
                     name,
@@ -130,8 +140,12 @@ impl AdamW {
                     continue;
                 }
                 let grad = grad.f_to_kind(Kind::Float)?;
+                let mut weight = p
+                    .master
+                    .as_ref()
+                    .map_or_else(|| p.value.shallow_clone(), Tensor::shallow_clone);
                 if p.decay && c.weight_decay > 0.0 {
-                    let _ = p.value.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
+                    let _ = weight.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
                 }
                 let _ = p
                     .exp_avg
@@ -147,7 +161,10 @@ impl AdamW {
                     .f_sqrt()?
                     .f_add_scalar(c.eps)?;
                 let update = p.exp_avg.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
-                let _ = p.value.f_sub_(&update)?;
+                let _ = weight.f_sub_(&update)?;
+                if p.master.is_some() {
+                    let _ = p.value.f_copy_(&weight)?;
+                }
             }
             Ok(())
         })
@@ -163,6 +180,9 @@ impl AdamW {
                 format!("{}.exp_avg_sq", p.name),
                 p.exp_avg_sq.shallow_clone(),
             ));
+            if let Some(master) = &p.master {
+                tensors.push((format!("{}.master", p.name), master.shallow_clone()));
+            }
         }
         tensors.push((
             "step".into(),
@@ -185,6 +205,9 @@ impl AdamW {
             let device = p.value.device();
             p.exp_avg = find(&format!("{}.exp_avg", p.name))?.f_to_device(device)?;
             p.exp_avg_sq = find(&format!("{}.exp_avg_sq", p.name))?.f_to_device(device)?;
+            if p.master.is_some() {
+                p.master = Some(find(&format!("{}.master", p.name))?.f_to_device(device)?);
+            }
         }
         self.step = u64::try_from(find("step")?.int64_value(&[0])).unwrap_or(0);
         Ok(())
@@ -226,6 +249,27 @@ mod tests {
             let got = w.double_value(&[i64::try_from(i).unwrap()]);
             assert!((got - e).abs() < 1e-6, "w[{i}] = {got}, expected {e}");
         }
+    }
+
+    /// A bf16 parameter is updated through an f32 master: many updates too
+    /// small for bf16's 8-bit mantissa still add up.
+    #[test]
+    fn bf16_params_accumulate_small_updates_in_an_f32_master() {
+        let w = Tensor::from_slice(&[1.0_f32])
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![("w".into(), w.shallow_clone(), true)],
+        )
+        .unwrap();
+        for _ in 0..100 {
+            opt.zero_grad();
+            w.to_kind(Kind::Float).sum(Kind::Float).backward(); // gradient 1
+            opt.step(1e-4).unwrap(); // each update is below bf16's spacing at 1.0
+        }
+        let value = w.to_kind(Kind::Float).double_value(&[0]);
+        assert!((value - 0.99).abs() < 4e-3, "bf16 weight {value}");
     }
 
     #[test]
