@@ -163,7 +163,7 @@ impl AdamW {
                 let update = p.exp_avg.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
                 let _ = weight.f_sub_(&update)?;
                 if p.master.is_some() {
-                    let _ = p.value.f_copy_(&weight)?;
+                    p.value.f_copy_(&weight)?;
                 }
             }
             Ok(())
