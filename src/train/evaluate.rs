@@ -47,6 +47,20 @@ pub struct EvalResult {
     pub metrics: BTreeMap<String, f64>,
 }
 
+impl EvalResult {
+    /// The loss and metrics under the names every consumer uses:
+    /// `<split>/loss`, `<split>/field_f1`, … (`split` is `val` or `test`).
+    pub fn named(&self, split: &str) -> BTreeMap<String, f64> {
+        let mut named: BTreeMap<String, f64> = self
+            .metrics
+            .iter()
+            .map(|(k, v)| (format!("{split}/{k}"), *v))
+            .collect();
+        named.insert(format!("{split}/loss"), self.loss);
+        named
+    }
+}
+
 /// Evaluates `records` in file order (no dropout, no autograd).
 pub fn evaluate(
     model: &PaliGemma,

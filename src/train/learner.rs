@@ -261,12 +261,7 @@ pub fn train(
                 dataset.task,
                 &eval_options,
             )?;
-            let mut metrics: BTreeMap<String, f64> = result
-                .metrics
-                .iter()
-                .map(|(k, v)| (format!("val/{k}"), *v))
-                .collect();
-            metrics.insert("val/loss".into(), result.loss);
+            let metrics = result.named("val");
             events.emit(WorkerEvent::Eval {
                 step: state.step,
                 epoch: state.epoch,
@@ -411,12 +406,7 @@ pub fn train(
             dataset.task,
             &eval_options,
         )?;
-        let mut metrics: BTreeMap<String, f64> = result
-            .metrics
-            .iter()
-            .map(|(k, v)| (format!("test/{k}"), *v))
-            .collect();
-        metrics.insert("test/loss".into(), result.loss);
+        let metrics = result.named("test");
         events.emit(WorkerEvent::Eval {
             step: state.step,
             epoch: state.epoch,
