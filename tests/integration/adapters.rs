@@ -4,23 +4,11 @@
 
 use std::path::Path;
 
-use crate::util::{Test, repo_root};
-
-fn golden(path: &str) -> String {
-    repo_root()
-        .join("tests/golden")
-        .join(path)
-        .display()
-        .to_string()
-}
+use crate::util::{Test, golden, golden_json, repo_root};
 
 /// `tests/golden/adapters/values.json` at a JSON pointer.
 fn adapter_value(pointer: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(golden("adapters/values.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json.pointer(pointer)
-        .unwrap_or_else(|| panic!("adapters/values.json lacks {pointer}"))
-        .clone()
+    golden_json("adapters/values.json", pointer)
 }
 
 /// `eval --json` of a checkpoint (and an adapter) on a golden split.

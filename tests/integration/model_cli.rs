@@ -1,22 +1,10 @@
 //! `init-tiny`, `eval`, `predict` and `fetch` through the real binary,
 //! against the golden fixtures that transformers made.
 
-use crate::util::{Test, repo_root};
-
-fn golden(path: &str) -> String {
-    repo_root()
-        .join("tests/golden")
-        .join(path)
-        .display()
-        .to_string()
-}
+use crate::util::{Test, golden, golden_json};
 
 fn golden_value(pointer: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(golden("values.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json.pointer(pointer)
-        .unwrap_or_else(|| panic!("values.json lacks {pointer}"))
-        .clone()
+    golden_json("values.json", pointer)
 }
 
 #[test]

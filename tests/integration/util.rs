@@ -125,6 +125,24 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A path under `tests/golden/` (fixtures made by `scripts/golden/make.sh`).
+pub fn golden(path: &str) -> String {
+    repo_root()
+        .join("tests/golden")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// The value at a JSON pointer in a golden JSON file.
+pub fn golden_json(file: &str, pointer: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(golden(file)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json.pointer(pointer)
+        .unwrap_or_else(|| panic!("{file} lacks {pointer}"))
+        .clone()
+}
+
 /// `plan --json` on a spec with extra arguments; returns the trial ids.
 pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["plan", "spec.toml", "--json", "--devices", "cuda:8x1024GiB"];
