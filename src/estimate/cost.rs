@@ -198,17 +198,9 @@ mod tests {
     }
 
     fn default_targets() -> Vec<String> {
-        [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec()
+        crate::model::lora::DEFAULT_TARGETS
+            .map(String::from)
+            .to_vec()
     }
 
     #[test]

@@ -361,17 +361,9 @@ mod tests {
     const GB: f64 = 1e9;
 
     fn default_targets() -> Vec<String> {
-        [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec()
+        crate::model::lora::DEFAULT_TARGETS
+            .map(String::from)
+            .to_vec()
     }
 
     /// The maestro recipe (reference §9) on CUDA in bf16: r=8, 7 targets,

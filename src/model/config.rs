@@ -822,17 +822,9 @@ mod tests {
     ];
 
     fn default_targets() -> Vec<String> {
-        [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec()
+        crate::model::lora::DEFAULT_TARGETS
+            .map(String::from)
+            .to_vec()
     }
 
     /// The published 3B-224 `config.json` (reference §1), with its stale and

@@ -287,9 +287,11 @@ pub fn train(
         };
 
     let mut last_train_loss = f64::NAN;
-    let started = Instant::now();
-    let (mut window_loss, mut window_micro, mut window_samples, mut window_tokens) =
-        (0.0, 0usize, 0usize, 0i64);
+    // Per optimiser step: the micro-batch losses stay on the device (one
+    // read per step, not per micro-batch); throughput counts this window only.
+    let mut window_started = Instant::now();
+    let mut window_loss: Option<tch::Tensor> = None;
+    let (mut window_micro, mut window_samples, mut window_tokens) = (0usize, 0usize, 0i64);
     'epochs: while state.epoch < u64::from(spec.train.epochs) && state.step < total_steps {
         let loader = EpochLoader::start(
             Arc::clone(&train_records),
@@ -308,10 +310,17 @@ pub fn train(
             let mean = loss.mean()?;
             // Each micro-batch counts 1/accum of the step, as transformers' Trainer does.
             (mean.f_div_scalar(accum as f64)?).backward();
-            window_loss += mean.f_double_value(&[])?;
+            let detached = mean.f_detach()?;
+            window_loss = Some(match window_loss.take() {
+                Some(sum) => sum.f_add(&detached)?,
+                None => detached,
+            });
             window_micro += 1;
             window_samples += batch.records.len();
-            window_tokens += input
+            // Counted on the host copy of the mask: no device sync.
+            window_tokens += batch
+                .encoded
+                .input
                 .attention_mask
                 .f_sum(Kind::Int64)?
                 .f_int64_value(&[])?;
@@ -325,8 +334,11 @@ pub fn train(
             optimizer.step(lr)?;
             optimizer.zero_grad();
             state.step += 1;
-            last_train_loss = window_loss / window_micro as f64;
-            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+            last_train_loss = match window_loss.take() {
+                Some(sum) => sum.f_double_value(&[])? / window_micro as f64,
+                None => f64::NAN,
+            };
+            let elapsed = window_started.elapsed().as_secs_f64().max(1e-9);
             let mut metrics = BTreeMap::from([
                 ("train/loss".to_owned(), last_train_loss),
                 ("train/lr".to_owned(), lr),
@@ -348,7 +360,8 @@ pub fn train(
                 epoch: state.epoch,
                 metrics,
             })?;
-            (window_loss, window_micro, window_samples, window_tokens) = (0.0, 0, 0, 0);
+            (window_micro, window_samples, window_tokens) = (0, 0, 0);
+            window_started = Instant::now();
 
             let step_eval = eval_every.is_some_and(|n| state.step.is_multiple_of(n));
             if epoch_end {

@@ -103,18 +103,25 @@ impl AdamW {
     /// `max_norm` when it is positive (`clip_grad_norm_` semantics: the
     /// returned norm is the one before clipping).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TchError> {
-        let mut sum_sq = 0.0;
+        // Summed on the device, read once: one sync per step, not per tensor.
+        let mut sum_sq: Option<Tensor> = None;
         for p in &self.params {
             let grad = p.value.grad();
             if grad.defined() {
-                sum_sq += grad
+                let sq = grad
                     .f_to_kind(Kind::Double)?
                     .f_square()?
-                    .f_sum(Kind::Double)?
-                    .double_value(&[]);
+                    .f_sum(Kind::Double)?;
+                sum_sq = Some(match sum_sq.take() {
+                    Some(total) => total.f_add(&sq)?,
+                    None => sq,
+                });
             }
         }
-        let norm = sum_sq.sqrt();
+        let norm = match sum_sq {
+            Some(total) => total.f_double_value(&[])?.sqrt(),
+            None => 0.0,
+        };
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             for p in &self.params {
