@@ -71,12 +71,9 @@ fn examples(args: &BenchArgs) -> anyhow::Result<Vec<Example>> {
         .collect())
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Peak resident memory of this process, in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    crate::train::perf::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
