@@ -113,6 +113,14 @@ pub fn prefix_lm_mask(
         .f_unsqueeze(1)
 }
 
+/// The per-pass inputs of the decoder layers (see [`Gemma2Model::pass`]).
+#[derive(Debug)]
+pub struct DecoderPass {
+    cos: Tensor,
+    sin: Tensor,
+    masks: AttentionMasks,
+}
+
 // ---------------------------------------------------------------------------
 // Layers
 // ---------------------------------------------------------------------------
@@ -553,6 +561,33 @@ impl Gemma2Model {
             cache.len = offset + inputs_embeds.size()[1];
         }
         self.norm.forward(&x)
+    }
+
+    /// What every layer of one cache-less pass shares: the rotary tables at
+    /// `position_ids` and the masks.
+    pub fn pass(
+        &self,
+        position_ids: &Tensor,
+        masks: AttentionMasks,
+        kind: Kind,
+    ) -> Result<DecoderPass, TchError> {
+        let (cos, sin) = self.rotary_emb.cos_sin(position_ids, kind)?;
+        Ok(DecoderPass { cos, sin, masks })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `index` on `x` without a cache; layer by layer so that
+    /// training can recompute one layer at a time (gradient checkpointing).
+    pub fn layer(&self, index: usize, x: &Tensor, pass: &DecoderPass) -> Result<Tensor, TchError> {
+        self.layers[index].forward(x, &pass.cos, &pass.sin, &pass.masks, None)
+    }
+
+    /// The final `model.norm`.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        self.norm.forward(x)
     }
 
     /// The tied `lm_head` and the final soft-cap on normed hidden states

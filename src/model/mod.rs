@@ -1,6 +1,7 @@
 //! `PaliGemma` 2 on tch: configs, weights, the processor (tokenizer and
 //! images), the three towers, generation, and the built-in tiny checkpoints.
 pub mod adapt;
+pub mod backward;
 pub mod config;
 pub mod gemma2;
 pub mod generate;

@@ -19,7 +19,7 @@ use tch::{Device, Kind, Reduction, TchError, Tensor};
 
 use super::adapt::{AdaptContext, AdaptPlan, Trainables};
 use super::config::{ConfigError, PaliGemmaConfig};
-use super::gemma2::{AttentionMasks, Gemma2Model, KvCache};
+use super::gemma2::{AttentionMasks, DecoderPass, Gemma2Model, KvCache};
 use super::input::ModelInput;
 use super::linear::Linear;
 use super::peft::{PeftAdapter, PeftError};
@@ -265,6 +265,28 @@ impl PaliGemma {
     /// Token embeddings with the image features scattered over the
     /// `<image>` positions, `[B, L, hidden]`.
     fn embed_inputs(&self, input: &ModelInput) -> Result<Tensor, ModelError> {
+        self.check_input(input)?;
+        let features = self.image_features(&input.pixel_values)?;
+        self.merge_embeddings(input, &features)
+    }
+
+    /// The vision tower (training runs it layer by layer).
+    pub(crate) fn vision_tower(&self) -> &SiglipVisionModel {
+        &self.vision_tower
+    }
+
+    /// The projector on the tower's output: the image features.
+    pub(crate) fn project(&self, tower_hidden: &Tensor) -> Result<Tensor, TchError> {
+        self.multi_modal_projector.linear.forward(tower_hidden)
+    }
+
+    /// Scatters projected image `features` `[B, N, hidden]` over the
+    /// `<image>` positions of the token embeddings.
+    pub(crate) fn merge_embeddings(
+        &self,
+        input: &ModelInput,
+        features: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let (b, _) = self.check_input(input)?;
         let image_token = i64::from(self.config.image_token_index);
         let image_mask = input.input_ids.f_eq(image_token)?;
@@ -283,8 +305,28 @@ impl PaliGemma {
             input.input_ids.shallow_clone()
         };
         let embeds = self.language_model.embed(&ids)?;
-        let features = self.image_features(&input.pixel_values)?;
-        Ok(embeds.f_masked_scatter(&image_mask.f_unsqueeze(-1)?, &features)?)
+        Ok(embeds.f_masked_scatter(&image_mask.f_unsqueeze(-1)?, features)?)
+    }
+
+    /// The prefix-LM masks of a batch (no cache).
+    fn masks(&self, input: &ModelInput) -> Result<AttentionMasks, ModelError> {
+        let (_, l) = input.input_ids.size2()?;
+        Ok(AttentionMasks::new(
+            &input.attention_mask,
+            Some(&input.token_type_ids),
+            0,
+            l,
+            self.language_model.sliding_window(),
+            self.kind,
+        )?)
+    }
+
+    /// Positions, rotary tables and masks of a cache-less pass over `input`.
+    pub(crate) fn decoder_pass(&self, input: &ModelInput) -> Result<DecoderPass, ModelError> {
+        let positions = position_ids(&input.attention_mask)?;
+        Ok(self
+            .language_model
+            .pass(&positions, self.masks(input)?, self.kind)?)
     }
 
     /// The decoder's normed last hidden states `[B, L, hidden]` for a batch;
@@ -295,7 +337,6 @@ impl PaliGemma {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         let embeds = self.embed_inputs(input)?;
-        let (_, l) = input.input_ids.size2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         if offset != 0 {
             return Err(ModelError::Input(
@@ -303,14 +344,7 @@ impl PaliGemma {
             ));
         }
         let positions = position_ids(&input.attention_mask)?;
-        let masks = AttentionMasks::new(
-            &input.attention_mask,
-            Some(&input.token_type_ids),
-            0,
-            l,
-            self.language_model.sliding_window(),
-            self.kind,
-        )?;
+        let masks = self.masks(input)?;
         Ok(self
             .language_model
             .forward_embeds(&embeds, &positions, &masks, cache)?)
@@ -338,6 +372,18 @@ impl PaliGemma {
         input: &ModelInput,
         label_smoothing: f64,
     ) -> Result<LossOutput, ModelError> {
+        let supervised = self.supervised(input)?;
+        let hidden = self.hidden_states(input, None)?;
+        let sum = self.head_loss(&hidden, &supervised, label_smoothing)?;
+        Ok(LossOutput {
+            sum,
+            tokens: supervised.tokens,
+        })
+    }
+
+    /// The supervised positions of a batch and their next-token targets,
+    /// with the labels checked against the vocabulary.
+    pub(crate) fn supervised(&self, input: &ModelInput) -> Result<Supervised, ModelError> {
         let labels = input
             .labels
             .as_ref()
@@ -367,22 +413,46 @@ impl PaliGemma {
                 )));
             }
         }
-        let hidden = self.hidden_states(input, None)?;
+        Ok(Supervised {
+            rows,
+            targets,
+            tokens,
+        })
+    }
+
+    /// The head and the summed (smoothed) cross-entropy on the supervised
+    /// rows of the normed hidden states `[B, L, hidden]`.
+    pub(crate) fn head_loss(
+        &self,
+        hidden: &Tensor,
+        supervised: &Supervised,
+        label_smoothing: f64,
+    ) -> Result<Tensor, ModelError> {
         let h = self.language_model.hidden_size();
-        let selected = hidden.f_reshape([-1, h])?.f_index_select(0, &rows)?;
+        let selected = hidden
+            .f_reshape([-1, h])?
+            .f_index_select(0, &supervised.rows)?;
         let logits = self
             .language_model
             .logits(&selected)?
             .f_to_kind(Kind::Float)?;
-        let sum = logits.f_cross_entropy_loss(
-            &targets,
+        Ok(logits.f_cross_entropy_loss(
+            &supervised.targets,
             None::<Tensor>,
             Reduction::Sum,
             IGNORE_INDEX,
             label_smoothing,
-        )?;
-        Ok(LossOutput { sum, tokens })
+        )?)
     }
+}
+
+/// The positions of a batch whose next token is supervised.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    /// Flat indices into `[B·L]`.
+    rows: Tensor,
+    targets: Tensor,
+    pub tokens: i64,
 }
 
 /// 1-based positions `[B, L]`: `cumsum(attention_mask)` on real tokens (so a

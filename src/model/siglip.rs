@@ -256,10 +256,30 @@ impl SiglipVisionModel {
     }
 
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor, TchError> {
-        let mut x = self.embeddings.forward(pixel_values)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, self.attention)?;
+        let mut x = self.embed(pixel_values)?;
+        for i in 0..self.num_layers() {
+            x = self.layer(i, &x)?;
         }
-        self.post_layernorm.forward(&x)
+        self.post_norm(&x)
+    }
+
+    /// Patch and position embeddings `[B, N, hidden]`: the encoder's input.
+    pub fn embed(&self, pixel_values: &Tensor) -> Result<Tensor, TchError> {
+        self.embeddings.forward(pixel_values)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Encoder layer `index` on `x`; layer by layer so that training can
+    /// recompute one layer at a time (gradient checkpointing).
+    pub fn layer(&self, index: usize, x: &Tensor) -> Result<Tensor, TchError> {
+        self.layers[index].forward(x, self.attention)
+    }
+
+    /// The final `post_layernorm`.
+    pub fn post_norm(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        self.post_layernorm.forward(x)
     }
 }

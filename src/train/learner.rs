@@ -20,6 +20,7 @@ use crate::layout::TrialDir;
 use crate::metrics::names::is_better;
 use crate::metrics::task::Task;
 use crate::model::adapt::AdaptPlan;
+use crate::model::backward::{BackwardOptions, loss_backward};
 use crate::model::paligemma::{ModelError, PaliGemma};
 use crate::model::peft::AdapterMeta;
 use crate::model::processor::{Processor, ProcessorError};
@@ -267,6 +268,7 @@ pub fn train(
                 epoch: state.epoch,
                 split: "valid".into(),
                 metrics: metrics.clone(),
+                truncated: result.truncated,
             })?;
             if select_split == "val"
                 && let Some(&value) = metrics.get(&format!("val/{select_name}"))
@@ -292,6 +294,7 @@ pub fn train(
     let mut window_started = Instant::now();
     let mut window_loss: Option<tch::Tensor> = None;
     let (mut window_micro, mut window_samples, mut window_tokens) = (0usize, 0usize, 0i64);
+    let mut window_truncated = 0usize;
     'epochs: while state.epoch < u64::from(spec.train.epochs) && state.step < total_steps {
         let loader = EpochLoader::start(
             Arc::clone(&train_records),
@@ -304,19 +307,22 @@ pub fn train(
         optimizer.zero_grad();
         for batch in loader {
             let batch = batch?;
-            tch::manual_seed(step_seed(spec.experiment.seed, state.epoch, batch.index));
             let input = batch.encoded.input.to(ctx.device, kind);
-            let loss = model.loss_smoothed(&input, spec.train.label_smoothing)?;
-            let mean = loss.mean()?;
-            // Each micro-batch counts 1/accum of the step, as transformers' Trainer does.
-            (mean.f_div_scalar(accum as f64)?).backward();
-            let detached = mean.f_detach()?;
+            let options = BackwardOptions {
+                label_smoothing: spec.train.label_smoothing,
+                // Each micro-batch counts 1/accum of the step, as transformers' Trainer does.
+                grad_scale: 1.0 / accum as f64,
+                checkpointing: spec.train.gradient_checkpointing,
+                seed: step_seed(spec.experiment.seed, state.epoch, batch.index),
+            };
+            let detached = loss_backward(&model, &input, &options)?.mean()?;
             window_loss = Some(match window_loss.take() {
                 Some(sum) => sum.f_add(&detached)?,
                 None => detached,
             });
             window_micro += 1;
             window_samples += batch.records.len();
+            window_truncated += batch.encoded.truncated;
             // Counted on the host copy of the mask: no device sync.
             window_tokens += batch
                 .encoded
@@ -359,8 +365,10 @@ pub fn train(
                 step: state.step,
                 epoch: state.epoch,
                 metrics,
+                truncated: window_truncated,
             })?;
             (window_micro, window_samples, window_tokens) = (0, 0, 0);
+            window_truncated = 0;
             window_started = Instant::now();
 
             let step_eval = eval_every.is_some_and(|n| state.step.is_multiple_of(n));
@@ -425,6 +433,7 @@ pub fn train(
             epoch: state.epoch,
             split: "test".into(),
             metrics,
+            truncated: result.truncated,
         })?;
     }
     events.emit(WorkerEvent::Finished {

@@ -53,6 +53,10 @@ pub enum WorkerEvent {
         step: u64,
         epoch: u64,
         metrics: BTreeMap<String, f64>,
+        /// Training examples of this step whose suffix was cut at
+        /// `train.max_suffix_tokens`.
+        #[serde(default)]
+        truncated: usize,
     },
     /// An evaluation on a split: `val/loss`, `val/field_f1`, …
     Eval {
@@ -60,6 +64,9 @@ pub enum WorkerEvent {
         epoch: u64,
         split: String,
         metrics: BTreeMap<String, f64>,
+        /// Examples of the split whose suffix was cut for the loss.
+        #[serde(default)]
+        truncated: usize,
     },
     Checkpoint {
         step: u64,
@@ -158,6 +165,7 @@ mod tests {
             step: 3,
             epoch: 0,
             metrics: BTreeMap::from([("train/loss".to_owned(), 1.5)]),
+            truncated: 1,
         };
         let line = Envelope::now(event.clone()).to_line();
         assert!(line.contains("\"event\":\"step\""), "{line}");

@@ -77,7 +77,7 @@ fn a_short_cpu_run_learns_to_reproduce_the_training_suffixes() {
 }
 
 #[test]
-fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
+fn resumed_and_checkpointed_runs_end_exactly_as_a_plain_one() {
     let test = Test::new().spec(&spec(3, 5e-3));
     let run = |trial: &str, extra: &[&str]| {
         let mut args = vec![
@@ -108,6 +108,19 @@ fn a_resumed_run_ends_exactly_as_an_uninterrupted_one() {
         params("straight"),
         params("resumed"),
         "final adapters differ"
+    );
+    // Gradient checkpointing recomputes each layer with the same dropout
+    // draws: the same curve and adapter, bit for bit.
+    run(
+        "checkpointed",
+        &["--set", "train.gradient_checkpointing=true"],
+    )
+    .code(0);
+    assert_eq!(straight, train_losses(&events(&test, "checkpointed")));
+    assert_eq!(
+        params("straight"),
+        params("checkpointed"),
+        "gradient checkpointing changed the adapter"
     );
 }
 
