@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod rng;
+pub mod scheduler;
 pub mod spec;
 pub mod sweep;
 pub mod train;
