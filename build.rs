@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    git_sha();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -13,9 +14,31 @@ fn main() {
         );
         return;
     };
+    // The libtorch version, for the environment a sweep records.
+    let version_py = libtorch.join("version.py");
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    if let Ok(text) = std::fs::read_to_string(&version_py)
+        && let Some(line) = text.lines().find(|l| l.starts_with("__version__"))
+        && let Some(version) = line.split('\'').nth(1)
+    {
+        println!("cargo:rustc-env=PALISWEEP_LIBTORCH_VERSION={version}");
+    }
     // Resolve the .venv/libtorch link so the rpath names the real folder.
     let lib = libtorch.canonicalize().unwrap_or(libtorch).join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // The wheel's CUDA libraries sit in site-packages/nvidia/*/lib; torch's
     // own libraries find them through their $ORIGIN rpaths, so nothing more is needed.
+}
+
+/// The commit the binary was built from, when built from a git checkout.
+fn git_sha() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    if let Ok(output) = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        && output.status.success()
+    {
+        let sha = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        println!("cargo:rustc-env=PALISWEEP_GIT_SHA={sha}");
+    }
 }

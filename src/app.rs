@@ -14,6 +14,7 @@ pub fn main() -> ExitCode {
     // The worker reports its own exit codes (out of memory, stopped, ...).
     let result = match cli.command {
         Command::Worker(args) => commands::worker::run(&args),
+        Command::Run(args) => commands::run::run(&args),
         command => run(Cli { command }).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -54,5 +55,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => commands::export::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Worker(args) => commands::worker::run(&args).map(|_| ()),
+        Command::Run(args) => commands::run::run(&args).map(|_| ()),
+        Command::Status(args) => commands::inspect::status(&args),
+        Command::Ls(args) => commands::inspect::ls(&args),
+        Command::Show(args) => commands::inspect::show(&args),
+        Command::ExportMetrics(args) => commands::inspect::export_metrics(&args),
     }
 }

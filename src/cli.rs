@@ -25,6 +25,18 @@ pub enum Command {
     /// Expand a spec into trials and show ids, varying values, estimated
     /// memory, relative cost and the device each would start on.
     Plan(PlanArgs),
+    /// Run a sweep: every trial on the available devices, with retries,
+    /// out-of-memory back-off and progress. Running it again resumes it.
+    Run(RunArgs),
+    /// Trials by state, running trials with their step and loss, failures
+    /// with reasons (live while a sweep runs).
+    Status(StatusArgs),
+    /// The sweeps recorded under a results root.
+    Ls(LsArgs),
+    /// One trial: resolved config, attempts, metric summary, artifacts.
+    Show(ShowArgs),
+    /// Every metric of a sweep as CSV or JSON lines, on stdout.
+    ExportMetrics(ExportMetricsArgs),
     /// Print the embedded, commented default spec (every key, documented).
     Defaults,
     /// Download every checkpoint a spec names into the Hugging Face cache
@@ -268,6 +280,70 @@ pub struct SpecArgs {
     /// bare words are strings; keys may be quoted: `sweep.axes."train.lr"=[1e-5]`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Devices to run on, overriding `resources.devices`:
+    /// `auto` | `cpu` | `cpu:N` | `cuda` | `cuda:0,2`; made-up inventories
+    /// (`cuda:2x24GiB`, also written `fake-cuda:2x24GiB`) run synthetic trials only.
+    #[arg(long, value_name = "DEVICES")]
+    pub devices: Option<String>,
+    /// The results root, overriding `experiment.results`.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Accept a sweep larger than `sweep.max_trials`.
+    #[arg(long)]
+    pub yes: bool,
+    /// No progress display: only failures and the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seconds a worker gets to checkpoint after SIGTERM before it is killed.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub kill_grace: f64,
+}
+
+/// The results root of the read-only commands.
+const RESULTS_HELP: &str = "The results root (default: results/)";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A sweep name or id prefix (default: the latest).
+    pub sweep: Option<String>,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A trial id (or a unique prefix, or SWEEP/ID).
+    pub trial: String,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportMetricsArgs {
+    /// A sweep name or id prefix.
+    pub sweep: String,
+    #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+    pub format: String,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
 }
 
 #[derive(Debug, Args)]

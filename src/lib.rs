@@ -19,5 +19,6 @@ pub mod rng;
 pub mod scheduler;
 pub mod spec;
 pub mod sweep;
+pub mod track;
 pub mod train;
 pub mod worker;

@@ -17,9 +17,11 @@ use anyhow::Context as _;
 use crate::cli::WorkerArgs;
 use crate::layout::{ResultsRoot, TrialDir};
 use crate::spec::load::{Overrides, load};
+use crate::spec::schema::{Method, Spec};
 use crate::sweep::expand::expand;
 use crate::train::learner::{RunContext, TrainError, train};
 use crate::worker::protocol::{EventWriter, FailureKind, WorkerEvent};
+use crate::worker::synthetic::{self, SyntheticContext, SyntheticEnd};
 
 pub const EXIT_OOM: u8 = 3;
 pub const EXIT_STOPPED: u8 = 4;
@@ -102,6 +104,9 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(1))
     });
+    if spec.train.method == Method::Synthetic {
+        return run_synthetic(&spec, args, &trial, threads, &stop);
+    }
     let device = super::runtime::device(args.device.as_deref())?;
     let ctx = RunContext {
         trial_id: trial
@@ -145,6 +150,49 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(code))
         }
     }
+}
+
+/// The stand-in trial: same events, same exit codes, no model.
+fn run_synthetic(
+    spec: &Spec,
+    args: &WorkerArgs,
+    trial: &TrialDir,
+    threads: i32,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let trial_id = trial
+        .path()
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ctx = SyntheticContext {
+        trial,
+        trial_id: &trial_id,
+        attempt: args.attempt,
+        threads,
+        device: args.device.clone().unwrap_or_else(|| "cpu".into()),
+        stop,
+        stop_after: args.stop_after,
+    };
+    let mut events = EventWriter::open(&trial.events())
+        .with_context(|| format!("cannot write {}", trial.events().display()))?;
+    Ok(match synthetic::run(spec, &ctx, &mut events)? {
+        SyntheticEnd::Finished { steps } => {
+            eprintln!("synthetic trial finished after {steps} steps");
+            ExitCode::SUCCESS
+        }
+        SyntheticEnd::Stopped { step } => {
+            eprintln!("stopped at step {step}; the checkpoint resumes it");
+            ExitCode::from(EXIT_STOPPED)
+        }
+        SyntheticEnd::Failed { kind, message } => {
+            eprintln!("error: {message}");
+            ExitCode::from(match kind {
+                FailureKind::Oom => EXIT_OOM,
+                FailureKind::Data => 2,
+                FailureKind::Other => 1,
+            })
+        }
+    })
 }
 
 /// Out of memory → 3, bad data or spec → 2, anything else → 1.

@@ -8,6 +8,7 @@
 //! cuda:0,2             GPUs 0 and 2 among the visible ones
 //! cuda:80GiB,80GiB     a hypothetical inventory (planning, synthetic tests)
 //! cuda:4x24GiB         the same, written as count x size
+//! fake-cuda:2x24GiB    the same (the spelling the scheduler's tests use)
 //! ```
 //!
 //! Sizes take `GiB`/`MiB`/`KiB`/`TiB` (binary) or `GB`/`MB`/`KB`/`TB`
@@ -115,6 +116,9 @@ pub enum ParseDeviceErrorKind {
     /// More than [`MAX_HYPOTHETICAL_DEVICES`] sizes.
     #[error("{0} hypothetical devices is more than the limit of {MAX_HYPOTHETICAL_DEVICES}")]
     TooManyDevices(u64),
+    /// `fake-cuda:0`: made-up GPUs are given by size.
+    #[error("`fake-cuda` takes memory sizes (`fake-cuda:2x24GiB`), not GPU indices")]
+    FakeWithIndices,
 }
 
 /// Why a size such as `24GiB` did not parse.
@@ -176,6 +180,11 @@ impl FromStr for DeviceRequest {
             ("cpu", Some(count)) => parse_slots(count).map_err(err),
             ("cuda", None) => Ok(Self::Cuda { indices: None }),
             ("cuda", Some(list)) => parse_cuda_list(list).map_err(err),
+            // An explicit spelling of the made-up inventory (synthetic tests).
+            ("fake-cuda", Some(list)) => match parse_cuda_list(list).map_err(err)? {
+                fake @ Self::Hypothetical(_) => Ok(fake),
+                _ => Err(err(ParseDeviceErrorKind::FakeWithIndices)),
+            },
             _ => Err(err(ParseDeviceErrorKind::UnknownKind(head.to_owned()))),
         }
     }
@@ -483,6 +492,14 @@ mod tests {
         assert_eq!(
             parse("cuda:4x24GiB"),
             DeviceRequest::Hypothetical(vec![24 * GIB; 4])
+        );
+        assert_eq!(
+            parse("fake-cuda:2x24GiB"),
+            DeviceRequest::Hypothetical(vec![24 * GIB; 2])
+        );
+        assert_eq!(
+            reject("fake-cuda:0").kind,
+            ParseDeviceErrorKind::FakeWithIndices
         );
     }
 

@@ -32,7 +32,7 @@ pub const LOSS: &str = "loss";
 /// Whether a larger value of `metric` is an improvement.
 ///
 /// Lower is better for `loss` and any `*_loss`, `cer`, `wer`, `perplexity`
-/// and `detect_parse_errors`; every other name (F1, precision, recall,
+/// `detect_parse_errors` and `peak_memory_bytes`; every other name (F1, precision, recall,
 /// validity, mAP, exact match, accuracy, …) is higher-is-better. A prefix up
 /// to the last `/` (`eval/loss`, `valid/cer`) is ignored.
 pub fn higher_is_better(metric: &str) -> bool {
@@ -42,7 +42,8 @@ pub fn higher_is_better(metric: &str) -> bool {
         || base == CER
         || base == "wer"
         || base == "perplexity"
-        || base == DETECT_PARSE_ERRORS;
+        || base == DETECT_PARSE_ERRORS
+        || base == "peak_memory_bytes";
     !lower
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::devices::detect::{DeviceKind, Inventory};
-use crate::devices::grammar::format_bytes;
+use crate::devices::grammar::{format_bytes, parse_bytes};
 use crate::estimate::cost::relative_cost;
 use crate::estimate::memory::{MemoryEstimate, TrialShape, estimate_memory};
 use crate::model::config::{PaliGemmaConfig, Resolution, Size};
@@ -92,6 +92,9 @@ pub fn estimate(
     device: DeviceKind,
 ) -> (ResolvedCheckpoint, MemoryEstimate, f64) {
     let resolved = checkpoint::resolve(&spec.model);
+    if spec.train.method == Method::Synthetic {
+        return (resolved, synthetic_memory(spec), synthetic_cost(spec));
+    }
     let config = architecture(spec, &resolved);
     let shape = TrialShape {
         config: &config,
@@ -112,6 +115,22 @@ pub fn estimate(
     let memory = estimate_memory(&shape);
     let cost = relative_cost(&shape, training_examples(spec, lengths));
     (resolved, memory, cost)
+}
+
+/// A synthetic trial claims what its spec says (validated to parse).
+fn synthetic_memory(spec: &Spec) -> MemoryEstimate {
+    let per_sample = parse_bytes(&spec.synthetic.memory_per_sample).unwrap_or(0);
+    let total = per_sample.saturating_mul(u64::from(spec.train.batch_size));
+    MemoryEstimate {
+        activations: total,
+        total,
+        ..MemoryEstimate::default()
+    }
+}
+
+/// Its duration, in the same unit-free scale as real trials' costs.
+fn synthetic_cost(spec: &Spec) -> f64 {
+    (spec.synthetic.steps * spec.synthetic.step_ms.max(1)) as f64 / 1000.0
 }
 
 /// Examples one trial trains on: epochs × dataset size, or the step budget;

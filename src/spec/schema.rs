@@ -24,6 +24,7 @@ pub struct Spec {
     pub eval: Eval,
     pub sweep: Sweep,
     pub resources: Resources,
+    pub synthetic: Synthetic,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +126,9 @@ pub enum Method {
     Lora,
     Qlora,
     Full,
+    /// No model: a built-in stand-in that sleeps, reports made-up metrics
+    /// and fails on demand (`[synthetic]`), for testing the scheduler.
+    Synthetic,
 }
 
 impl Method {
@@ -133,6 +137,7 @@ impl Method {
             Method::Lora => "lora",
             Method::Qlora => "qlora",
             Method::Full => "full",
+            Method::Synthetic => "synthetic",
         }
     }
 }
@@ -260,6 +265,30 @@ pub enum Distribution {
     Choice(Vec<serde_json::Value>),
     Uniform([f64; 2]),
     Loguniform([f64; 2]),
+}
+
+/// The stand-in trial of `train.method = "synthetic"`: what it reports and
+/// how it fails. Failures are keyed on attempt numbers so that a retry can
+/// succeed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Synthetic {
+    /// Optimiser steps it reports.
+    pub steps: u64,
+    /// Wall time per step, in milliseconds.
+    pub step_ms: u64,
+    /// Memory it claims per example of `train.batch_size` (the estimate the
+    /// scheduler packs with), device grammar sizes (`512MiB`).
+    pub memory_per_sample: String,
+    /// Runs out of memory (exit 3) while `train.batch_size` is larger; 0 = never.
+    pub oom_above_batch: u32,
+    /// Crashes (exit 1) at this step on attempts up to `crash_attempts`; 0 = never.
+    pub crash_at_step: u64,
+    pub crash_attempts: u32,
+    /// Goes silent at this step (until killed) on attempts up to
+    /// `hang_attempts`; 0 = never.
+    pub hang_at_step: u64,
+    pub hang_attempts: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

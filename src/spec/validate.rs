@@ -1,7 +1,7 @@
 //! Static checks of a typed spec: ranges and combinations that types alone
 //! cannot express. Nothing here touches the dataset or the checkpoint.
 
-use crate::devices::grammar::DeviceRequest;
+use crate::devices::grammar::{DeviceRequest, parse_bytes};
 
 use super::GENERATED_PREFIX;
 use super::schema::{EvalEvery, Method, SelectMode, Softcap, Spec, Warmup};
@@ -58,6 +58,7 @@ pub fn check(spec: &Spec) -> Vec<Issue> {
     check_adapters(&mut c, spec);
     check_eval(&mut c, spec);
     check_resources(&mut c, spec);
+    check_synthetic(&mut c, spec);
     c.issues
 }
 
@@ -348,5 +349,21 @@ fn check_resources(c: &mut Checker, spec: &Spec) {
         "resources.keep_checkpoints",
         "must be at least 1",
         "e.g. 2",
+    );
+}
+
+fn check_synthetic(c: &mut Checker, spec: &Spec) {
+    if spec.train.method != Method::Synthetic {
+        return;
+    }
+    let s = &spec.synthetic;
+    if let Err(e) = parse_bytes(&s.memory_per_sample) {
+        c.fail("synthetic.memory_per_sample", e.to_string(), None);
+    }
+    c.require(
+        s.steps >= 1,
+        "synthetic.steps",
+        "must be at least 1",
+        "e.g. 20",
     );
 }

@@ -16,7 +16,15 @@ use super::trial_id::{TrialId, trial_id, values_equal};
 use crate::rng::SplitMix64;
 
 /// The spec sections whose keys may vary across trials.
-const SWEEPABLE: &[&str] = &["model", "data", "train", "lora", "qlora", "eval"];
+const SWEEPABLE: &[&str] = &[
+    "model",
+    "data",
+    "train",
+    "lora",
+    "qlora",
+    "eval",
+    "synthetic",
+];
 
 /// One trial: its id, the values its axes gave it, and its resolved spec.
 #[derive(Clone, Debug)]
@@ -128,7 +136,7 @@ fn check_axes(loaded: &LoadedSpec) -> Vec<Problem> {
                 loaded,
                 key,
                 format!("`{key}` cannot be swept"),
-                "axes vary keys that change what a trial computes: model.*, data.*, train.*, lora.*, qlora.*, eval.* and experiment.seed",
+                "axes vary keys that change what a trial computes: model.*, data.*, train.*, lora.*, qlora.*, eval.*, synthetic.* and experiment.seed",
             ));
             continue;
         }
@@ -510,6 +518,13 @@ fn check_unused_options(loaded: &LoadedSpec, trials: &[Trial]) -> Result<(), Spe
             uses(Method::Lora) || uses(Method::Qlora),
             json(serde_json::to_value(&loaded.spec.lora)),
             json(serde_json::to_value(&loaded.defaults.lora)),
+        ),
+        (
+            "synthetic",
+            "synthetic",
+            uses(Method::Synthetic),
+            json(serde_json::to_value(&loaded.spec.synthetic)),
+            json(serde_json::to_value(&loaded.defaults.synthetic)),
         ),
     ];
     let mut problems = Vec::new();

@@ -65,11 +65,14 @@ fn relevant(spec: &Spec, spec_dir: &Path) -> Value {
     sections.insert("data".into(), data);
     sections.insert("train".into(), to_value(&spec.train));
     // Sections the method does not use cannot change the result.
-    if spec.train.method != Method::Full {
+    if matches!(spec.train.method, Method::Lora | Method::Qlora) {
         sections.insert("lora".into(), to_value(&spec.lora));
     }
     if spec.train.method == Method::Qlora {
         sections.insert("qlora".into(), to_value(&spec.qlora));
+    }
+    if spec.train.method == Method::Synthetic {
+        sections.insert("synthetic".into(), to_value(&spec.synthetic));
     }
     sections.insert("eval".into(), to_value(&spec.eval));
     Value::Object(sections)

@@ -49,6 +49,11 @@ pub struct TrainState {
     pub best: Option<(f64, u64)>,
     /// The thread count the run used (CPU results depend on it).
     pub threads: i32,
+    /// The batch shape the position above counts in (0: not recorded).
+    #[serde(default)]
+    pub batch_size: u32,
+    #[serde(default)]
+    pub grad_accum: u32,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -163,6 +168,16 @@ pub fn latest(checkpoints: &Path) -> Option<PathBuf> {
 }
 
 /// Restores the trainables and the optimiser from a checkpoint folder.
+/// The state a checkpoint folder records, without loading its tensors.
+pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+    let state_path = dir.join(STATE);
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: state_path,
+        message: e.to_string(),
+    })
+}
+
 pub fn restore(
     dir: &Path,
     trainables: &Trainables,
@@ -171,12 +186,7 @@ pub fn restore(
     load_params(trainables, &dir.join(PARAMS))?;
     let optim_path = dir.join(OPTIMIZER);
     optimizer.load(&optim_path).map_err(tch_err(&optim_path))?;
-    let state_path = dir.join(STATE);
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
-        path: state_path,
-        message: e.to_string(),
-    })
+    read_state(dir)
 }
 
 /// Writes `best/` or `final/`: the PEFT adapter (plus the raw trainable

@@ -191,9 +191,27 @@ pub fn train(
         batches_done: 0,
         best: None,
         threads: ctx.threads,
+        batch_size: spec.train.batch_size,
+        grad_accum: spec.train.grad_accum,
     };
     if let Some(latest) = checkpoint::latest(&checkpoints) {
-        state = checkpoint::restore(&latest, &trainables, &mut optimizer)?;
+        let saved = checkpoint::read_state(&latest)?;
+        // The data position counts batches of the saved shape: after an
+        // out-of-memory back-off changed it, start over rather than skip
+        // the wrong examples.
+        let same_shape = (saved.batch_size, saved.grad_accum) == (0, 0)
+            || (saved.batch_size, saved.grad_accum)
+                == (spec.train.batch_size, spec.train.grad_accum);
+        if same_shape {
+            state = checkpoint::restore(&latest, &trainables, &mut optimizer)?;
+            state.batch_size = spec.train.batch_size;
+            state.grad_accum = spec.train.grad_accum;
+        } else {
+            eprintln!(
+                "checkpoints were made with batch {} × {}; this attempt runs {} × {}: starting over",
+                saved.batch_size, saved.grad_accum, spec.train.batch_size, spec.train.grad_accum
+            );
+        }
     }
     let resumed_from = state.step;
     let total_params = model.config().param_counts().total;

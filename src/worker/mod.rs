@@ -1,2 +1,3 @@
 //! The `palisweep worker` side: what runs one trial and reports on it.
 pub mod protocol;
+pub mod synthetic;

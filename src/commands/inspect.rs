@@ -1,0 +1,60 @@
+//! The read-only store commands: `status`, `ls`, `show`, `export-metrics`.
+//! They open the store read-only, so they work while a sweep writes it.
+
+use std::io::Write as _;
+
+use crate::cli::{ExportMetricsArgs, LsArgs, ShowArgs, StatusArgs};
+use crate::layout::ResultsRoot;
+use crate::track::store::{ExportFormat, Store, StoreError, views};
+
+fn open(results: &std::path::Path) -> anyhow::Result<Store> {
+    Ok(Store::open_read_only(&ResultsRoot::new(results).store())?)
+}
+
+fn print(text: &str, json: Option<serde_json::Value>) -> anyhow::Result<()> {
+    match json {
+        Some(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let view = views::status(&open(&args.results)?, args.sweep.as_deref())?;
+    print(&view.to_text(), args.json.then(|| view.to_json()))
+}
+
+pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
+    let view = views::ls(&open(&args.results)?)?;
+    print(&view.to_text(), args.json.then(|| view.to_json()))
+}
+
+pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    let view = views::show(&open(&args.results)?, &args.trial)?;
+    print(&view.to_text(), args.json.then(|| view.to_json()))
+}
+
+pub fn export_metrics(args: &ExportMetricsArgs) -> anyhow::Result<()> {
+    let store = open(&args.results)?;
+    let format: ExportFormat = args.format.parse()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = crate::track::store::export_metrics(&store, &args.sweep, format, &mut out)
+        .map(|_| ())
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(out.flush()?));
+    match written {
+        // `| head` closing the pipe is not an error.
+        Err(e) if broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    let is_broken = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(is_broken)
+            || matches!(cause.downcast_ref::<StoreError>(), Some(StoreError::Io(e)) if is_broken(e))
+    })
+}

@@ -1,0 +1,158 @@
+//! `palisweep run SPEC`: expand, plan, record and run a sweep; running it
+//! again resumes it. Exit 0 when every trial finished, 1 when some failed
+//! after their retries, 2 for bad input, 130 when interrupted.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::cli::RunArgs;
+use crate::devices::detect;
+use crate::devices::grammar::DeviceRequest;
+use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
+use crate::plan::build::display_path;
+use crate::plan::placement::Limits;
+use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
+use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, now};
+use crate::scheduler::prepare::prepare;
+use crate::scheduler::progress::{ProgressMode, ProgressSink};
+use crate::scheduler::sinks::Fanout;
+use crate::spec::load::{Overrides, load};
+use crate::sweep::expand::expand;
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut sets = args.spec.sets.clone();
+    if let Some(results) = &args.results {
+        let value = toml::Value::String(results.display().to_string());
+        sets.push(format!("experiment.results={value}"));
+    }
+    let loaded = load(&args.spec.spec, &Overrides::from_process(sets))?;
+    let expansion = expand(&loaded, args.yes)?;
+    let request: DeviceRequest = match &args.devices {
+        Some(flag) => flag
+            .parse()
+            .with_context(|| format!("invalid --devices `{flag}`"))?,
+        None => loaded
+            .spec
+            .resources
+            .devices
+            .parse()
+            .context("invalid resources.devices")?,
+    };
+    let inventory = detect::resolve(&request).context("cannot use the requested devices")?;
+    let resources = &loaded.spec.resources;
+    let limits = Limits {
+        memory_headroom: resources.memory_headroom,
+        max_trials_per_device: resources.max_trials_per_device,
+    };
+    let prepared = prepare(&loaded, expansion, inventory, limits)?;
+    let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+
+    let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(ProgressSink::new(
+        ProgressMode::detect(args.quiet),
+    ))];
+    sinks.extend(crate::track::sinks(&loaded.results)?);
+    let fanout = Fanout::start(sinks);
+    fanout.send(&SweepEvent::SweepStarted {
+        sweep: Box::new(prepared.sweep.clone()),
+        environment: Box::new(prepared.environment.clone()),
+        resumed: prepared.resumed,
+        time: now(),
+    });
+    for (info, status) in &prepared.recorded {
+        fanout.send(&SweepEvent::TrialRecorded {
+            trial: Box::new(info.clone()),
+            status: *status,
+        });
+    }
+    let work = Dispatch {
+        trials: prepared.queue,
+        inventory: prepared.inventory,
+        limits,
+        retries: resources.retries,
+        trial_timeout: seconds(resources.trial_timeout),
+        stall_timeout: seconds(resources.stall_timeout),
+        kill_grace: Duration::from_secs_f64(args.kill_grace),
+        exe: std::env::current_exe().context("cannot find the palisweep executable")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(async {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward_interrupts(tx));
+        dispatch(work, &fanout, rx).await
+    });
+    fanout.send(&SweepEvent::SweepEnded {
+        status: summary.status,
+        counts: summary.counts,
+        time: now(),
+    });
+    for error in fanout.close() {
+        eprintln!("palisweep: {error}");
+    }
+    drop(prepared.lock);
+    print_summary(&summary, &prepared.sweep.name, &loaded.results);
+    Ok(match summary.status {
+        SweepStatus::Finished | SweepStatus::Running => ExitCode::SUCCESS,
+        SweepStatus::Failed => ExitCode::from(EXIT_FAILURE),
+        SweepStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+    })
+}
+
+/// One message per Ctrl-C or SIGTERM (a batch system's stop counts as a
+/// first Ctrl-C).
+async fn forward_interrupts(tx: mpsc::UnboundedSender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        if tx.send(()).is_err() {
+            return;
+        }
+    }
+}
+
+fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
+    let c = &summary.counts;
+    println!(
+        "sweep `{name}` {}: {} finished, {} failed, {} pruned, {} interrupted",
+        summary.status.as_str(),
+        c.finished,
+        c.failed,
+        c.pruned,
+        c.interrupted
+    );
+    for (trial, reason) in &summary.failures {
+        println!("  failed {trial}: {}", reason.lines().next().unwrap_or(""));
+    }
+    let sweep = results.join(name);
+    println!("results:     {}", display_path(&sweep));
+    println!(
+        "store:       {}",
+        display_path(&results.join("palisweep.sqlite"))
+    );
+    println!(
+        "tensorboard: tensorboard --logdir {}",
+        display_path(&sweep.join("tb"))
+    );
+    println!(
+        "report:      palisweep report {name} --results {}",
+        display_path(results)
+    );
+    if summary.status == SweepStatus::Interrupted {
+        println!("resume:      run the same command again");
+    }
+}

@@ -1,0 +1,696 @@
+//! The dispatcher: one `tokio::select!` loop that owns the queue, the
+//! devices, the running workers, the signals and the clock. It decides what
+//! starts where, reads what the executor reports, applies the failure rules
+//! (retries, out-of-memory back-off, timeouts) and tells the consumers
+//! everything through [`SweepEvent`]s. It never blocks on a consumer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now};
+use super::executor::{self, ExecutorEvent, Launch, RunId};
+use super::memory_probe::MemoryProbe;
+use super::sinks::Fanout;
+use super::slots::Slots;
+use super::trial_record::{self, AttemptRecord};
+use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
+use crate::estimate::memory::MemoryEstimate;
+use crate::layout::TrialDir;
+use crate::plan::placement::Limits;
+use crate::worker::protocol::{FailureKind, WorkerEvent};
+
+/// How often timeouts are checked and memory is sampled.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A trial to run in this sweep.
+#[derive(Clone, Debug)]
+pub struct QueuedTrial {
+    pub info: TrialInfo,
+    pub dir: TrialDir,
+    /// The estimate at `info.batch_size`.
+    pub memory: MemoryEstimate,
+    /// The batch shape the next attempt runs (after earlier back-offs).
+    pub batch_size: u32,
+    pub grad_accum: u32,
+    /// The next attempt's number (attempts count across runs).
+    pub next_attempt: u32,
+}
+
+impl QueuedTrial {
+    /// The estimate at the current batch size: the batch-proportional
+    /// parts scale, weights and optimiser state do not.
+    pub fn memory_now(&self) -> u64 {
+        let m = &self.memory;
+        let per_batch = m.activations + m.attention + m.logits;
+        let fixed = m.total.saturating_sub(per_batch);
+        let scale = f64::from(self.batch_size) / f64::from(self.info.batch_size.max(1));
+        fixed + (per_batch as f64 * scale) as u64
+    }
+}
+
+/// Everything the dispatcher needs; built by the `run` command.
+pub struct Dispatch {
+    pub trials: Vec<QueuedTrial>,
+    pub inventory: Inventory,
+    pub limits: Limits,
+    pub retries: u32,
+    pub trial_timeout: Option<Duration>,
+    pub stall_timeout: Option<Duration>,
+    /// How long a worker gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// The palisweep executable the workers run.
+    pub exe: PathBuf,
+}
+
+/// How the sweep went.
+#[derive(Debug)]
+pub struct Summary {
+    pub status: SweepStatus,
+    pub counts: Counts,
+    /// (trial, reason) of each failed trial.
+    pub failures: Vec<(String, String)>,
+}
+
+/// Why the scheduler stopped a worker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum StopCause {
+    Interrupt,
+    Timeout,
+    Stall,
+}
+
+struct Running {
+    trial: usize,
+    attempt: u32,
+    device: usize,
+    bytes: u64,
+    pid: u32,
+    started: Instant,
+    start_time: f64,
+    last_output: Instant,
+    stop: Option<StopCause>,
+    term_sent: Option<Instant>,
+    killed: bool,
+    peak: Option<u64>,
+    failed: Option<(FailureKind, String)>,
+    /// Set by a `finished` event (cleared by a later `started`).
+    finished: Option<Finished>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Finished {
+    best_metric: Option<f64>,
+}
+
+/// How a worker process ended.
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stderr_tail: Vec<String>,
+}
+
+struct TrialState {
+    queued: QueuedTrial,
+    status: TrialStatus,
+    /// Failures this run that count against `retries` (not back-offs).
+    failures: u32,
+    reason: Option<String>,
+}
+
+/// The loop's state: everything the user sees is decided here.
+struct Dispatcher<'a> {
+    fanout: &'a Fanout,
+    inventory: Inventory,
+    slots: Slots,
+    probe: MemoryProbe,
+    threads: Vec<u32>,
+    retries: u32,
+    trial_timeout: Option<Duration>,
+    stall_timeout: Option<Duration>,
+    kill_grace: Duration,
+    exe: PathBuf,
+    states: Vec<TrialState>,
+    /// Queued trial indices, largest estimate first.
+    pending: Vec<usize>,
+    running: HashMap<RunId, Running>,
+    next_run: RunId,
+    interrupting: bool,
+    tx: mpsc::UnboundedSender<ExecutorEvent>,
+}
+
+/// Runs the sweep until every trial has ended or an interrupt has stopped
+/// the workers. `interrupts` delivers one message per Ctrl-C (or SIGTERM).
+pub async fn dispatch(
+    dispatch: Dispatch,
+    fanout: &Fanout,
+    mut interrupts: mpsc::UnboundedReceiver<()>,
+) -> Summary {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ExecutorEvent>();
+    let uses_gpus = matches!(
+        dispatch.inventory.source,
+        InventorySource::Nvml | InventorySource::NvidiaSmi
+    );
+    let states: Vec<TrialState> = dispatch
+        .trials
+        .into_iter()
+        .map(|queued| TrialState {
+            queued,
+            status: TrialStatus::Queued,
+            failures: 0,
+            reason: None,
+        })
+        .collect();
+    let mut d = Dispatcher {
+        fanout,
+        slots: Slots::new(&dispatch.inventory, dispatch.limits),
+        probe: MemoryProbe::new(uses_gpus),
+        threads: worker_threads(&dispatch.inventory, dispatch.limits),
+        inventory: dispatch.inventory,
+        retries: dispatch.retries,
+        trial_timeout: dispatch.trial_timeout,
+        stall_timeout: dispatch.stall_timeout,
+        kill_grace: dispatch.kill_grace,
+        exe: dispatch.exe,
+        pending: (0..states.len()).collect(),
+        states,
+        running: HashMap::new(),
+        next_run: 0,
+        interrupting: false,
+        tx,
+    };
+    d.sort_pending();
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        if !d.interrupting {
+            d.launch_ready();
+        }
+        if d.running.is_empty() && (d.pending.is_empty() || d.interrupting) {
+            break;
+        }
+        tokio::select! {
+            Some(event) = rx.recv() => d.on_executor(event),
+            Some(()) = interrupts.recv() => d.on_interrupt(),
+            _ = ticker.tick() => d.on_tick(),
+        }
+    }
+    d.finish()
+}
+
+impl Dispatcher<'_> {
+    fn sort_pending(&mut self) {
+        let states = &self.states;
+        self.pending
+            .sort_by_key(|&i| std::cmp::Reverse(states[i].queued.memory_now()));
+    }
+
+    /// Starts every queued trial that fits somewhere now.
+    fn launch_ready(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for i in pending {
+            let bytes = self.states[i].queued.memory_now();
+            let Some(device) = self.slots.choose(bytes) else {
+                if self.slots.could_ever_fit(bytes) {
+                    self.pending.push(i);
+                } else {
+                    // Only a back-off changes a trial's size; the plan
+                    // rejected trials that fit nowhere to begin with.
+                    self.fail(i, "fits on no device".into());
+                }
+                continue;
+            };
+            self.next_run += 1;
+            let run = self.next_run;
+            match start(
+                run,
+                &self.states[i],
+                device,
+                &self.inventory,
+                self.threads[device],
+                &self.exe,
+                &self.tx,
+                self.fanout,
+            ) {
+                Ok((pid, start_time)) => {
+                    self.slots.take(device, bytes);
+                    let state = &mut self.states[i];
+                    self.running.insert(
+                        run,
+                        Running {
+                            trial: i,
+                            attempt: state.queued.next_attempt,
+                            device,
+                            bytes,
+                            pid,
+                            started: Instant::now(),
+                            start_time,
+                            last_output: Instant::now(),
+                            stop: None,
+                            term_sent: None,
+                            killed: false,
+                            peak: None,
+                            failed: None,
+                            finished: None,
+                        },
+                    );
+                    state.queued.next_attempt += 1;
+                    state.status = TrialStatus::Running;
+                }
+                Err(error) => self.fail(i, format!("cannot start a worker: {error}")),
+            }
+        }
+    }
+
+    fn fail(&mut self, trial: usize, reason: String) {
+        let state = &mut self.states[trial];
+        state.status = TrialStatus::Failed;
+        state.reason = Some(reason);
+        end_trial(self.fanout, state, None);
+    }
+
+    fn on_executor(&mut self, event: ExecutorEvent) {
+        match event {
+            ExecutorEvent::Line { run, line } => {
+                let Some(r) = self.running.get_mut(&run) else {
+                    return;
+                };
+                r.last_output = Instant::now();
+                match &line.event {
+                    WorkerEvent::Failed { kind, message } => {
+                        r.failed = Some((*kind, message.clone()));
+                    }
+                    WorkerEvent::Finished { best_metric, .. } => {
+                        r.finished = Some(Finished {
+                            best_metric: *best_metric,
+                        });
+                    }
+                    WorkerEvent::Started { .. } => r.finished = None,
+                    _ => {}
+                }
+                self.fanout.send(&SweepEvent::Worker {
+                    trial: self.states[r.trial].queued.info.id.clone(),
+                    attempt: r.attempt,
+                    line,
+                });
+            }
+            ExecutorEvent::Noise { run } => {
+                if let Some(r) = self.running.get_mut(&run) {
+                    r.last_output = Instant::now();
+                }
+            }
+            ExecutorEvent::Exited {
+                run,
+                code,
+                signal,
+                stderr_tail,
+            } => {
+                let Some(r) = self.running.remove(&run) else {
+                    return;
+                };
+                self.slots.release(r.device, r.bytes);
+                let exit = Exit {
+                    code,
+                    signal,
+                    stderr_tail,
+                };
+                let requeue = exited(
+                    &mut self.states[r.trial],
+                    &r,
+                    &exit,
+                    self.retries,
+                    self.interrupting,
+                    &self.inventory,
+                    self.fanout,
+                );
+                if requeue {
+                    self.pending.push(r.trial);
+                    self.sort_pending();
+                }
+            }
+        }
+    }
+
+    /// First: stop launching, SIGTERM every worker (they checkpoint and
+    /// exit). Second: SIGKILL.
+    fn on_interrupt(&mut self) {
+        if self.interrupting {
+            eprintln!("palisweep: killing {} worker(s)", self.running.len());
+            for r in self.running.values_mut() {
+                executor::signal_group(r.pid, true);
+                r.killed = true;
+            }
+            return;
+        }
+        self.interrupting = true;
+        eprintln!(
+            "palisweep: interrupted; {} worker(s) are saving a checkpoint (Ctrl-C again to kill them)",
+            self.running.len()
+        );
+        for r in self.running.values_mut() {
+            r.stop = Some(StopCause::Interrupt);
+            r.term_sent = Some(Instant::now());
+            executor::signal_group(r.pid, false);
+        }
+    }
+
+    /// Samples memory, enforces the timeouts, escalates SIGTERM to SIGKILL.
+    fn on_tick(&mut self) {
+        for r in self.running.values_mut() {
+            if let Some(bytes) = self.probe.sample(r.pid, &self.inventory.devices[r.device]) {
+                r.peak = Some(r.peak.map_or(bytes, |p| p.max(bytes)));
+            }
+            if r.stop.is_none() {
+                if self.trial_timeout.is_some_and(|t| r.started.elapsed() > t) {
+                    r.stop = Some(StopCause::Timeout);
+                } else if self
+                    .stall_timeout
+                    .is_some_and(|t| r.last_output.elapsed() > t)
+                {
+                    r.stop = Some(StopCause::Stall);
+                }
+                if r.stop.is_some() {
+                    r.term_sent = Some(Instant::now());
+                    executor::signal_group(r.pid, false);
+                }
+            }
+            if !r.killed && r.term_sent.is_some_and(|t| t.elapsed() > self.kill_grace) {
+                executor::signal_group(r.pid, true);
+                r.killed = true;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Summary {
+        for i in std::mem::take(&mut self.pending) {
+            // Never started this run: it resumes next time.
+            self.states[i].status = TrialStatus::Interrupted;
+            end_trial(self.fanout, &self.states[i], None);
+        }
+        let mut counts = Counts::default();
+        let mut failures = Vec::new();
+        for state in &self.states {
+            match state.status {
+                TrialStatus::Finished => counts.finished += 1,
+                TrialStatus::Failed => {
+                    counts.failed += 1;
+                    failures.push((
+                        state.queued.info.id.clone(),
+                        state.reason.clone().unwrap_or_default(),
+                    ));
+                }
+                TrialStatus::Pruned => counts.pruned += 1,
+                TrialStatus::Interrupted | TrialStatus::Queued | TrialStatus::Running => {
+                    counts.interrupted += 1;
+                }
+            }
+        }
+        let sweep_status = if self.interrupting {
+            SweepStatus::Interrupted
+        } else if counts.failed > 0 {
+            SweepStatus::Failed
+        } else {
+            SweepStatus::Finished
+        };
+        Summary {
+            status: sweep_status,
+            counts,
+            failures,
+        }
+    }
+}
+
+/// Torch threads per worker on each device: a host slot's share, or the
+/// host's cores split between the GPUs' concurrent trials.
+fn worker_threads(inventory: &Inventory, limits: Limits) -> Vec<u32> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let gpu_share = (cores
+        / (inventory.devices.len() as u32 * limits.max_trials_per_device.max(1)).max(1))
+    .max(1);
+    inventory
+        .devices
+        .iter()
+        .map(|d| d.threads.unwrap_or(gpu_share).max(1))
+        .collect()
+}
+
+/// Starts one attempt of `state` on `device`; returns the pid and start time.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    run: RunId,
+    state: &TrialState,
+    device: usize,
+    inventory: &Inventory,
+    threads: u32,
+    exe: &std::path::Path,
+    tx: &mpsc::UnboundedSender<ExecutorEvent>,
+    fanout: &Fanout,
+) -> std::io::Result<(u32, f64)> {
+    let q = &state.queued;
+    let dev = &inventory.devices[device];
+    let mut env = vec![
+        ("OMP_NUM_THREADS".to_owned(), threads.to_string()),
+        ("MKL_NUM_THREADS".to_owned(), threads.to_string()),
+        ("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()),
+    ];
+    let real_gpu = dev.kind == DeviceKind::Cuda
+        && matches!(
+            inventory.source,
+            InventorySource::Nvml | InventorySource::NvidiaSmi
+        );
+    // Host slots and made-up GPUs run on the CPU and see no GPU.
+    let (visible, worker_device) = if real_gpu {
+        (visible_device(dev), "cuda:0")
+    } else {
+        (String::new(), "cpu")
+    };
+    env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible));
+    let mut sets = Vec::new();
+    if q.batch_size != q.info.batch_size || q.grad_accum != q.info.grad_accum {
+        sets.push(format!("train.batch_size={}", q.batch_size));
+        sets.push(format!("train.grad_accum={}", q.grad_accum));
+    }
+    let launch = Launch {
+        run,
+        exe: exe.to_owned(),
+        trial_dir: q.dir.path().to_owned(),
+        attempt: q.next_attempt,
+        sets,
+        device: worker_device.to_owned(),
+        threads,
+        env,
+        log: q.dir.log(),
+    };
+    std::fs::create_dir_all(q.dir.path())?;
+    let pid = executor::spawn(&launch, tx)?;
+    let time = now();
+    let record = AttemptRecord {
+        attempt: q.next_attempt,
+        device: dev.label.clone(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        start: time,
+        end: None,
+        outcome: None,
+        exit_code: None,
+        reason: None,
+    };
+    if let Err(e) = trial_record::append(&q.dir, &record) {
+        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
+    }
+    fanout.send(&SweepEvent::AttemptStarted {
+        trial: q.info.id.clone(),
+        attempt: q.next_attempt,
+        device: dev.label.clone(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        pid: Some(pid),
+        time,
+    });
+    Ok((pid, time))
+}
+
+/// The worker's `CUDA_VISIBLE_DEVICES`: the GPU's UUID when known (immune
+/// to renumbering), else its index among the parent's visible GPUs.
+fn visible_device(dev: &crate::devices::detect::Device) -> String {
+    if let Some(uuid) = &dev.uuid {
+        return uuid.clone();
+    }
+    let parent = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    parent
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .nth(dev.index as usize)
+        .map_or_else(|| dev.index.to_string(), str::to_owned)
+}
+
+/// What the attempt's exit means, and why in words.
+fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
+    let oom = exit.code == Some(3) || matches!(r.failed, Some((FailureKind::Oom, _)));
+    let outcome = match (exit.code, r.stop) {
+        (Some(0), _) if r.finished.is_some() => AttemptOutcome::Finished,
+        (Some(2), _) => AttemptOutcome::InvalidInput,
+        _ if oom => AttemptOutcome::OutOfMemory,
+        (_, Some(StopCause::Timeout)) => AttemptOutcome::TimedOut,
+        (_, Some(StopCause::Stall)) => AttemptOutcome::Stalled,
+        (_, Some(StopCause::Interrupt)) | (Some(4), _) => AttemptOutcome::Stopped,
+        _ => AttemptOutcome::Crashed,
+    };
+    let reason = match outcome {
+        AttemptOutcome::Finished => None,
+        AttemptOutcome::TimedOut => Some("ran past resources.trial_timeout".to_owned()),
+        AttemptOutcome::Stalled => Some("no progress within resources.stall_timeout".to_owned()),
+        AttemptOutcome::Stopped => Some("stopped".to_owned()),
+        _ => Some(match (&r.failed, exit.signal) {
+            (Some((_, message)), _) => message.clone(),
+            (None, Some(signal)) => {
+                format!("killed by signal {signal}{}", tail_text(&exit.stderr_tail))
+            }
+            (None, None) => format!(
+                "exit code {}{}",
+                exit.code.map_or("?".into(), |c| c.to_string()),
+                tail_text(&exit.stderr_tail)
+            ),
+        }),
+    };
+    (outcome, reason)
+}
+
+/// Classifies an exit, records it, and decides the trial's next state;
+/// true when the trial goes back to the queue.
+fn exited(
+    state: &mut TrialState,
+    r: &Running,
+    exit: &Exit,
+    retries: u32,
+    interrupting: bool,
+    inventory: &Inventory,
+    fanout: &Fanout,
+) -> bool {
+    let (outcome, reason) = classify(r, exit);
+    let time = now();
+    let q = &state.queued;
+    let record = AttemptRecord {
+        attempt: r.attempt,
+        device: inventory.devices[r.device].label.clone(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        start: r.start_time,
+        end: Some(time),
+        outcome: Some(outcome),
+        exit_code: exit.code,
+        reason: reason.clone(),
+    };
+    if let Err(e) = trial_record::append(&q.dir, &record) {
+        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
+    }
+    fanout.send(&SweepEvent::AttemptEnded {
+        trial: q.info.id.clone(),
+        attempt: r.attempt,
+        outcome,
+        exit_code: exit.code,
+        reason: reason.clone(),
+        peak_memory_bytes: r.peak,
+        time,
+    });
+
+    let (status, requeue) = match outcome {
+        AttemptOutcome::Finished => (TrialStatus::Finished, false),
+        _ if interrupting || outcome == AttemptOutcome::Stopped => {
+            (TrialStatus::Interrupted, false)
+        }
+        AttemptOutcome::InvalidInput => (TrialStatus::Failed, false),
+        AttemptOutcome::OutOfMemory if state.queued.batch_size <= 1 => {
+            state.status = TrialStatus::Failed;
+            state.reason = Some(format!(
+                "oom: out of memory at batch size 1 ({})",
+                reason.unwrap_or_default()
+            ));
+            end_trial(fanout, state, None);
+            return false;
+        }
+        AttemptOutcome::OutOfMemory => {
+            // Same effective batch, half the memory per forward pass.
+            state.queued.batch_size /= 2;
+            state.queued.grad_accum *= 2;
+            (TrialStatus::Queued, true)
+        }
+        _ => {
+            state.failures += 1;
+            if state.failures > retries {
+                (TrialStatus::Failed, false)
+            } else {
+                (TrialStatus::Queued, true)
+            }
+        }
+    };
+    state.status = status;
+    if status == TrialStatus::Finished {
+        state.reason = None;
+        send_artifacts(fanout, &state.queued);
+        end_trial(fanout, state, r.finished.and_then(|f| f.best_metric));
+    } else if !requeue {
+        state.reason = reason;
+        end_trial(fanout, state, None);
+    }
+    requeue
+}
+
+fn tail_text(tail: &[String]) -> String {
+    let last: Vec<&str> = tail
+        .iter()
+        .rev()
+        .take(5)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!("; last stderr lines:\n  {}", last.join("\n  "))
+    }
+}
+
+fn end_trial(fanout: &Fanout, state: &TrialState, best_metric: Option<f64>) {
+    fanout.send(&SweepEvent::TrialEnded {
+        trial: state.queued.info.id.clone(),
+        status: state.status,
+        reason: state.reason.clone(),
+        best_metric,
+        time: now(),
+    });
+}
+
+/// Reports the files a finished trial left: adapters, events, log.
+fn send_artifacts(fanout: &Fanout, q: &QueuedTrial) {
+    let adapter = |dir: PathBuf| dir.join("adapter_model.safetensors");
+    let files = [
+        ("final", adapter(q.dir.final_adapter()), true),
+        ("best", adapter(q.dir.best_adapter()), true),
+        ("events", q.dir.events(), false),
+        ("log", q.dir.log(), false),
+    ];
+    for (kind, path, hash) in files {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let sha256 = hash.then(|| sha256_file(&path)).flatten();
+        fanout.send(&SweepEvent::Artifact {
+            trial: q.info.id.clone(),
+            kind: kind.into(),
+            path: path.display().to_string(),
+            bytes: meta.len(),
+            sha256,
+        });
+    }
+}
+
+fn sha256_file(path: &std::path::Path) -> Option<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(format!("{:x}", hasher.finalize()))
+}

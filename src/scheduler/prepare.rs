@@ -1,0 +1,222 @@
+//! From a loaded spec to what the dispatcher runs: the plan (estimates,
+//! devices, the up-front "fits nowhere" check), the sweep folder and its
+//! lock, each trial's `trial.toml`, and what earlier runs left (finished
+//! trials, back-offs, attempt numbers).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::dispatcher::QueuedTrial;
+use super::event::{Environment, SweepInfo, TrialInfo, TrialStatus};
+use super::trial_record::{self, write_atomically};
+use crate::devices::detect::{Inventory, InventorySource};
+use crate::layout::{ResultsRoot, SweepDir};
+use crate::plan::build::{PlanError, PlannedTrial, SweepPlan, build};
+use crate::plan::placement::Limits;
+use crate::spec::load::LoadedSpec;
+use crate::spec::schema::Method;
+use crate::sweep::expand::Expansion;
+
+/// Why a sweep cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(
+        "{devices} is a made-up inventory: `run` can place only synthetic trials on it \
+         ({count} trial(s) use a real method); use real devices (`auto`, `cpu:N`, `cuda`), \
+         or `palisweep plan` to plan for hardware you do not have"
+    )]
+    MadeUpDevices { devices: String, count: usize },
+    #[error(
+        "another `palisweep run` is running sweep `{sweep}` (it holds {}); wait for it, or stop it first",
+        lock.display()
+    )]
+    Busy { sweep: String, lock: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A sweep ready to dispatch.
+pub struct PreparedSweep {
+    pub sweep: SweepInfo,
+    pub environment: Environment,
+    pub dir: SweepDir,
+    pub inventory: Inventory,
+    /// Every trial of the expansion with its status before this run.
+    pub recorded: Vec<(TrialInfo, TrialStatus)>,
+    /// The trials to run now.
+    pub queue: Vec<QueuedTrial>,
+    /// Whether any trial had run before.
+    pub resumed: bool,
+    /// Held while the sweep runs: a second `run` of it fails fast.
+    pub lock: File,
+}
+
+pub fn prepare(
+    loaded: &LoadedSpec,
+    expansion: Expansion,
+    inventory: Inventory,
+    limits: Limits,
+) -> Result<PreparedSweep, RunError> {
+    let root = ResultsRoot::new(&loaded.results);
+    let dir = root.sweep(&loaded.name);
+    if inventory.source == InventorySource::Hypothetical {
+        let real = expansion
+            .trials
+            .iter()
+            .filter(|t| t.spec.train.method != Method::Synthetic)
+            .count();
+        if real > 0 {
+            return Err(RunError::MadeUpDevices {
+                devices: loaded.spec.resources.devices.clone(),
+                count: real,
+            });
+        }
+    }
+    let recorded_before = dir.recorded_trials();
+    let plan: SweepPlan = build(&loaded.name, expansion, inventory, limits, &recorded_before)?;
+
+    std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
+    let lock_path = dir.path().join(".lock");
+    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(RunError::Busy {
+            sweep: loaded.name.clone(),
+            lock: lock_path,
+        });
+    }
+    write_atomically(&dir.spec(), &loaded.text).map_err(io(&dir.spec()))?;
+
+    let mut recorded = Vec::with_capacity(plan.trials.len());
+    let mut queue = Vec::new();
+    for planned in &plan.trials {
+        let (info, queued) = trial_state(loaded, &dir, planned)?;
+        match queued {
+            Some(queued) => {
+                recorded.push((info, TrialStatus::Queued));
+                queue.push(queued);
+            }
+            None => recorded.push((info, TrialStatus::Finished)),
+        }
+    }
+    let sweep = SweepInfo {
+        name: loaded.name.clone(),
+        spec_path: loaded.path.display().to_string(),
+        spec_text: loaded.text.clone(),
+        spec_hash: format!("{:x}", Sha256::digest(loaded.text.as_bytes())),
+        results: loaded.results.display().to_string(),
+        total_trials: plan.trials.len(),
+        devices: plan
+            .inventory
+            .devices
+            .iter()
+            .map(|d| d.label.clone())
+            .collect(),
+        axes: plan.axes.clone(),
+        select_metric: loaded.spec.eval.select.metric.clone(),
+    };
+    let environment = environment(&plan.inventory);
+    Ok(PreparedSweep {
+        sweep,
+        environment,
+        dir,
+        inventory: plan.inventory,
+        resumed: !recorded_before.is_empty(),
+        recorded,
+        queue,
+        lock,
+    })
+}
+
+/// What is known of the machine without touching CUDA (the scheduler
+/// must not create a CUDA context: it would take memory from the trials).
+fn environment(inventory: &Inventory) -> Environment {
+    let gpu_names = if inventory.shared_memory_pool {
+        Vec::new()
+    } else {
+        inventory.devices.iter().map(|d| d.name.clone()).collect()
+    };
+    Environment {
+        palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
+        libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
+        cuda_version: None,
+        gpu_names,
+        driver_version: None,
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        dataset_fingerprint: None,
+        checkpoint_fingerprints: BTreeMap::new(),
+    }
+}
+
+/// Writes a trial's `trial.toml` when it has none, and reads what earlier
+/// runs left: `None` when it finished, else how to run it next.
+fn trial_state(
+    loaded: &LoadedSpec,
+    dir: &SweepDir,
+    planned: &PlannedTrial,
+) -> Result<(TrialInfo, Option<QueuedTrial>), RunError> {
+    let trial = &planned.trial;
+    let trial_dir = dir.trial(&trial.id);
+    let config_path = trial_dir.config();
+    if !config_path.is_file() {
+        // The resolved config, with the sweep table emptied: one trial.
+        let mut spec = trial.spec.clone();
+        spec.sweep = loaded.defaults.sweep.clone();
+        let text = toml::to_string(&spec).map_err(|e| RunError::Io {
+            path: config_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomically(&config_path, &text).map_err(io(&config_path))?;
+    }
+    let config = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+    let info = TrialInfo {
+        id: trial.id.to_string(),
+        params: trial
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        config,
+        dir: trial_dir.path().display().to_string(),
+        est_memory_bytes: planned.memory.total,
+        batch_size: trial.spec.train.batch_size,
+        grad_accum: trial.spec.train.grad_accum,
+    };
+    if trial_record::finished(&trial_dir).is_some() {
+        return Ok((info, None));
+    }
+    let attempts = trial_record::attempts(&trial_dir);
+    // An earlier out-of-memory back-off keeps its smaller batch.
+    let (batch_size, grad_accum) = attempts
+        .last()
+        .map_or((info.batch_size, info.grad_accum), |a| {
+            (a.batch_size, a.grad_accum)
+        });
+    let next_attempt = attempts.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+    let queued = QueuedTrial {
+        info: info.clone(),
+        dir: trial_dir,
+        memory: planned.memory,
+        batch_size,
+        grad_accum,
+        next_attempt,
+    };
+    Ok((info, Some(queued)))
+}

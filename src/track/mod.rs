@@ -1,0 +1,21 @@
+//! Tracking: the consumers that record a sweep (the SQLite store and the
+//! TensorBoard logs).
+
+pub mod store;
+pub mod tensorboard;
+
+use std::path::Path;
+
+use crate::layout::ResultsRoot;
+use crate::scheduler::event::EventSink;
+
+use store::{StoreError, StoreSink};
+use tensorboard::sink::TensorBoardSink;
+
+/// The recording consumers of a sweep under `results`: the store (opened
+/// here, so a database that cannot be used stops the run before it starts)
+/// and the TensorBoard logs (`<results>/<sweep>/tb/`).
+pub fn sinks(results: &Path) -> Result<Vec<Box<dyn EventSink>>, StoreError> {
+    let store = StoreSink::open(&ResultsRoot::new(results).store())?;
+    Ok(vec![Box::new(store), Box::new(TensorBoardSink::new())])
+}
