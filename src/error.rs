@@ -13,7 +13,9 @@ use crate::model::peft::PeftError;
 use crate::model::processor::ProcessorError;
 use crate::model::weights::WeightError;
 use crate::plan::build::PlanError;
+use crate::scheduler::prepare::RunError;
 use crate::spec::error::SpecError;
+use crate::track::store::StoreError;
 use crate::train::evaluate::EvalError;
 
 pub const EXIT_OK: u8 = 0;
@@ -27,6 +29,23 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let bad_input = error.chain().any(|cause| {
         cause.is::<SpecError>()
             || cause.is::<PlanError>()
+            || matches!(
+                cause.downcast_ref::<RunError>(),
+                Some(RunError::Plan(_) | RunError::MadeUpDevices { .. })
+            )
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(
+                    StoreError::Missing { .. }
+                        | StoreError::TooNew { .. }
+                        | StoreError::NoSweep { .. }
+                        | StoreError::AmbiguousSweep { .. }
+                        | StoreError::NoTrial { .. }
+                        | StoreError::AmbiguousTrial { .. }
+                        | StoreError::Empty
+                        | StoreError::Format(_)
+                )
+            )
             || cause.is::<ParseDeviceError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()

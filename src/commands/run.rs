@@ -15,7 +15,7 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
 use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
-use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, now};
+use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::progress::{ProgressMode, ProgressSink};
 use crate::scheduler::sinks::Fanout;
@@ -82,11 +82,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(async {
+    let mut summary = runtime.block_on(async {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(forward_interrupts(tx));
         dispatch(work, &fanout, rx).await
     });
+    // Trials an earlier run finished count towards the whole sweep.
+    summary.counts.finished += prepared
+        .recorded
+        .iter()
+        .filter(|(_, status)| *status == TrialStatus::Finished)
+        .count();
     fanout.send(&SweepEvent::SweepEnded {
         status: summary.status,
         counts: summary.counts,
@@ -149,7 +155,7 @@ fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
         display_path(&sweep.join("tb"))
     );
     println!(
-        "report:      palisweep report {name} --results {}",
+        "inspect:     palisweep status {name} --results {}",
         display_path(results)
     );
     if summary.status == SweepStatus::Interrupted {

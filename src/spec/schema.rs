@@ -280,8 +280,9 @@ pub struct Synthetic {
     /// Memory it claims per example of `train.batch_size` (the estimate the
     /// scheduler packs with), device grammar sizes (`512MiB`).
     pub memory_per_sample: String,
-    /// Runs out of memory (exit 3) while `train.batch_size` is larger; 0 = never.
-    pub oom_above_batch: u32,
+    /// Runs out of memory (exit 3) while `train.batch_size` is at least
+    /// this; 0 = never (1 = always).
+    pub oom_from_batch: u32,
     /// Crashes (exit 1) at this step on attempts up to `crash_attempts`; 0 = never.
     pub crash_at_step: u64,
     pub crash_attempts: u32,

@@ -100,10 +100,10 @@ pub fn run(
         resumed_from: progress.step,
         skipped_lines: 0,
     })?;
-    if s.oom_above_batch > 0 && spec.train.batch_size > s.oom_above_batch {
+    if s.oom_from_batch > 0 && spec.train.batch_size >= s.oom_from_batch {
         let message = format!(
-            "synthetic: CUDA out of memory (batch {} > {})",
-            spec.train.batch_size, s.oom_above_batch
+            "synthetic: CUDA out of memory (batch {} ≥ {})",
+            spec.train.batch_size, s.oom_from_batch
         );
         return fail(events, FailureKind::Oom, message);
     }

@@ -7,5 +7,6 @@ mod expansion;
 mod experiments;
 mod model_cli;
 mod plan;
+mod scheduler;
 mod spec_errors;
 mod worker;
