@@ -249,18 +249,15 @@ fn wait_for_steps(test: &Test, count: usize, steps: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let trials = test.path().join("results/s/trials");
     loop {
-        let ready = std::fs::read_dir(&trials)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| {
-                        std::fs::read_to_string(e.path().join("events.jsonl"))
-                            .map(|t| t.matches("\"event\":\"step\"").count() >= steps)
-                            .unwrap_or(false)
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
+        let ready = std::fs::read_dir(&trials).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("events.jsonl"))
+                        .is_ok_and(|t| t.matches("\"event\":\"step\"").count() >= steps)
+                })
+                .count()
+        });
         if ready >= count {
             return;
         }
@@ -277,13 +274,11 @@ fn processes_under(dir: &Path) -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                })
-                .unwrap_or(false)
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(&needle)
+            })
         })
         .collect()
 }
@@ -324,7 +319,7 @@ fn resumed_from(dir: &Path) -> Vec<u64> {
 #[test]
 fn ctrl_c_checkpoints_the_workers_and_the_next_run_resumes_them() {
     let test = Test::new().spec(&synthetic(LONG_SWEEP));
-    let mut first = spawn_run(&test);
+    let first = spawn_run(&test);
     wait_for_steps(&test, 2, 3);
     // A second run of the same sweep is refused while this one holds it.
     run(&test, "fake-cuda:2x80GiB")
