@@ -15,6 +15,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Worker(args) => commands::worker::run(&args),
         Command::Run(args) => commands::run::run(&args),
+        Command::Rerun(args) => commands::rerun::run(&args),
         command => run(Cli { command }).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -60,5 +61,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => commands::inspect::ls(&args),
         Command::Show(args) => commands::inspect::show(&args),
         Command::ExportMetrics(args) => commands::inspect::export_metrics(&args),
+        Command::Rerun(args) => commands::rerun::run(&args).map(|_| ()),
     }
 }

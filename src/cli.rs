@@ -37,6 +37,9 @@ pub enum Command {
     Show(ShowArgs),
     /// Every metric of a sweep as CSV or JSON lines, on stdout.
     ExportMetrics(ExportMetricsArgs),
+    /// Run a finished trial again from what was recorded and compare it,
+    /// metric by metric, with the original (bit for bit on CPU).
+    Rerun(RerunArgs),
     /// Print the embedded, commented default spec (every key, documented).
     Defaults,
     /// Download every checkpoint a spec names into the Hugging Face cache
@@ -332,6 +335,20 @@ pub struct ShowArgs {
     pub trial: String,
     #[arg(long, default_value = "results", help = RESULTS_HELP)]
     pub results: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// A trial id (or a unique prefix, or SWEEP/ID).
+    pub trial: String,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    /// Rerun even when the dataset, checkpoint or versions differ.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the comparison as JSON.
     #[arg(long)]
     pub json: bool,
 }

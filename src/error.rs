@@ -13,6 +13,7 @@ use crate::model::peft::PeftError;
 use crate::model::processor::ProcessorError;
 use crate::model::weights::WeightError;
 use crate::plan::build::PlanError;
+use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::spec::error::SpecError;
 use crate::track::store::StoreError;
@@ -29,6 +30,10 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let bad_input = error.chain().any(|cause| {
         cause.is::<SpecError>()
             || cause.is::<PlanError>()
+            || matches!(
+                cause.downcast_ref::<RerunError>(),
+                Some(RerunError::Mismatch(_) | RerunError::NeverFinished(_))
+            )
             || matches!(
                 cause.downcast_ref::<RunError>(),
                 Some(RunError::Plan(_) | RunError::MadeUpDevices { .. })

@@ -9,6 +9,7 @@ pub mod init_tiny;
 pub mod inspect;
 pub mod plan;
 pub mod predict;
+pub mod rerun;
 pub mod run;
 pub mod runtime;
 pub mod worker;

@@ -3,6 +3,7 @@
 pub mod adapt;
 pub mod backward;
 pub mod config;
+pub mod fingerprint;
 pub mod gemma2;
 pub mod generate;
 pub mod hub;

@@ -84,7 +84,7 @@ pub struct Outcome {
 }
 
 /// The dataset folder `data.path` names (generating the synthetic one).
-fn dataset_root(spec: &Spec, cache: &Path) -> Result<PathBuf, TrainError> {
+pub fn dataset_root(spec: &Spec, cache: &Path) -> Result<PathBuf, TrainError> {
     match spec.data.path.strip_prefix(GENERATED_PREFIX) {
         Some(kind) => {
             let task: SyntheticTask = kind.parse().map_err(TrainError::Input)?;
@@ -107,7 +107,7 @@ pub fn checkpoint_dir(spec: &Spec, cache: &Path) -> Result<PathBuf, TrainError> 
     }
 }
 
-fn spec_task(spec: &Spec) -> Option<Task> {
+pub fn spec_task(spec: &Spec) -> Option<Task> {
     use crate::spec::schema::Task as SpecTask;
     match spec.data.task {
         SpecTask::Auto => None,
@@ -238,6 +238,13 @@ pub fn train(
         dataset_fingerprint: dataset.fingerprint.clone(),
         resumed_from,
         skipped_lines: dataset.skipped,
+    })?;
+    events.emit(WorkerEvent::Provenance {
+        palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
+        libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
+        checkpoint_fingerprint: crate::model::fingerprint::checkpoint_fingerprint(&checkpoint_path)
+            .ok(),
     })?;
 
     let meta = AdapterMeta {

@@ -47,6 +47,17 @@ pub enum WorkerEvent {
         #[serde(default)]
         skipped_lines: usize,
     },
+    /// What the run is made of, for exact reruns (right after `started`).
+    Provenance {
+        palisweep_version: String,
+        #[serde(default)]
+        git_sha: Option<String>,
+        #[serde(default)]
+        libtorch_version: Option<String>,
+        /// sha256 of the checkpoint's files (see `model::fingerprint`).
+        #[serde(default)]
+        checkpoint_fingerprint: Option<String>,
+    },
     /// One optimiser step: `train/loss`, `train/lr`, `train/grad_norm`,
     /// `perf/samples_per_s`, `perf/tokens_per_s`, `perf/peak_memory_bytes`.
     Step {

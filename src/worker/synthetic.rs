@@ -100,6 +100,12 @@ pub fn run(
         resumed_from: progress.step,
         skipped_lines: 0,
     })?;
+    events.emit(WorkerEvent::Provenance {
+        palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
+        libtorch_version: None,
+        checkpoint_fingerprint: None,
+    })?;
     if s.oom_from_batch > 0 && spec.train.batch_size >= s.oom_from_batch {
         let message = format!(
             "synthetic: CUDA out of memory (batch {} ≥ {})",

@@ -377,6 +377,9 @@ fn worker_line(
 ) -> Result<(), StoreError> {
     match &line.event {
         WorkerEvent::Started { .. } => worker_started(tx, sweep, trial, attempt, line)?,
+        // Versions and the checkpoint fingerprint stay in the trial's
+        // events.jsonl, where `rerun` reads them.
+        WorkerEvent::Provenance { .. } => {}
         WorkerEvent::Step {
             step,
             epoch,

@@ -1,0 +1,269 @@
+//! `palisweep rerun TRIAL`: runs a finished trial again from what was
+//! recorded (resolved config, the batch shape that actually ran after any
+//! back-off, the thread count, the device kind), after checking that the
+//! dataset, checkpoint and versions are the ones it used; records it as a
+//! new attempt and compares it metric by metric with the original.
+//! Exit 0 when it reproduces (bit for bit on CPU), 1 when it does not.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context as _;
+
+use crate::cli::RerunArgs;
+use crate::data::check::check;
+use crate::devices::detect::{self, DeviceKind};
+use crate::devices::grammar::DeviceRequest;
+use crate::error::EXIT_FAILURE;
+use crate::layout::{ResultsRoot, TrialDir};
+use crate::model::fingerprint::checkpoint_fingerprint;
+use crate::rerun::{
+    Comparison, Current, Original, RerunError, compare, mismatches, read_original, rerun_dir,
+};
+use crate::scheduler::event::{AttemptOutcome, EventSink, SweepEvent, TrialStatus, now};
+use crate::spec::load::{Overrides, load};
+use crate::spec::schema::{Method, Spec};
+use crate::track::store::{Store, StoreSink};
+use crate::train::learner::{checkpoint_dir, dataset_root, spec_task};
+use crate::worker::protocol::Envelope;
+
+/// Relative tolerance on CUDA, where kernels are not bitwise deterministic
+/// across runs (atomics in reductions).
+const CUDA_TOLERANCE: f64 = 1e-3;
+
+pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
+    let store_path = ResultsRoot::new(&args.results).store();
+    let row = Store::open_read_only(&store_path)?.resolve_trial(&args.trial)?;
+    let trial = TrialDir::from_path(Path::new(&row.dir));
+    let original =
+        read_original(&trial.events())?.ok_or_else(|| RerunError::NeverFinished(row.id.clone()))?;
+    let spec = load(&trial.config(), &Overrides::default())
+        .with_context(|| format!("cannot read {}", trial.config().display()))?
+        .spec;
+
+    let current = current(&spec)?;
+    let problems = mismatches(&original, &current);
+    if !problems.is_empty() {
+        if !args.force {
+            return Err(RerunError::Mismatch(problems).into());
+        }
+        for problem in &problems {
+            eprintln!("palisweep: rerunning anyway (--force): {problem}");
+        }
+    }
+
+    let attempt = original.last_attempt.max(row.attempt) + 1;
+    let dir = rerun_dir(&trial, attempt);
+    std::fs::create_dir_all(dir.path())?;
+    std::fs::copy(trial.config(), dir.config())?;
+    let device = if original.on_cuda() { "cuda:0" } else { "cpu" };
+    eprintln!(
+        "rerunning {} as attempt {attempt} in {}: batch {} × {}, {} thread(s), {device}",
+        row.id,
+        dir.path().display(),
+        original.batch_size,
+        original.grad_accum,
+        original.threads
+    );
+    let mut sink = StoreSink::for_sweep(Store::open(&store_path)?, &row.sweep);
+    let (status, rerun) = run_worker(&mut sink, &row.id, &dir, attempt, device, &original)?;
+    // The trial keeps its original result; the rerun is one more attempt.
+    record(
+        &mut sink,
+        SweepEvent::TrialEnded {
+            trial: row.id.clone(),
+            status: TrialStatus::Finished,
+            reason: None,
+            best_metric: original.best_metric,
+            time: now(),
+        },
+    );
+    let _ = sink.close();
+    let Some(rerun) = rerun else {
+        anyhow::bail!(
+            "the rerun of {} did not finish (exit {:?}); see {}",
+            row.id,
+            status.code(),
+            dir.log().display()
+        );
+    };
+    let tolerance = if original.on_cuda() {
+        CUDA_TOLERANCE
+    } else {
+        0.0
+    };
+    let comparison = compare(&original, &rerun, tolerance);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", render(&row.id, &original, &comparison));
+    }
+    Ok(if comparison.reproduced {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+fn record(sink: &mut StoreSink, event: SweepEvent) {
+    if let Err(e) = sink.handle(&[event]) {
+        eprintln!("palisweep: the store did not take the rerun: {e}");
+    }
+}
+
+/// Runs the worker in `dir` with the original's batch shape, threads and
+/// device kind, recording its events as attempt `attempt`.
+fn run_worker(
+    sink: &mut StoreSink,
+    id: &str,
+    dir: &TrialDir,
+    attempt: u32,
+    device: &str,
+    original: &Original,
+) -> anyhow::Result<(std::process::ExitStatus, Option<Original>)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("worker")
+        .arg("--trial")
+        .arg(dir.path())
+        .args(["--attempt", &attempt.to_string()])
+        .args(["--threads", &original.threads.to_string()])
+        .args(["--device", device])
+        .args([
+            "--set",
+            &format!("train.batch_size={}", original.batch_size),
+        ])
+        .args([
+            "--set",
+            &format!("train.grad_accum={}", original.grad_accum),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the worker")?;
+    record(
+        sink,
+        SweepEvent::AttemptStarted {
+            trial: id.to_owned(),
+            attempt,
+            device: device.to_owned(),
+            batch_size: original.batch_size,
+            grad_accum: original.grad_accum,
+            pid: Some(child.id()),
+            time: now(),
+        },
+    );
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(line) = Envelope::parse(&line) {
+                record(
+                    sink,
+                    SweepEvent::Worker {
+                        trial: id.to_owned(),
+                        attempt,
+                        line,
+                    },
+                );
+            }
+        }
+    }
+    let status = child.wait()?;
+    let rerun = read_original(&dir.events())?;
+    let outcome = if status.success() && rerun.is_some() {
+        AttemptOutcome::Finished
+    } else {
+        AttemptOutcome::Crashed
+    };
+    record(
+        sink,
+        SweepEvent::AttemptEnded {
+            trial: id.to_owned(),
+            attempt,
+            outcome,
+            exit_code: status.code(),
+            reason: (outcome != AttemptOutcome::Finished).then(|| "the rerun failed".to_owned()),
+            peak_memory_bytes: None,
+            time: now(),
+        },
+    );
+    Ok((status, rerun))
+}
+
+/// What the rerun would use now.
+fn current(spec: &Spec) -> anyhow::Result<Current> {
+    let cuda_available = detect::resolve(&DeviceRequest::Auto)
+        .is_ok_and(|inv| inv.devices.iter().any(|d| d.kind == DeviceKind::Cuda));
+    let mut current = Current {
+        palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
+        libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
+        cuda_available,
+        ..Current::default()
+    };
+    if spec.train.method == Method::Synthetic {
+        "synthetic".clone_into(&mut current.dataset_fingerprint);
+        current.libtorch_version = None;
+        return Ok(current);
+    }
+    let cache = ResultsRoot::new(&spec.experiment.results).cache();
+    let root = dataset_root(spec, &cache)?;
+    current.dataset_fingerprint =
+        check(&root, spec_task(spec), spec.data.skip_invalid)?.fingerprint;
+    current.checkpoint_fingerprint = checkpoint_fingerprint(&checkpoint_dir(spec, &cache)?).ok();
+    Ok(current)
+}
+
+fn render(id: &str, original: &Original, c: &Comparison) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let verdict = if c.reproduced {
+        "reproduced"
+    } else {
+        "NOT reproduced"
+    };
+    let _ = writeln!(
+        out,
+        "trial {id}: {verdict} ({})",
+        if c.tolerance == 0.0 {
+            "bit for bit".to_owned()
+        } else {
+            format!("relative tolerance {:e}", c.tolerance)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "train/loss over {} steps: {}",
+        c.steps,
+        if c.curve_identical {
+            "identical".to_owned()
+        } else {
+            format!("max relative difference {:.3e}", c.curve_max_rel_diff)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>16} {:>16}  same",
+        "metric", "original", "rerun"
+    );
+    let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.8}"));
+    for m in &c.metrics {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>16} {:>16}  {}",
+            m.name,
+            value(m.original),
+            value(m.rerun),
+            if m.identical { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n(original attempt {} on {}, batch {} × {}, {} thread(s))",
+        original.attempt,
+        original.device,
+        original.batch_size,
+        original.grad_accum,
+        original.threads
+    );
+    out
+}
