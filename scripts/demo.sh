@@ -8,3 +8,5 @@ scripts/setup.sh
 target/release/palisweep plan experiments/demo.toml
 target/release/palisweep run experiments/demo.toml "$@"
 target/release/palisweep status demo
+echo "report:"
+target/release/palisweep report demo

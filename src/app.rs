@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => commands::inspect::ls(&args),
         Command::Show(args) => commands::inspect::show(&args),
         Command::ExportMetrics(args) => commands::inspect::export_metrics(&args),
+        Command::Report(args) => commands::inspect::report(&args),
         Command::Rerun(args) => commands::rerun::run(&args).map(|_| ()),
     }
 }

@@ -37,6 +37,9 @@ pub enum Command {
     Show(ShowArgs),
     /// Every metric of a sweep as CSV or JSON lines, on stdout.
     ExportMetrics(ExportMetricsArgs),
+    /// Write the checkpoint-selection report of a sweep (Markdown and a
+    /// self-contained HTML page with plots).
+    Report(ReportArgs),
     /// Run a finished trial again from what was recorded and compare it,
     /// metric by metric, with the original (bit for bit on CPU).
     Rerun(RerunArgs),
@@ -337,6 +340,23 @@ pub struct ShowArgs {
     pub results: PathBuf,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A sweep name or id prefix.
+    pub sweep: String,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    /// Where to write report.md and report.html (default: <results>/<sweep>/report/).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also recommend the best choice whose peak memory fits this (`24GiB`).
+    #[arg(long, value_name = "SIZE")]
+    pub budget_memory: Option<String>,
+    /// Rank by this metric instead of the sweep's `eval.select` metric.
+    #[arg(long, value_name = "NAME")]
+    pub metric: Option<String>,
 }
 
 #[derive(Debug, Args)]

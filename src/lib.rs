@@ -15,6 +15,7 @@ pub mod layout;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod rerun;
 pub mod rng;
 pub mod scheduler;

@@ -1,10 +1,15 @@
-//! The read-only store commands: `status`, `ls`, `show`, `export-metrics`.
+//! The read-only store commands: `status`, `ls`, `show`, `export-metrics`,
+//! `report`.
 //! They open the store read-only, so they work while a sweep writes it.
 
 use std::io::Write as _;
 
-use crate::cli::{ExportMetricsArgs, LsArgs, ShowArgs, StatusArgs};
+use anyhow::Context as _;
+
+use crate::cli::{ExportMetricsArgs, LsArgs, ReportArgs, ShowArgs, StatusArgs};
+use crate::devices::grammar::parse_bytes;
 use crate::layout::ResultsRoot;
+use crate::report::{ReportOptions, write as write_report};
 use crate::track::store::{ExportFormat, Store, StoreError, views};
 
 fn open(results: &std::path::Path) -> anyhow::Result<Store> {
@@ -57,4 +62,22 @@ fn broken_pipe(error: &anyhow::Error) -> bool {
             .is_some_and(is_broken)
             || matches!(cause.downcast_ref::<StoreError>(), Some(StoreError::Io(e)) if is_broken(e))
     })
+}
+
+pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let budget_memory = match &args.budget_memory {
+        Some(text) => {
+            Some(parse_bytes(text).with_context(|| format!("invalid --budget-memory `{text}`"))?)
+        }
+        None => None,
+    };
+    let options = ReportOptions {
+        out: args.out.clone(),
+        budget_memory,
+        metric: args.metric.clone(),
+    };
+    let paths = write_report(&open(&args.results)?, &args.sweep, &options)?;
+    println!("{}", paths.markdown.display());
+    println!("{}", paths.html.display());
+    Ok(())
 }

@@ -158,6 +158,10 @@ fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
         "inspect:     palisweep status {name} --results {}",
         display_path(results)
     );
+    println!(
+        "report:      palisweep report {name} --results {}",
+        display_path(results)
+    );
     if summary.status == SweepStatus::Interrupted {
         println!("resume:      run the same command again");
     }

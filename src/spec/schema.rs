@@ -242,6 +242,21 @@ pub struct Sweep {
     pub zip: Vec<Vec<String>>,
     /// Rules dropping every trial that matches all the rule's key/values.
     pub exclude: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Stop trials clearly worse than the others at the same step.
+    pub early_stop: EarlyStop,
+    /// Trials that must have reported a step before any is compared at it.
+    pub early_stop_min_trials: u32,
+    /// Evaluations a trial makes before it may be stopped.
+    pub early_stop_warmup: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyStop {
+    None,
+    /// The median rule: stop a trial whose selection metric at a step is
+    /// worse than the median of the other trials' at that step.
+    Median,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

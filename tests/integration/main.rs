@@ -7,6 +7,7 @@ mod expansion;
 mod experiments;
 mod model_cli;
 mod plan;
+mod report;
 mod rerun;
 mod scheduler;
 mod spec_errors;

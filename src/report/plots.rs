@@ -1,0 +1,341 @@
+//! The report's plots, drawn with plotters' SVG backend into strings that
+//! the HTML embeds inline (no fonts, scripts or files fetched at view time).
+
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
+
+use super::analysis::{HyperGrid, cmp_quality};
+use super::format::{hours, hyper, number};
+use super::{Curve, Report, ReportError};
+
+const WIDE: (u32, u32) = (760, 420);
+const FONT: &str = "sans-serif";
+
+/// Distinct colours for up to ten series (Tableau 10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Draws into a fresh SVG string; `draw` gets the whole canvas.
+fn svg(
+    plot: &str,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> DrawResult,
+) -> Result<String, ReportError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        let result = root
+            .fill(&WHITE)
+            .map_err(Into::into)
+            .and_then(|()| draw(&root))
+            .and_then(|()| root.present().map_err(Into::into));
+        result.map_err(|e| ReportError::Plot {
+            plot: plot.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(out)
+}
+
+/// A position on a categorical axis.
+fn index(i: usize) -> i32 {
+    i32::try_from(i).unwrap_or(i32::MAX)
+}
+
+/// Lowest and highest of `values`, padded by 5 % (or ±0.5 when flat).
+fn span(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else {
+        lo.abs().max(1.0) * 0.05
+    };
+    (lo - pad, hi + pad)
+}
+
+/// A colour on a white-to-blue scale; `t` in 0..=1 (1: best).
+fn shade(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
+    RGBColor(lerp(239, 8), lerp(243, 48), lerp(255, 107))
+}
+
+/// Quality over learning rate × weight decay for one checkpoint: a heatmap
+/// when both vary, else a line over the one that does.
+pub fn grid(report: &Report, grid: &HyperGrid) -> Result<String, ReportError> {
+    let title = format!(
+        "{}: {} by lr × weight decay",
+        grid.checkpoint, report.metric
+    );
+    if grid.lrs.len() > 1 && grid.weight_decays.len() > 1 {
+        heatmap(report, grid, &title)
+    } else if grid.lrs.len() > 1 {
+        let values: Vec<Option<f64>> = grid.cells[0].clone();
+        line(report, &title, "learning rate", &grid.lrs, &values)
+    } else {
+        let values: Vec<Option<f64>> = grid.cells.iter().map(|row| row[0]).collect();
+        line(report, &title, "weight decay", &grid.weight_decays, &values)
+    }
+}
+
+fn heatmap(report: &Report, grid: &HyperGrid, title: &str) -> Result<String, ReportError> {
+    let values: Vec<f64> = grid.cells.iter().flatten().filter_map(|c| *c).collect();
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let higher = report.higher_is_better;
+    // 1 for the best cell, 0 for the worst.
+    let goodness = |v: f64| {
+        if hi > lo {
+            let t = (v - lo) / (hi - lo);
+            if higher { t } else { 1.0 - t }
+        } else {
+            1.0
+        }
+    };
+    let (nl, nw) = (index(grid.lrs.len()), index(grid.weight_decays.len()));
+    let size = (
+        (140 + 90 * nl.unsigned_abs()).max(420),
+        (120 + 50 * nw.unsigned_abs()).max(260),
+    );
+    svg(title, size, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..nl - 1).into_segmented(), (0..nw - 1).into_segmented())?;
+        let label = |values: &[f64], v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) => values
+                .get(usize::try_from(*i).unwrap_or(usize::MAX))
+                .map_or_else(String::new, |x| hyper(*x)),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("learning rate")
+            .y_desc("weight decay")
+            .x_labels(grid.lrs.len())
+            .y_labels(grid.weight_decays.len())
+            .x_label_formatter(&|v| label(&grid.lrs, v))
+            .y_label_formatter(&|v| label(&grid.weight_decays, v))
+            .draw()?;
+        for (w, row) in grid.cells.iter().enumerate() {
+            for (l, cell) in row.iter().enumerate() {
+                let (l, w) = (index(l), index(w));
+                let corners = [
+                    (SegmentValue::Exact(l), SegmentValue::Exact(w)),
+                    (SegmentValue::Exact(l + 1), SegmentValue::Exact(w + 1)),
+                ];
+                let (fill, text) = match cell {
+                    Some(v) => (shade(goodness(*v)), number(*v)),
+                    None => (RGBColor(230, 230, 230), "–".to_owned()),
+                };
+                chart.draw_series([Rectangle::new(corners.clone(), fill.filled())])?;
+                chart.draw_series([Rectangle::new(corners, WHITE.stroke_width(2))])?;
+                let ink = if cell.is_some_and(|v| goodness(v) > 0.55) {
+                    WHITE
+                } else {
+                    BLACK
+                };
+                chart.draw_series([Text::new(
+                    text,
+                    (SegmentValue::CenterOf(l), SegmentValue::CenterOf(w)),
+                    (FONT, 13)
+                        .into_font()
+                        .color(&ink)
+                        .pos(plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Center,
+                        )),
+                )])?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn line(
+    report: &Report,
+    title: &str,
+    x_desc: &str,
+    xs: &[f64],
+    values: &[Option<f64>],
+) -> Result<String, ReportError> {
+    let n = index(xs.len());
+    let (lo, hi) = span(values.iter().filter_map(|v| *v));
+    svg(title, WIDE, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..n - 1).into_segmented(), lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(report.metric.as_str())
+            .x_labels(xs.len())
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => xs
+                    .get(usize::try_from(*i).unwrap_or(usize::MAX))
+                    .map_or_else(String::new, |x| hyper(*x)),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|v| number(*v))
+            .draw()?;
+        let points: Vec<(SegmentValue<i32>, f64)> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (SegmentValue::CenterOf(index(i)), v)))
+            .collect();
+        chart.draw_series(LineSeries::new(points.clone(), PALETTE[0].stroke_width(2)))?;
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, PALETTE[0].filled())),
+        )?;
+        Ok(())
+    })
+}
+
+/// Curves of the top runs over optimiser steps.
+pub fn curves(title: &str, y_desc: &str, curves: &[Curve]) -> Result<String, ReportError> {
+    let max_step = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let (lo, hi) = span(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
+    svg(title, WIDE, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..max_step as f64, lo..hi)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| number(*v))
+            .draw()?;
+        for (i, curve) in curves.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> =
+                curve.points.iter().map(|&(s, v)| (s as f64, v)).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(curve.label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            if points.len() <= 40 {
+                chart.draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 12))
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Quality against cost (hours per run), the Pareto front in red and
+/// joined by a line; each front point is labelled with its rank.
+pub fn pareto(report: &Report) -> Result<String, ReportError> {
+    let points: Vec<(usize, f64, f64, bool)> = report
+        .groups
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| Report::hours(g).map(|h| (i, h, g.mean, report.pareto[i])))
+        .collect();
+    let (x_lo, x_hi) = span(points.iter().map(|p| p.1));
+    let (y_lo, y_hi) = span(points.iter().map(|p| p.2));
+    let title = format!(
+        "{} vs {} per run (Pareto front in red)",
+        report.metric, report.hours_label
+    );
+    svg(&title, WIDE, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x_lo.max(0.0)..x_hi, y_lo..y_hi)?;
+        chart
+            .configure_mesh()
+            .x_desc(report.hours_label)
+            .y_desc(report.metric.as_str())
+            .x_label_formatter(&|v| hours(*v))
+            .y_label_formatter(&|v| number(*v))
+            .draw()?;
+        chart.draw_series(
+            points
+                .iter()
+                .filter(|p| !p.3)
+                .map(|p| Circle::new((p.1, p.2), 4, RGBColor(127, 127, 127).filled())),
+        )?;
+        let mut front: Vec<(f64, f64, usize)> = points
+            .iter()
+            .filter(|p| p.3)
+            .map(|p| (p.1, p.2, p.0))
+            .collect();
+        front.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(cmp_quality(a.1, b.1, report.higher_is_better).reverse())
+        });
+        let red = RGBColor(214, 39, 40);
+        chart.draw_series(LineSeries::new(
+            front.iter().map(|p| (p.0, p.1)),
+            red.stroke_width(2),
+        ))?;
+        chart.draw_series(
+            front
+                .iter()
+                .map(|p| Circle::new((p.0, p.1), 5, red.filled())),
+        )?;
+        chart.draw_series(front.iter().map(|p| {
+            EmptyElement::at((p.0, p.1))
+                + Text::new(
+                    format!("#{}", p.2 + 1),
+                    (7, -14),
+                    (FONT, 12).into_font().color(&BLACK),
+                )
+        }))?;
+        Ok(())
+    })
+}
