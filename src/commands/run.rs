@@ -18,8 +18,10 @@ use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
 use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::progress::{ProgressMode, ProgressSink};
+use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::sinks::Fanout;
 use crate::spec::load::{Overrides, load};
+use crate::spec::schema::EarlyStop;
 use crate::sweep::expand::expand;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -76,6 +78,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         stall_timeout: seconds(resources.stall_timeout),
         kill_grace: Duration::from_secs_f64(args.kill_grace),
         exe: std::env::current_exe().context("cannot find the palisweep executable")?,
+        pruner: (loaded.spec.sweep.early_stop == EarlyStop::Median).then(|| {
+            MedianPruner::new(
+                &loaded.spec.eval.select.metric,
+                loaded.spec.sweep.early_stop_min_trials,
+                loaded.spec.sweep.early_stop_warmup,
+            )
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -87,12 +96,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(forward_interrupts(tx));
         dispatch(work, &fanout, rx).await
     });
-    // Trials an earlier run finished count towards the whole sweep.
-    summary.counts.finished += prepared
-        .recorded
-        .iter()
-        .filter(|(_, status)| *status == TrialStatus::Finished)
-        .count();
+    // Trials an earlier run finished (or pruned) count towards the sweep.
+    for (_, status) in &prepared.recorded {
+        match status {
+            TrialStatus::Finished => summary.counts.finished += 1,
+            TrialStatus::Pruned => summary.counts.pruned += 1,
+            _ => {}
+        }
+    }
     fanout.send(&SweepEvent::SweepEnded {
         status: summary.status,
         counts: summary.counts,

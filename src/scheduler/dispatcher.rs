@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now};
 use super::executor::{self, ExecutorEvent, Launch, RunId};
 use super::memory_probe::MemoryProbe;
+use super::pruner::MedianPruner;
 use super::sinks::Fanout;
 use super::slots::Slots;
 use super::trial_record::{self, AttemptRecord};
@@ -63,6 +64,8 @@ pub struct Dispatch {
     pub kill_grace: Duration,
     /// The palisweep executable the workers run.
     pub exe: PathBuf,
+    /// `sweep.early_stop = "median"`.
+    pub pruner: Option<MedianPruner>,
 }
 
 /// How the sweep went.
@@ -80,6 +83,7 @@ enum StopCause {
     Interrupt,
     Timeout,
     Stall,
+    Prune,
 }
 
 struct Running {
@@ -132,6 +136,7 @@ struct Dispatcher<'a> {
     stall_timeout: Option<Duration>,
     kill_grace: Duration,
     exe: PathBuf,
+    pruner: Option<MedianPruner>,
     states: Vec<TrialState>,
     /// Queued trial indices, largest estimate first.
     pending: Vec<usize>,
@@ -174,6 +179,7 @@ pub async fn dispatch(
         stall_timeout: dispatch.stall_timeout,
         kill_grace: dispatch.kill_grace,
         exe: dispatch.exe,
+        pruner: dispatch.pruner,
         pending: (0..states.len()).collect(),
         states,
         running: HashMap::new(),
@@ -287,6 +293,17 @@ impl Dispatcher<'_> {
                         });
                     }
                     WorkerEvent::Started { .. } => r.finished = None,
+                    WorkerEvent::Eval { step, metrics, .. } => {
+                        let id = &self.states[r.trial].queued.info.id;
+                        if let Some(pruner) = self.pruner.as_mut()
+                            && pruner.report(id, *step, metrics)
+                            && r.stop.is_none()
+                        {
+                            r.stop = Some(StopCause::Prune);
+                            r.term_sent = Some(Instant::now());
+                            executor::signal_group(r.pid, false);
+                        }
+                    }
                     _ => {}
                 }
                 self.fanout.send(&SweepEvent::Worker {
@@ -535,6 +552,7 @@ fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
         _ if oom => AttemptOutcome::OutOfMemory,
         (_, Some(StopCause::Timeout)) => AttemptOutcome::TimedOut,
         (_, Some(StopCause::Stall)) => AttemptOutcome::Stalled,
+        (_, Some(StopCause::Prune)) => AttemptOutcome::Pruned,
         (_, Some(StopCause::Interrupt)) | (Some(4), _) => AttemptOutcome::Stopped,
         _ => AttemptOutcome::Crashed,
     };
@@ -543,6 +561,10 @@ fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
         AttemptOutcome::TimedOut => Some("ran past resources.trial_timeout".to_owned()),
         AttemptOutcome::Stalled => Some("no progress within resources.stall_timeout".to_owned()),
         AttemptOutcome::Stopped => Some("stopped".to_owned()),
+        AttemptOutcome::Pruned => Some(
+            "pruned: its selection metric was worse than the median of the other trials at the same step"
+                .to_owned(),
+        ),
         _ => Some(match (&r.failed, exit.signal) {
             (Some((_, message)), _) => message.clone(),
             (None, Some(signal)) => {
@@ -598,6 +620,7 @@ fn exited(
 
     let (status, requeue) = match outcome {
         AttemptOutcome::Finished => (TrialStatus::Finished, false),
+        AttemptOutcome::Pruned => (TrialStatus::Pruned, false),
         _ if interrupting || outcome == AttemptOutcome::Stopped => {
             (TrialStatus::Interrupted, false)
         }

@@ -65,8 +65,10 @@ pub enum AttemptOutcome {
     TimedOut,
     /// Silent past `resources.stall_timeout`.
     Stalled,
-    /// Stopped by the user (Ctrl-C) or stopped early by the pruner.
+    /// Stopped by the user (Ctrl-C).
     Stopped,
+    /// Stopped early by `sweep.early_stop`.
+    Pruned,
 }
 
 /// Where a trial stands; the store's `trials.status` column holds these

@@ -10,6 +10,7 @@ pub mod executor;
 pub mod memory_probe;
 pub mod prepare;
 pub mod progress;
+pub mod pruner;
 pub mod sinks;
 pub mod slots;
 pub mod trial_record;

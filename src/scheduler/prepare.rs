@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::dispatcher::QueuedTrial;
-use super::event::{Environment, SweepInfo, TrialInfo, TrialStatus};
+use super::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, TrialStatus};
 use super::trial_record::{self, write_atomically};
 use crate::devices::detect::{Inventory, InventorySource};
 use crate::layout::{ResultsRoot, SweepDir};
@@ -104,13 +104,13 @@ pub fn prepare(
     let mut recorded = Vec::with_capacity(plan.trials.len());
     let mut queue = Vec::new();
     for planned in &plan.trials {
-        let (info, queued) = trial_state(loaded, &dir, planned)?;
-        match queued {
-            Some(queued) => {
+        let (info, state) = trial_state(loaded, &dir, planned)?;
+        match state {
+            Ok(queued) => {
                 recorded.push((info, TrialStatus::Queued));
                 queue.push(queued);
             }
-            None => recorded.push((info, TrialStatus::Finished)),
+            Err(done) => recorded.push((info, done)),
         }
     }
     let sweep = SweepInfo {
@@ -166,12 +166,13 @@ fn environment(inventory: &Inventory) -> Environment {
 }
 
 /// Writes a trial's `trial.toml` when it has none, and reads what earlier
-/// runs left: `None` when it finished, else how to run it next.
+/// runs left: how to run it next, or the final state it reached (finished,
+/// or pruned by early stopping).
 fn trial_state(
     loaded: &LoadedSpec,
     dir: &SweepDir,
     planned: &PlannedTrial,
-) -> Result<(TrialInfo, Option<QueuedTrial>), RunError> {
+) -> Result<(TrialInfo, Result<QueuedTrial, TrialStatus>), RunError> {
     let trial = &planned.trial;
     let trial_dir = dir.trial(&trial.id);
     let config_path = trial_dir.config();
@@ -200,9 +201,15 @@ fn trial_state(
         grad_accum: trial.spec.train.grad_accum,
     };
     if trial_record::finished(&trial_dir).is_some() {
-        return Ok((info, None));
+        return Ok((info, Err(TrialStatus::Finished)));
     }
     let attempts = trial_record::attempts(&trial_dir);
+    if attempts
+        .last()
+        .is_some_and(|a| a.outcome == Some(AttemptOutcome::Pruned))
+    {
+        return Ok((info, Err(TrialStatus::Pruned)));
+    }
     // An earlier out-of-memory back-off keeps its smaller batch.
     let (batch_size, grad_accum) = attempts
         .last()
@@ -218,5 +225,5 @@ fn trial_state(
         grad_accum,
         next_attempt,
     };
-    Ok((info, Some(queued)))
+    Ok((info, Ok(queued)))
 }

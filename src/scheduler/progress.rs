@@ -154,7 +154,7 @@ impl ProgressSink {
                 }
             }
             SweepEvent::TrialRecorded { status, .. } => {
-                if *status == TrialStatus::Finished {
+                if matches!(status, TrialStatus::Finished | TrialStatus::Pruned) {
                     self.done += 1;
                     self.refresh_sweep();
                 }
@@ -330,6 +330,7 @@ fn outcome_text(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::TimedOut => "timed out",
         AttemptOutcome::Stalled => "stalled",
         AttemptOutcome::Stopped => "stopped",
+        AttemptOutcome::Pruned => "pruned (worse than the median)",
     }
 }
 

@@ -443,3 +443,29 @@ fn a_tiny_sweep_trains_real_checkpoints_end_to_end() {
         "{artifacts}"
     );
 }
+
+#[test]
+fn early_stopping_prunes_trials_worse_than_the_median() {
+    // Best learning rates first: the last two are judged against three.
+    let test = Test::new().spec(&synthetic(
+        "[synthetic]\nsteps = 20\nstep_ms = 20\n\
+         [sweep]\nearly_stop = \"median\"\n\
+         [sweep.axes]\n\"train.lr\" = [1e-3, 3e-4, 1e-4, 1e-6, 1e-7]\n",
+    ));
+    run(&test, "fake-cuda:1x80GiB")
+        .code(0)
+        .stdout_has("3 finished, 0 failed, 2 pruned");
+    let status = status(&test);
+    assert_eq!(count(&status, "pruned"), 2);
+    let pruned: Vec<u64> = attempts(&test)
+        .values()
+        .flatten()
+        .filter(|r| r["outcome"] == "pruned")
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pruned, [1, 1]);
+    // Pruned trials stay pruned on the next run.
+    run(&test, "fake-cuda:1x80GiB")
+        .code(0)
+        .stdout_has("3 finished, 0 failed, 2 pruned");
+}

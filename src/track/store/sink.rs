@@ -546,6 +546,7 @@ fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::TimedOut => "timed_out",
         AttemptOutcome::Stalled => "stalled",
         AttemptOutcome::Stopped => "stopped",
+        AttemptOutcome::Pruned => "pruned",
     }
 }
 
