@@ -55,7 +55,7 @@ impl MedianPruner {
         }
         others.sort_by(f64::total_cmp);
         let mid = others.len() / 2;
-        let median = if others.len() % 2 == 0 {
+        let median = if others.len().is_multiple_of(2) {
             f64::midpoint(others[mid - 1], others[mid])
         } else {
             others[mid]
