@@ -8,7 +8,7 @@
 #
 #   OUT=/tmp/out scripts/gpu/check.sh
 #
-# Environment: TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
+# Environment: BUDGET_S (420), TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
 # (where nvidia/*/lib are; default: the one holding that torch), CACHE
 # (random checkpoints, default /tmp/palisweep-bench), BENCH_DEVICE (cuda),
 # BENCH_PRESET (published; `tiny` for a dry run on a CPU).
@@ -24,6 +24,9 @@ TESTS=$PWD/.gpu/palisweep-lib-tests
 CACHE=${CACHE:-/tmp/palisweep-bench}
 DEVICE=${BENCH_DEVICE:-cuda}
 PRESET=${BENCH_PRESET:-published}
+# Wall-clock budget: benches get at most what is left of it (none when
+# under 45 s are left), so the script returns inside the device call's limit.
+BUDGET_S=${BUDGET_S:-420}
 STARTED=$SECONDS
 
 log() { echo "[$(date -u +%T) +$((SECONDS - STARTED))s] $*" | tee -a "$LOG"; }
@@ -103,6 +106,12 @@ du -sh "$CACHE"/bench/* >>"$LOG" 2>&1
 bench() {
     local limit=$1
     shift
+    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
+    if [ "$remaining" -lt 45 ]; then
+        log "skipped (budget ${BUDGET_S}s): bench $*"
+        return
+    fi
+    [ "$limit" -le "$remaining" ] || limit=$remaining
     log "bench $*"
     timeout --kill-after=10 "$limit" "$BIN" bench --checkpoint "$PRESET" --size 3b \
         --cache "$CACHE" --device "$DEVICE" --json "$@" >>"$JSONL" 2>>"$LOG"
