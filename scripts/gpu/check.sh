@@ -8,7 +8,7 @@
 #
 #   OUT=/tmp/out scripts/gpu/check.sh
 #
-# Environment: BUDGET_S (420), TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
+# Environment: BUDGET_S (400), TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
 # (where nvidia/*/lib are; default: the one holding that torch), CACHE
 # (random checkpoints, default /tmp/palisweep-bench), BENCH_DEVICE (cuda),
 # BENCH_PRESET (published; `tiny` for a dry run on a CPU).
@@ -26,7 +26,7 @@ DEVICE=${BENCH_DEVICE:-cuda}
 PRESET=${BENCH_PRESET:-published}
 # Wall-clock budget: benches get at most what is left of it (none when
 # under 45 s are left), so the script returns inside the device call's limit.
-BUDGET_S=${BUDGET_S:-420}
+BUDGET_S=${BUDGET_S:-400}
 STARTED=$SECONDS
 
 log() { echo "[$(date -u +%T) +$((SECONDS - STARTED))s] $*" | tee -a "$LOG"; }
