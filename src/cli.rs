@@ -59,7 +59,7 @@ pub enum Command {
     /// Copy a trial's PEFT adapter out, or (--merge) write its base with the
     /// adapter merged in as a full checkpoint.
     Export(ExportArgs),
-    /// Time forward passes (evaluation) on a random or given checkpoint.
+    /// Time training steps and forward passes on a random or given checkpoint.
     Bench(BenchArgs),
     /// Run one trial from its folder's `trial.toml` (what the scheduler runs).
     Worker(WorkerArgs),
@@ -101,18 +101,29 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A checkpoint folder, or `tiny` / `small` for a random checkpoint of
-    /// that preset (see --size and --resolution).
+    /// A checkpoint folder, or `tiny` / `small` / `published` for a random
+    /// checkpoint of that preset (see --size and --resolution), written
+    /// once into --cache.
     #[arg(long, default_value = "tiny")]
     pub checkpoint: String,
     #[arg(long, default_value = "3b", value_parser = ["3b", "10b", "28b"])]
     pub size: String,
     #[arg(long, default_value = "224", value_parser = ["224", "448", "896"])]
     pub resolution: String,
-    /// Dataset root whose train split feeds the batches (default: synthetic
+    /// Dataset root whose train split feeds the batch (default: synthetic
     /// examples with a 24-token suffix).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// How the base is adapted for the training steps (forward-only
+    /// evaluation runs the same adapted model).
+    #[arg(long, default_value = "lora", value_parser = ["lora", "qlora", "full"])]
+    pub method: String,
+    /// Recompute each layer in the backward instead of keeping activations.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// `train`, `forward` (evaluation) or `both` (forward first).
+    #[arg(long, default_value = "both", value_parser = ["both", "train", "forward"])]
+    pub mode: String,
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Timed steps (after --warmup untimed ones).
@@ -120,6 +131,16 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: u32,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// 0 by default, so runs compare with any other implementation.
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+    /// Seed of the random checkpoint and of the `LoRA` initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Compute device: `cpu`, `cuda` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
@@ -128,11 +149,22 @@ pub struct BenchArgs {
     /// Torch threads on the CPU (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Dense peak of the device in TFLOP/s, for MFU (default: the bf16 peak
+    /// of known GPUs by name; none on the CPU).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     /// Where random preset checkpoints are cached.
     #[arg(long, default_value = "results/.cache")]
     pub cache: PathBuf,
+    /// One JSON object per mode and line.
     #[arg(long)]
     pub json: bool,
+    /// Write the encoded batch as safetensors (for `scripts/bench/hf_bench.py`).
+    #[arg(long, hide = true)]
+    pub dump_batch: Option<PathBuf>,
+    /// Write the checkpoint, print its folder and exit.
+    #[arg(long)]
+    pub prepare_only: bool,
 }
 
 #[derive(Debug, Args)]

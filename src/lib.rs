@@ -5,6 +5,7 @@
 //! `plan` (estimates and placement, using `estimate` and `devices`); `model`
 //! is the network itself; `commands` wire them to the CLI.
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod data;

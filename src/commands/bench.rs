@@ -1,22 +1,23 @@
-//! `palisweep bench`: throughput of forward passes (what evaluation does)
-//! on a preset or given checkpoint. Training steps join when the trainer
-//! lands. Timings are wall clock after warm-up; memory is the process's
-//! peak RSS on the CPU.
+//! `palisweep bench`: times training steps (the trainer's backward and
+//! `AdamW`) and forward-only evaluation on a preset or given checkpoint; see
+//! [`crate::bench`] for what is measured and `docs/benchmarks.md` for
+//! results.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use image::RgbImage;
-use serde_json::json;
 
+use crate::bench::checkpoint::{self, Preset};
+use crate::bench::run::{BenchOptions, Modes, Report, run as bench};
 use crate::cli::BenchArgs;
 use crate::data::annotations::{Split, read_split};
-use crate::model::config::{PaliGemmaConfig, Resolution, Size};
+use crate::model::adapt::QuantConfig;
+use crate::model::config::{Resolution, Size};
 use crate::model::image::load_image;
-use crate::model::paligemma::PaliGemma;
-use crate::model::processor::{Example, Processor};
-use crate::model::tiny;
+use crate::model::lora::LoraConfig;
+use crate::model::processor::Example;
+use crate::spec::schema::Method;
 
 use super::runtime;
 
@@ -24,19 +25,11 @@ use super::runtime;
 fn checkpoint(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     let size: Size = args.size.parse().map_err(anyhow::Error::msg)?;
     let resolution: Resolution = args.resolution.parse().map_err(anyhow::Error::msg)?;
-    let config = match args.checkpoint.as_str() {
-        "tiny" => PaliGemmaConfig::tiny(size, resolution),
-        "small" => PaliGemmaConfig::small(size, resolution),
-        dir => return Ok(PathBuf::from(dir)),
-    };
-    let dir = args
-        .cache
-        .join("bench")
-        .join(format!("{}-{size}-{resolution}", args.checkpoint));
-    if !dir.join("model.safetensors").is_file() {
-        tiny::write_random(&dir, &config, 0).context("cannot write the benchmark checkpoint")?;
+    match Preset::parse(&args.checkpoint) {
+        Some(preset) => checkpoint::ensure(&args.cache, preset, size, resolution, args.seed)
+            .context("cannot write the benchmark checkpoint"),
+        None => Ok(PathBuf::from(&args.checkpoint)),
     }
-    Ok(dir)
 }
 
 fn examples(args: &BenchArgs) -> anyhow::Result<Vec<Example>> {
@@ -71,9 +64,35 @@ fn examples(args: &BenchArgs) -> anyhow::Result<Vec<Example>> {
         .collect())
 }
 
-/// Peak resident memory of this process, in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    crate::train::perf::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
+fn print_row(r: &Report) {
+    let gpu = r
+        .peak_gpu_mb
+        .map(|m| format!(", peak GPU {m:.0} MiB"))
+        .unwrap_or_default();
+    let mfu = r
+        .mfu
+        .map(|m| format!(", MFU {:.1}%", 100.0 * m))
+        .unwrap_or_default();
+    let estimate = match (r.est_memory_mb, r.est_error_pct) {
+        (Some(mb), Some(err)) => format!(", estimate {mb:.0} MiB ({err:+.1}%)"),
+        _ => String::new(),
+    };
+    println!(
+        "{:<7} {} {}batch {} × {} tokens on {} ({}, {} threads): {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, {:.2} TFLOP/s{mfu}, peak RSS {:.0} MiB{gpu}{estimate}",
+        r.mode,
+        r.method,
+        if r.gradient_checkpointing { "+gc " } else { "" },
+        r.batch,
+        r.seq_len,
+        r.device,
+        r.dtype,
+        r.threads,
+        r.step_ms,
+        r.samples_per_s,
+        r.tokens_per_s,
+        r.achieved_tflops,
+        r.peak_rss_mb.unwrap_or(f64::NAN),
+    );
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -82,57 +101,52 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "--batch and --steps must be at least 1"
     );
     let dir = checkpoint(args)?;
+    if args.prepare_only {
+        println!("{}", dir.display());
+        return Ok(());
+    }
     let device = runtime::device(args.device.as_deref())?;
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
     let kind = runtime::kind(&args.precision, device)?;
-    let model = PaliGemma::load(&dir, device, kind)
-        .with_context(|| format!("cannot load {}", dir.display()))?;
-    let processor = Processor::from_dir(&dir)?;
-    let encoded = processor.encode_training(&examples(args)?, usize::MAX)?;
-    let input = encoded.input.to(device, kind);
-    let (batch, seq_len) = input.input_ids.size2()?;
-
-    let step = || -> anyhow::Result<f64> {
-        let loss = tch::no_grad(|| model.loss(&input))?;
-        // Reading the value waits for the device.
-        Ok(loss.sum.double_value(&[]))
+    let method = match args.method.as_str() {
+        "qlora" => Method::Qlora,
+        "full" => Method::Full,
+        _ => Method::Lora,
     };
-    for _ in 0..args.warmup {
-        step()?;
-    }
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        step()?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let steps = args.steps as f64;
-    let samples_per_s = batch as f64 * steps / seconds;
-    let tokens_per_s = (batch * seq_len) as f64 * steps / seconds;
-    let report = json!({
-        "mode": "forward",
-        "checkpoint": dir.display().to_string(),
-        "device": format!("{device:?}"),
-        "dtype": format!("{kind:?}"),
-        "threads": tch::get_num_threads(),
-        "batch": batch,
-        "seq_len": seq_len,
-        "steps": args.steps,
-        "step_ms": 1000.0 * seconds / steps,
-        "samples_per_s": samples_per_s,
-        "tokens_per_s": tokens_per_s,
-        "peak_rss_mb": peak_rss_mib(),
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!(
-            "forward, batch {batch} × {seq_len} tokens on {device:?} ({kind:?}, {} threads): {:.1} ms/step, {samples_per_s:.2} samples/s, {tokens_per_s:.0} tokens/s, peak RSS {:.0} MiB",
-            tch::get_num_threads(),
-            1000.0 * seconds / steps,
-            peak_rss_mib().unwrap_or(f64::NAN),
-        );
+    let modes = match args.mode.as_str() {
+        "train" => Modes::Train,
+        "forward" => Modes::Forward,
+        _ => Modes::Both,
+    };
+    let lora = LoraConfig {
+        dropout: args.lora_dropout,
+        ..LoraConfig::new(i64::from(args.lora_r), args.lora_alpha)
+    };
+    let options = BenchOptions {
+        checkpoint: dir.clone(),
+        method,
+        gradient_checkpointing: args.gradient_checkpointing,
+        modes,
+        warmup: args.warmup,
+        steps: args.steps,
+        device,
+        kind,
+        lora,
+        quant: QuantConfig::default(),
+        seed: args.seed,
+        peak_tflops: args.peak_tflops,
+        dump_batch: args.dump_batch.clone(),
+    };
+    let reports = bench(&options, &examples(args)?)
+        .with_context(|| format!("benchmark of {}", dir.display()))?;
+    for report in &reports {
+        if args.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            print_row(report);
+        }
     }
     Ok(())
 }

@@ -81,6 +81,16 @@ pub fn write(dir: &Path, size: Size, resolution: Resolution, seed: u64) -> Resul
 /// Writes a random checkpoint of any architecture that uses the tiny
 /// tokenizer's vocabulary (the tiny and small presets).
 pub fn write_random(dir: &Path, config: &PaliGemmaConfig, seed: u64) -> Result<(), TinyError> {
+    write_metadata(dir, config)?;
+    let tensors = random_weights(config, seed)?;
+    let path = dir.join("model.safetensors");
+    Tensor::write_safetensors(&tensors, &path)?;
+    Ok(())
+}
+
+/// Writes everything of a random checkpoint but its weights: `config.json`,
+/// the tiny tokenizer and the preprocessor config (`dir` is created).
+pub fn write_metadata(dir: &Path, config: &PaliGemmaConfig) -> Result<(), TinyError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut config_json = serde_json::to_value(config).map_err(|e| io(dir)(e.into()))?;
     // Lets transformers' `AutoModel` load the tiny checkpoints too.
@@ -100,9 +110,6 @@ pub fn write_random(dir: &Path, config: &PaliGemmaConfig, seed: u64) -> Result<(
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(io(&path))?;
     }
-    let tensors = random_weights(config, seed)?;
-    let path = dir.join("model.safetensors");
-    Tensor::write_safetensors(&tensors, &path)?;
     Ok(())
 }
 
@@ -129,7 +136,7 @@ fn preprocessor_config(config: &PaliGemmaConfig) -> String {
 /// and a final norm scale (≈ 3) large enough that the logits can become
 /// confident — with transformers' 0.02 everywhere, the tied head's logits
 /// stay near zero and training stalls at a loss of ~6.5.
-fn init_for(name: &str, shape: &[i64]) -> (f64, f64) {
+pub(crate) fn init_for(name: &str, shape: &[i64]) -> (f64, f64) {
     let fan_in = shape.iter().skip(1).product::<i64>().max(1) as f64;
     let mut segments = name.rsplit('.');
     let leaf = segments.next().unwrap_or_default();

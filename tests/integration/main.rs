@@ -3,6 +3,7 @@
 mod util;
 
 mod adapters;
+mod bench;
 mod expansion;
 mod experiments;
 mod model_cli;

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, from the repository root, with the binaries that
+# scripts/gpu/build.sh put into .gpu/: CUDA unit tests, device detection,
+# a tiny bf16 training run, and `bench` on random real-size 3B checkpoints.
+# Results: $OUT/bench.jsonl (one JSON object per bench row) and
+# $OUT/log.txt. Each step runs in its own process under its own timeout, so
+# one failure costs only its own row. Budget: ~7 minutes on an H100.
+#
+#   OUT=/tmp/out scripts/gpu/check.sh
+#
+# Environment: BUDGET_S (400), TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
+# (where nvidia/*/lib are; default: the one holding that torch), CACHE
+# (random checkpoints, default /tmp/palisweep-bench), BENCH_DEVICE (cuda),
+# BENCH_PRESET (published; `tiny` for a dry run on a CPU).
+set -uo pipefail
+
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+JSONL="$OUT/bench.jsonl"
+: >"$JSONL"
+BIN=$PWD/.gpu/palisweep
+TESTS=$PWD/.gpu/palisweep-lib-tests
+CACHE=${CACHE:-/tmp/palisweep-bench}
+DEVICE=${BENCH_DEVICE:-cuda}
+PRESET=${BENCH_PRESET:-published}
+# Wall-clock budget: benches get at most what is left of it (none when
+# under 45 s are left), so the script returns inside the device call's limit.
+BUDGET_S=${BUDGET_S:-400}
+STARTED=$SECONDS
+
+log() { echo "[$(date -u +%T) +$((SECONDS - STARTED))s] $*" | tee -a "$LOG"; }
+
+# Runs "$@" under `timeout SECONDS`, output appended to the log.
+run_logged() {
+    local limit=$1
+    shift
+    log "\$ $*"
+    timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    [ $rc -eq 0 ] || log "exit $rc"
+    return $rc
+}
+
+# libtorch and the CUDA libraries of the machine's torch wheel.
+if [ -z "${TORCH_LIB:-}" ]; then
+    TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+fi
+SITE=${SITE_PACKAGES:-$(dirname "$(dirname "$TORCH_LIB")")}
+NVIDIA_LIBS=$(find "$SITE/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | sort | tr '\n' ':')
+export LD_LIBRARY_PATH="$TORCH_LIB:${NVIDIA_LIBS}${LD_LIBRARY_PATH:-}"
+log "TORCH_LIB=$TORCH_LIB"
+log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda)' >>"$LOG" 2>&1
+nvidia-smi >>"$LOG" 2>&1 || log "no nvidia-smi"
+ldd "$BIN" | grep -E 'torch|cuda|not found' >>"$LOG" 2>&1
+
+# The unit tests find their fixtures under the checkout they were built in.
+if [ -f .gpu/manifest_dir ]; then
+    built_in=$(cat .gpu/manifest_dir)
+    if [ "$built_in" != "$PWD" ] && [ ! -e "$built_in" ]; then
+        mkdir -p "$(dirname "$built_in")" && ln -s "$PWD" "$built_in" && log "linked $built_in -> $PWD"
+    fi
+fi
+
+# 1. CUDA unit tests (every test with `cuda` in its name; those that need a
+#    GPU skip themselves without one, so check the log for "skipped").
+run_logged 150 "$TESTS" cuda --test-threads 1 --nocapture
+
+# 2. Detection through NVML, and the plan on it.
+run_logged 30 "$BIN" plan experiments/demo.toml --devices auto
+
+# 3. A tiny training run on the GPU (bf16, LoRA), a few steps.
+work=$(mktemp -d)
+cat >"$work/spec.toml" <<'SPEC'
+[experiment]
+name = "gpu-smoke"
+seed = 1
+[data]
+path = "generated:json"
+task = "json"
+max_suffix_tokens = 32
+[model]
+checkpoint = "tiny"
+[train]
+method = "lora"
+epochs = 2
+max_steps = 6
+batch_size = 4
+lr = 1e-3
+[eval]
+generate = false
+select = { metric = "val/loss", mode = "min" }
+SPEC
+(cd "$work" && run_logged 90 "$BIN" worker --spec spec.toml --trial trial --device "$DEVICE")
+cp "$work/trial/events.jsonl" "$OUT/worker-events.jsonl" 2>/dev/null
+
+# 4. Random real-size 3B checkpoints: the body once, one folder per resolution.
+for res in 224 448 896; do
+    run_logged 240 "$BIN" bench --checkpoint "$PRESET" --size 3b --resolution "$res" \
+        --cache "$CACHE" --prepare-only
+done
+du -sh "$CACHE"/bench/* >>"$LOG" 2>&1
+
+# 5. Benchmarks: one process each, JSON rows appended to bench.jsonl.
+bench() {
+    local limit=$1
+    shift
+    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
+    if [ "$remaining" -lt 45 ]; then
+        log "skipped (budget ${BUDGET_S}s): bench $*"
+        return
+    fi
+    [ "$limit" -le "$remaining" ] || limit=$remaining
+    log "bench $*"
+    timeout --kill-after=10 "$limit" "$BIN" bench --checkpoint "$PRESET" --size 3b \
+        --cache "$CACHE" --device "$DEVICE" --json "$@" >>"$JSONL" 2>>"$LOG"
+    local rc=$?
+    [ $rc -eq 0 ] || log "exit $rc"
+}
+steps=(--warmup 2 --steps 5)
+for method in lora qlora; do
+    for gc in "" --gradient-checkpointing; do
+        bench 90 --resolution 224 --batch 4 --method $method $gc "${steps[@]}"
+    done
+done
+for method in lora qlora; do
+    for gc in "" --gradient-checkpointing; do
+        bench 100 --resolution 448 --batch 4 --method $method $gc "${steps[@]}"
+    done
+done
+bench 150 --resolution 896 --batch 2 --method qlora --gradient-checkpointing "${steps[@]}"
+
+log "done: $(wc -l <"$JSONL") bench rows"
+# A compact table for the log's reader.
+python3 - "$JSONL" <<'PY' | tee -a "$LOG"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'mode':8}{'method':7}{'gc':4}{'res':>5}{'batch':>6}{'seq':>6}{'step_ms':>9}{'tok/s':>9}{'MFU%':>7}{'peakGPU':>9}{'est':>8}{'err%':>7}")
+for r in rows:
+    res = r["checkpoint"].rstrip("/").split("-")[-2] if "-" in r["checkpoint"] else "?"
+    f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"
+    print(f"{r['mode']:8}{r['method']:7}{('y' if r['gradient_checkpointing'] else 'n'):4}{res:>5}{r['batch']:>6}{r['seq_len']:>6}"
+          f"{f(r['step_ms'], '.1f'):>9}{f(r['tokens_per_s'], '.0f'):>9}{f(r['mfu'] and 100 * r['mfu'], '.1f'):>7}"
+          f"{f(r['peak_gpu_mb'], '.0f'):>9}{f(r['est_memory_mb'], '.0f'):>8}{f(r['est_error_pct'], '+.1f'):>7}")
+PY
