@@ -47,6 +47,8 @@ pub enum BenchError {
     Empty,
     #[error("the batch has no supervised token: nothing to train on")]
     Unsupervised,
+    #[error("`synthetic` trains no model: benchmark lora, qlora or full")]
+    Synthetic,
 }
 
 /// Which timings to take.
@@ -134,12 +136,13 @@ pub struct Report {
 
 /// The adaptation plan: `LoRA` settings as given, vision tower and
 /// projector as the spec defaults have them.
-fn plan(options: &BenchOptions) -> AdaptPlan {
-    match options.method {
+fn plan(options: &BenchOptions) -> Result<AdaptPlan, BenchError> {
+    Ok(match options.method {
         Method::Lora => AdaptPlan::lora(options.lora.clone()),
         Method::Qlora => AdaptPlan::qlora(options.lora.clone(), options.quant),
         Method::Full => AdaptPlan::full(),
-    }
+        Method::Synthetic => return Err(BenchError::Synthetic),
+    })
 }
 
 /// Writes the batch as safetensors (`pixel_values` in f32), the way the
@@ -270,7 +273,7 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
             .ok(),
         _ => None,
     };
-    let plan = plan(options);
+    let plan = plan(options)?;
     let (model, trainables) = PaliGemma::load_adapted(
         &options.checkpoint,
         options.device,
