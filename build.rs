@@ -26,6 +26,13 @@ fn main() {
     // Resolve the .venv/libtorch link so the rpath names the real folder.
     let lib = libtorch.canonicalize().unwrap_or(libtorch).join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // Nothing of ours calls into libtorch_cuda directly, so the linker's
+    // --as-needed would drop it and libtorch would never see a GPU: keep it.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
     // The wheel's CUDA libraries sit in site-packages/nvidia/*/lib; torch's
     // own libraries find them through their $ORIGIN rpaths, so nothing more is needed.
 }

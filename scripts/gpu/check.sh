@@ -95,6 +95,34 @@ SPEC
 (cd "$work" && run_logged 90 "$BIN" worker --spec spec.toml --trial trial --device "$DEVICE")
 cp "$work/trial/events.jsonl" "$OUT/worker-events.jsonl" 2>/dev/null
 
+# 3b. The scheduler on the GPU: two tiny trials packed onto one device
+#     (CUDA_VISIBLE_DEVICES per worker, NVML peak memory per attempt).
+cat >"$work/sweep.toml" <<'SPEC'
+[experiment]
+name = "gpu-sweep"
+[data]
+path = "generated:json"
+task = "json"
+max_suffix_tokens = 32
+[model]
+checkpoint = "tiny"
+[train]
+epochs = 1
+max_steps = 6
+batch_size = 4
+lr = 1e-3
+[eval]
+generate = false
+[sweep.axes]
+"train.method" = ["lora", "qlora"]
+[resources]
+devices = "cuda"
+max_trials_per_device = 2
+SPEC
+(cd "$work" && run_logged 120 "$BIN" run sweep.toml --results res --quiet)
+(cd "$work" && run_logged 20 "$BIN" status gpu-sweep --results res --json)
+(cd "$work" && cp res/palisweep.sqlite "$OUT/gpu-sweep.sqlite" 2>/dev/null)
+
 # 4. Random real-size 3B checkpoints: the body once, one folder per resolution.
 for res in 224 448 896; do
     run_logged 240 "$BIN" bench --checkpoint "$PRESET" --size 3b --resolution "$res" \
