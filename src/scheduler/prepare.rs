@@ -150,13 +150,19 @@ fn environment(inventory: &Inventory) -> Environment {
     } else {
         inventory.devices.iter().map(|d| d.name.clone()).collect()
     };
+    let (driver_version, cuda_version) =
+        if gpu_names.is_empty() || inventory.source == InventorySource::Hypothetical {
+            (None, None)
+        } else {
+            nvidia_versions()
+        };
     Environment {
         palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
         libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
-        cuda_version: None,
+        cuda_version,
         gpu_names,
-        driver_version: None,
+        driver_version,
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default(),
@@ -226,4 +232,16 @@ fn trial_state(
         next_attempt,
     };
     Ok((info, Ok(queued)))
+}
+
+/// The NVIDIA driver's version and the CUDA version it supports, from NVML.
+fn nvidia_versions() -> (Option<String>, Option<String>) {
+    let Ok(nvml) = nvml_wrapper::Nvml::init() else {
+        return (None, None);
+    };
+    let cuda = nvml
+        .sys_cuda_driver_version()
+        .ok()
+        .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+    (nvml.sys_driver_version().ok(), cuda)
 }

@@ -243,6 +243,7 @@ pub fn train(
         palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
         libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
+        checkpoint: Some(ckpt_ref::resolve(&spec.model).display),
         checkpoint_fingerprint: crate::model::fingerprint::checkpoint_fingerprint(&checkpoint_path)
             .ok(),
     })?;

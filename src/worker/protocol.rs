@@ -54,6 +54,10 @@ pub enum WorkerEvent {
         git_sha: Option<String>,
         #[serde(default)]
         libtorch_version: Option<String>,
+        /// The checkpoint as the spec names it (`google/paligemma2-3b-pt-224`,
+        /// `tiny-3b-224`, a folder).
+        #[serde(default)]
+        checkpoint: Option<String>,
         /// sha256 of the checkpoint's files (see `model::fingerprint`).
         #[serde(default)]
         checkpoint_fingerprint: Option<String>,

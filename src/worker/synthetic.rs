@@ -104,6 +104,7 @@ pub fn run(
         palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
         git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
         libtorch_version: None,
+        checkpoint: None,
         checkpoint_fingerprint: None,
     })?;
     if s.oom_from_batch > 0 && spec.train.batch_size >= s.oom_from_batch {

@@ -442,6 +442,23 @@ fn a_tiny_sweep_trains_real_checkpoints_end_to_end() {
         artifacts.to_string().contains("adapter_model.safetensors"),
         "{artifacts}"
     );
+    // The environment row names the versions and both fingerprints.
+    let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
+    let (version, dataset, checkpoints): (String, Option<String>, String) = db
+        .query_row(
+            "SELECT palisweep_version, dataset_fingerprint, checkpoint_fingerprints FROM environment",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(dataset.map(|d| d.len()), Some(64));
+    let checkpoints: serde_json::Value = serde_json::from_str(&checkpoints).unwrap();
+    assert_eq!(
+        checkpoints["tiny-3b-224"].as_str().map(str::len),
+        Some(64),
+        "{checkpoints}"
+    );
 }
 
 #[test]

@@ -377,8 +377,20 @@ fn worker_line(
 ) -> Result<(), StoreError> {
     match &line.event {
         WorkerEvent::Started { .. } => worker_started(tx, sweep, trial, attempt, line)?,
-        // Versions and the checkpoint fingerprint stay in the trial's
-        // events.jsonl, where `rerun` reads them.
+        // The run's environment row collects each checkpoint's fingerprint
+        // (versions are the scheduler's own; `rerun` reads events.jsonl).
+        WorkerEvent::Provenance {
+            checkpoint: Some(checkpoint),
+            checkpoint_fingerprint: Some(fingerprint),
+            ..
+        } => {
+            tx.prepare_cached(
+                "UPDATE environment SET checkpoint_fingerprints =
+                   json_set(checkpoint_fingerprints, '$.\"' || replace(?2, '\"', '') || '\"', ?3)
+                 WHERE sweep = ?1 AND started = (SELECT MAX(started) FROM environment WHERE sweep = ?1)",
+            )?
+            .execute(params![sweep, checkpoint, fingerprint])?;
+        }
         WorkerEvent::Provenance { .. } => {}
         WorkerEvent::Step {
             step,
@@ -502,6 +514,13 @@ fn worker_started(
          WHERE sweep = ?1 AND id = ?2 AND attempt = ?3",
     )?
     .execute(params![sweep, trial, attempt, batch_size, grad_accum])?;
+    // The run's environment row: the dataset its workers checked (the last
+    // one when trials vary the dataset; each attempt keeps its own).
+    tx.prepare_cached(
+        "UPDATE environment SET dataset_fingerprint = ?2
+         WHERE sweep = ?1 AND started = (SELECT MAX(started) FROM environment WHERE sweep = ?1)",
+    )?
+    .execute(params![sweep, dataset_fingerprint])?;
     Ok(())
 }
 
