@@ -1,10 +1,6 @@
 //! `palisweep plan SPEC`: load, expand, estimate, place, print.
 
-use anyhow::Context as _;
-
 use crate::cli::PlanArgs;
-use crate::devices::detect;
-use crate::devices::grammar::DeviceRequest;
 use crate::layout::ResultsRoot;
 use crate::plan::build::build;
 use crate::plan::placement::Limits;
@@ -16,18 +12,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let overrides = Overrides::from_process(args.spec.sets);
     let loaded = load(&args.spec.spec, &overrides)?;
     let expansion = expand(&loaded, args.yes)?;
-    let request: DeviceRequest = match &args.devices {
-        Some(flag) => flag
-            .parse()
-            .with_context(|| format!("invalid --devices `{flag}`"))?,
-        None => loaded
-            .spec
-            .resources
-            .devices
-            .parse()
-            .context("invalid resources.devices")?,
-    };
-    let inventory = detect::resolve(&request).context("cannot use the requested devices")?;
+    let inventory =
+        super::runtime::inventory(args.devices.as_deref(), &loaded.spec.resources.devices)?;
     let limits = Limits {
         memory_headroom: loaded.spec.resources.memory_headroom,
         max_trials_per_device: loaded.spec.resources.max_trials_per_device,

@@ -9,8 +9,6 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::cli::RunArgs;
-use crate::devices::detect;
-use crate::devices::grammar::DeviceRequest;
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
@@ -32,18 +30,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let loaded = load(&args.spec.spec, &Overrides::from_process(sets))?;
     let expansion = expand(&loaded, args.yes)?;
-    let request: DeviceRequest = match &args.devices {
-        Some(flag) => flag
-            .parse()
-            .with_context(|| format!("invalid --devices `{flag}`"))?,
-        None => loaded
-            .spec
-            .resources
-            .devices
-            .parse()
-            .context("invalid resources.devices")?,
-    };
-    let inventory = detect::resolve(&request).context("cannot use the requested devices")?;
+    let inventory =
+        super::runtime::inventory(args.devices.as_deref(), &loaded.spec.resources.devices)?;
     let resources = &loaded.spec.resources;
     let limits = Limits {
         memory_headroom: resources.memory_headroom,

@@ -1,7 +1,11 @@
-//! Device, precision and threads for commands that run the model.
+//! Device, precision and threads for commands that run the model, and the
+//! device inventory of the commands that place trials.
 
 use anyhow::Context as _;
 use tch::{Device, Kind};
+
+use crate::devices::detect::{self, Inventory};
+use crate::devices::grammar::DeviceRequest;
 
 /// `cpu`, `cuda`, `cuda:N`, or the default: the first GPU when libtorch
 /// sees one, else the CPU.
@@ -40,4 +44,15 @@ pub fn kind(precision: &str, device: Device) -> anyhow::Result<Kind> {
         ("f32" | "auto", _) => Kind::Float,
         (other, _) => anyhow::bail!("invalid --precision `{other}`: use auto, bf16 or f32"),
     })
+}
+
+/// The devices a `--devices` flag names, or else `resources.devices`.
+pub fn inventory(flag: Option<&str>, spec_devices: &str) -> anyhow::Result<Inventory> {
+    let request: DeviceRequest = match flag {
+        Some(flag) => flag
+            .parse()
+            .with_context(|| format!("invalid --devices `{flag}`"))?,
+        None => spec_devices.parse().context("invalid resources.devices")?,
+    };
+    detect::resolve(&request).context("cannot use the requested devices")
 }
