@@ -273,11 +273,9 @@ mod tests {
         (loss.mean().unwrap().double_value(&[]), grads)
     }
 
-    fn assert_same_gradients(plan: &AdaptPlan) {
-        let base = golden_dir().join("checkpoints/f32");
-        let (model, trainables) =
-            PaliGemma::load_adapted(&base, Device::Cpu, Kind::Float, plan, 7).unwrap();
-        // Non-zero B matrices so that gradients reach the A matrices too.
+    /// Non-zero B matrices, so that the branch (and its dropout) changes
+    /// the output and gradients reach the A matrices too.
+    fn perturb_b(trainables: &Trainables) {
         tch::manual_seed(3);
         tch::no_grad(|| {
             for vars in trainables.lora().values() {
@@ -285,6 +283,13 @@ mod tests {
                 vars.b.shallow_clone().copy_(&noise);
             }
         });
+    }
+
+    fn assert_same_gradients(plan: &AdaptPlan) {
+        let base = golden_dir().join("checkpoints/f32");
+        let (model, trainables) =
+            PaliGemma::load_adapted(&base, Device::Cpu, Kind::Float, plan, 7).unwrap();
+        perturb_b(&trainables);
         model.set_training(true);
         let (reference_loss, reference) = gradients(&model, &trainables, false);
         let (loss, checkpointed) = gradients(&model, &trainables, true);
@@ -362,9 +367,14 @@ mod tests {
         let base = golden_dir().join("checkpoints/f32");
         let (model, trainables) =
             PaliGemma::load_adapted(&base, Device::Cpu, Kind::Float, &lora(0.5), 7).unwrap();
+        perturb_b(&trainables);
+        model.set_training(false);
+        let (without_dropout, _) = gradients(&model, &trainables, false);
         model.set_training(true);
         let (first, _) = gradients(&model, &trainables, false);
         let (again, _) = gradients(&model, &trainables, false);
+        // Dropout acts, and draws the same masks for the same seed.
+        assert_ne!(first.to_bits(), without_dropout.to_bits());
         assert_eq!(first.to_bits(), again.to_bits());
     }
 }

@@ -214,7 +214,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
     Ok(Report {
         gpu_names: store
             .latest_environment(&sweep.name)?
-            .map(|e| e.gpu_names)
+            .map(|e| e.environment.gpu_names)
             .unwrap_or_default(),
         hours_label: if cuda { "GPU-hours" } else { "CPU-hours" },
         seeds_vary: varying.iter().any(|k| analysis::is_seed_key(k)),

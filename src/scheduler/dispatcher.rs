@@ -14,7 +14,7 @@ use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialInfo, T
 use super::executor::{self, ExecutorEvent, Launch, RunId};
 use super::memory_probe::MemoryProbe;
 use super::pruner::MedianPruner;
-use super::sinks::Fanout;
+use super::sinks::{Fanout, FanoutSender};
 use super::slots::Slots;
 use super::trial_record::{self, AttemptRecord};
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
@@ -143,6 +143,10 @@ struct Dispatcher<'a> {
     running: HashMap<RunId, Running>,
     next_run: RunId,
     interrupting: bool,
+    /// Set when a device frees up or the queue changes: only then can a
+    /// queued trial start, so only then is the queue walked (not on every
+    /// worker line).
+    placement_changed: bool,
     tx: mpsc::UnboundedSender<ExecutorEvent>,
 }
 
@@ -185,12 +189,14 @@ pub async fn dispatch(
         running: HashMap::new(),
         next_run: 0,
         interrupting: false,
+        placement_changed: true,
         tx,
     };
     d.sort_pending();
     let mut ticker = tokio::time::interval(TICK);
     loop {
-        if !d.interrupting {
+        if !d.interrupting && d.placement_changed {
+            d.placement_changed = false;
             d.launch_ready();
         }
         if d.running.is_empty() && (d.pending.is_empty() || d.interrupting) {
@@ -327,6 +333,7 @@ impl Dispatcher<'_> {
                     return;
                 };
                 self.slots.release(r.device, r.bytes);
+                self.placement_changed = true;
                 let exit = Exit {
                     code,
                     signal,
@@ -652,7 +659,10 @@ fn exited(
     state.status = status;
     if status == TrialStatus::Finished {
         state.reason = None;
-        send_artifacts(fanout, &state.queued);
+        // Hashing adapters (gigabytes for full fine-tuning) stays off the loop.
+        let sender = fanout.sender();
+        let queued = state.queued.clone();
+        std::thread::spawn(move || send_artifacts(&sender, &queued));
         end_trial(fanout, state, r.finished.and_then(|f| f.best_metric));
     } else if !requeue {
         state.reason = reason;
@@ -687,7 +697,7 @@ fn end_trial(fanout: &Fanout, state: &TrialState, best_metric: Option<f64>) {
 }
 
 /// Reports the files a finished trial left: adapters, events, log.
-fn send_artifacts(fanout: &Fanout, q: &QueuedTrial) {
+fn send_artifacts(fanout: &FanoutSender, q: &QueuedTrial) {
     let adapter = |dir: PathBuf| dir.join("adapter_model.safetensors");
     let files = [
         ("final", adapter(q.dir.final_adapter()), true),

@@ -12,8 +12,23 @@ const MAX_BATCH: usize = 4096;
 
 /// The running consumers.
 pub struct Fanout {
-    senders: Vec<Sender<SweepEvent>>,
+    senders: FanoutSender,
     threads: Vec<JoinHandle<Vec<SinkError>>>,
+}
+
+/// A handle that sends to every consumer, for work done off the
+/// scheduler's loop; `Fanout::close` waits for every handle to be dropped.
+#[derive(Clone)]
+pub struct FanoutSender(Vec<Sender<SweepEvent>>);
+
+impl FanoutSender {
+    /// Hands `event` to every consumer (in order; a consumer that has
+    /// failed drops it).
+    pub fn send(&self, event: &SweepEvent) {
+        for tx in &self.0 {
+            let _ = tx.send(event.clone());
+        }
+    }
 }
 
 impl Fanout {
@@ -30,15 +45,21 @@ impl Fanout {
                 .expect("cannot start a sink thread");
             threads.push(handle);
         }
-        Fanout { senders, threads }
+        Fanout {
+            senders: FanoutSender(senders),
+            threads,
+        }
     }
 
     /// Hands `event` to every consumer (in order; a consumer that has
     /// failed drops it).
     pub fn send(&self, event: &SweepEvent) {
-        for tx in &self.senders {
-            let _ = tx.send(event.clone());
-        }
+        self.senders.send(event);
+    }
+
+    /// Another handle on the same consumers.
+    pub fn sender(&self) -> FanoutSender {
+        self.senders.clone()
     }
 
     /// Waits until every consumer has taken every event and closed; returns

@@ -178,15 +178,16 @@ pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     })
 }
 
+/// Loads a checkpoint's trainable values and optimiser state (its
+/// [`TrainState`] is [`read_state`]'s).
 pub fn restore(
     dir: &Path,
     trainables: &Trainables,
     optimizer: &mut AdamW,
-) -> Result<TrainState, CheckpointError> {
+) -> Result<(), CheckpointError> {
     load_params(trainables, &dir.join(PARAMS))?;
     let optim_path = dir.join(OPTIMIZER);
-    optimizer.load(&optim_path).map_err(tch_err(&optim_path))?;
-    read_state(dir)
+    optimizer.load(&optim_path).map_err(tch_err(&optim_path))
 }
 
 /// Writes `best/` or `final/`: the PEFT adapter (plus the raw trainable

@@ -203,9 +203,12 @@ pub fn train(
             || (saved.batch_size, saved.grad_accum)
                 == (spec.train.batch_size, spec.train.grad_accum);
         if same_shape {
-            state = checkpoint::restore(&latest, &trainables, &mut optimizer)?;
-            state.batch_size = spec.train.batch_size;
-            state.grad_accum = spec.train.grad_accum;
+            checkpoint::restore(&latest, &trainables, &mut optimizer)?;
+            state = TrainState {
+                batch_size: spec.train.batch_size,
+                grad_accum: spec.train.grad_accum,
+                ..saved
+            };
         } else {
             eprintln!(
                 "checkpoints were made with batch {} × {}; this attempt runs {} × {}: starting over",

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::schema::{get_opt_u64, get_u64};
 use super::{Store, StoreError};
 use crate::metrics::names::higher_is_better;
+use crate::scheduler::event::Environment;
 
 /// Trials by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -139,19 +140,13 @@ pub struct ArtifactRow {
     pub step: Option<u64>,
 }
 
+/// One run's environment: the event's facts, when, and whether it resumed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EnvironmentRow {
     pub started: f64,
     pub resumed: bool,
-    pub palisweep_version: String,
-    pub git_sha: Option<String>,
-    pub libtorch_version: Option<String>,
-    pub cuda_version: Option<String>,
-    pub gpu_names: Vec<String>,
-    pub driver_version: Option<String>,
-    pub host: String,
-    pub dataset_fingerprint: Option<String>,
-    pub checkpoint_fingerprints: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub environment: Environment,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -519,16 +514,18 @@ impl Store {
             Ok(EnvironmentRow {
                 started: r.get(0)?,
                 resumed: r.get(1)?,
-                palisweep_version: r.get(2)?,
-                git_sha: r.get(3)?,
-                libtorch_version: r.get(4)?,
-                cuda_version: r.get(5)?,
-                gpu_names: json_list(&r.get::<_, String>(6)?),
-                driver_version: r.get(7)?,
-                host: r.get(8)?,
-                dataset_fingerprint: r.get(9)?,
-                checkpoint_fingerprints: serde_json::from_str(&r.get::<_, String>(10)?)
-                    .unwrap_or_default(),
+                environment: Environment {
+                    palisweep_version: r.get(2)?,
+                    git_sha: r.get(3)?,
+                    libtorch_version: r.get(4)?,
+                    cuda_version: r.get(5)?,
+                    gpu_names: json_list(&r.get::<_, String>(6)?),
+                    driver_version: r.get(7)?,
+                    host: r.get(8)?,
+                    dataset_fingerprint: r.get(9)?,
+                    checkpoint_fingerprints: serde_json::from_str(&r.get::<_, String>(10)?)
+                        .unwrap_or_default(),
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -419,8 +419,8 @@ fn a_sweep_is_recorded_and_read_back() {
     assert_eq!(store.varying_params("demo").unwrap(), vec!["train.lr"]);
 
     let env = store.latest_environment("demo").unwrap().unwrap();
-    assert_eq!(env.gpu_names, vec!["NVIDIA H100"]);
-    assert_eq!(env.libtorch_version.as_deref(), Some("2.9.0"));
+    assert_eq!(env.environment.gpu_names, vec!["NVIDIA H100"]);
+    assert_eq!(env.environment.libtorch_version.as_deref(), Some("2.9.0"));
 }
 
 #[test]
