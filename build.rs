@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 fn main() {
     git_sha();
+    println!("cargo::rustc-check-cfg=cfg(palisweep_determinism)");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -23,6 +24,7 @@ fn main() {
     {
         println!("cargo:rustc-env=PALISWEEP_LIBTORCH_VERSION={version}");
     }
+    determinism_shim(&libtorch);
     // Resolve the .venv/libtorch link so the rpath names the real folder.
     let lib = libtorch.canonicalize().unwrap_or(libtorch).join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -35,6 +37,25 @@ fn main() {
     }
     // The wheel's CUDA libraries sit in site-packages/nvidia/*/lib; torch's
     // own libraries find them through their $ORIGIN rpaths, so nothing more is needed.
+}
+
+/// tch exposes no switch for torch's deterministic algorithms, which
+/// `rerun` needs on CUDA: a few lines of C++ over `at::globalContext()`,
+/// compiled against the same headers tch's own shim uses.
+fn determinism_shim(libtorch: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/determinism.cpp");
+    let include = libtorch.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/determinism.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .warnings(false)
+        .compile("palisweep_determinism");
+    println!("cargo:rustc-cfg=palisweep_determinism");
 }
 
 /// The commit the binary was built from, when built from a git checkout.

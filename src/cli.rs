@@ -97,6 +97,10 @@ pub struct WorkerArgs {
     /// `cpu`, `cuda` or `cuda:N` (default: the first visible GPU, else CPU).
     #[arg(long)]
     pub device: Option<String>,
+    /// Switch on torch's deterministic algorithms (what `rerun` does; set
+    /// `CUBLAS_WORKSPACE_CONFIG=:4096:8` too on CUDA).
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 #[derive(Debug, Args)]

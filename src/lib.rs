@@ -25,3 +25,6 @@ pub mod sweep;
 pub mod track;
 pub mod train;
 pub mod worker;
+
+#[cfg(test)]
+mod test_support;

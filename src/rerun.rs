@@ -44,6 +44,8 @@ pub struct Original {
     pub checkpoint_fingerprint: Option<String>,
     pub palisweep_version: Option<String>,
     pub libtorch_version: Option<String>,
+    /// torch's deterministic algorithms were on (the worker's own report).
+    pub deterministic_algorithms: bool,
     /// Step → the step's metrics.
     pub steps: BTreeMap<u64, BTreeMap<String, f64>>,
     /// The last evaluation of each metric (`val/…`, `test/…`).
@@ -102,12 +104,14 @@ pub fn read_original(events: &Path) -> Result<Option<Original>, RerunError> {
                 palisweep_version,
                 libtorch_version,
                 checkpoint_fingerprint,
+                deterministic_algorithms,
                 ..
             } => {
                 if let Some(run) = current.as_mut() {
                     run.palisweep_version = Some(palisweep_version);
                     run.libtorch_version = libtorch_version;
                     run.checkpoint_fingerprint = checkpoint_fingerprint;
+                    run.deterministic_algorithms = deterministic_algorithms;
                 }
             }
             WorkerEvent::Step { step, metrics, .. } => {
@@ -216,6 +220,8 @@ pub struct Comparison {
     /// (0 = bit for bit).
     pub reproduced: bool,
     pub tolerance: f64,
+    /// Whether the rerun ran with torch's deterministic algorithms on.
+    pub deterministic_algorithms: bool,
 }
 
 /// Compares the loss curves step by step and the final metrics.
@@ -280,6 +286,7 @@ pub fn compare(original: &Original, rerun: &Original, tolerance: f64) -> Compari
         metrics,
         reproduced,
         tolerance,
+        deterministic_algorithms: rerun.deterministic_algorithms,
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs ON the GPU machine, from the repository root, with the binaries that
 # scripts/gpu/build.sh put into .gpu/: CUDA unit tests, device detection,
-# a tiny bf16 training run, and `bench` on random real-size 3B checkpoints.
+# a tiny bf16 training run, a sweep and a CUDA rerun, and `bench` on random real-size 3B checkpoints.
 # Results: $OUT/bench.jsonl (one JSON object per bench row) and
 # $OUT/log.txt. Each step runs in its own process under its own timeout, so
 # one failure costs only its own row. Budget: ~7 minutes on an H100.
@@ -122,6 +122,16 @@ SPEC
 (cd "$work" && run_logged 120 "$BIN" run sweep.toml --results res --quiet)
 (cd "$work" && run_logged 20 "$BIN" status gpu-sweep --results res --json)
 (cd "$work" && cp res/palisweep.sqlite "$OUT/gpu-sweep.sqlite" 2>/dev/null)
+
+# 3c. `rerun` of a CUDA trial: deterministic algorithms on, compared within
+#     the stated tolerance (exit 0 when it reproduces).
+first_trial=$(cd "$work" && ls res/gpu-sweep/trials 2>/dev/null | head -n 1)
+if [ -n "$first_trial" ]; then
+    (cd "$work" && run_logged 90 "$BIN" rerun "$first_trial" --results res)
+    (cd "$work" && run_logged 90 "$BIN" rerun "$first_trial" --results res --json >"$OUT/rerun.json")
+else
+    log "no trial to rerun"
+fi
 
 # 4. Random real-size 3B checkpoints: the body once, one folder per resolution.
 for res in 224 448 896; do

@@ -25,6 +25,7 @@ use crate::scheduler::event::{AttemptOutcome, EventSink, SweepEvent, TrialStatus
 use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::track::store::{Store, StoreSink};
+use crate::train::determinism::CUBLAS_WORKSPACE_CONFIG;
 use crate::train::learner::{checkpoint_dir, dataset_root, spec_task};
 use crate::worker::protocol::Envelope;
 
@@ -122,21 +123,7 @@ fn run_worker(
     device: &str,
     original: &Original,
 ) -> anyhow::Result<(std::process::ExitStatus, Option<Original>)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("worker")
-        .arg("--trial")
-        .arg(dir.path())
-        .args(["--attempt", &attempt.to_string()])
-        .args(["--threads", &original.threads.to_string()])
-        .args(["--device", device])
-        .args([
-            "--set",
-            &format!("train.batch_size={}", original.batch_size),
-        ])
-        .args([
-            "--set",
-            &format!("train.grad_accum={}", original.grad_accum),
-        ])
+    let mut child = worker_command(&std::env::current_exe()?, dir, attempt, device, original)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -188,6 +175,40 @@ fn run_worker(
         },
     );
     Ok((status, rerun))
+}
+
+/// The worker as the original ran: its batch shape, threads and device
+/// kind. On CUDA with torch's deterministic algorithms and cuBLAS's
+/// reproducible workspace; on the CPU without, because the original ran
+/// without and our CPU kernels are deterministic already (bit for bit).
+fn worker_command(
+    exe: &Path,
+    dir: &TrialDir,
+    attempt: u32,
+    device: &str,
+    original: &Original,
+) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .arg("worker")
+        .arg("--trial")
+        .arg(dir.path())
+        .args(["--attempt", &attempt.to_string()])
+        .args(["--threads", &original.threads.to_string()])
+        .args(["--device", device])
+        .args([
+            "--set",
+            &format!("train.batch_size={}", original.batch_size),
+        ])
+        .args([
+            "--set",
+            &format!("train.grad_accum={}", original.grad_accum),
+        ]);
+    if original.on_cuda() {
+        let (key, value) = CUBLAS_WORKSPACE_CONFIG;
+        command.arg("--deterministic").env(key, value);
+    }
+    command
 }
 
 /// What the rerun would use now.
@@ -256,6 +277,17 @@ fn render(id: &str, original: &Original, c: &Comparison) -> String {
             if m.identical { "yes" } else { "no" }
         );
     }
+    if original.on_cuda() {
+        let _ = writeln!(
+            out,
+            "torch deterministic algorithms in the rerun: {}",
+            if c.deterministic_algorithms {
+                "on"
+            } else {
+                "off"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "\n(original attempt {} on {}, batch {} × {}, {} thread(s))",
@@ -266,4 +298,53 @@ fn render(id: &str, original: &Original, c: &Comparison) -> String {
         original.threads
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn cublas(command: &Command) -> Option<String> {
+        command
+            .get_envs()
+            .find(|(k, _)| *k == CUBLAS_WORKSPACE_CONFIG.0)
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn a_cuda_rerun_runs_deterministic_and_a_cpu_rerun_as_the_original_did() {
+        let dir = TrialDir::from_path(Path::new("/r/s/trials/t"));
+        let mut original = Original {
+            batch_size: 2,
+            grad_accum: 4,
+            threads: 3,
+            device: "Cuda(0)".into(),
+            ..Original::default()
+        };
+        let cuda = worker_command(Path::new("palisweep"), &dir, 5, "cuda:0", &original);
+        let cuda_args = args(&cuda);
+        assert!(
+            cuda_args.contains(&"--deterministic".to_owned()),
+            "{cuda_args:?}"
+        );
+        assert_eq!(cublas(&cuda).as_deref(), Some(":4096:8"));
+        for expected in ["train.batch_size=2", "train.grad_accum=4", "3", "5"] {
+            assert!(
+                cuda_args.iter().any(|a| a == expected),
+                "{expected}: {cuda_args:?}"
+            );
+        }
+
+        original.device = "Cpu".into();
+        let cpu = worker_command(Path::new("palisweep"), &dir, 5, "cpu", &original);
+        assert!(!args(&cpu).contains(&"--deterministic".to_owned()));
+        assert_eq!(cublas(&cpu), None);
+    }
 }

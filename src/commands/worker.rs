@@ -107,6 +107,10 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     if spec.train.method == Method::Synthetic {
         return run_synthetic(&spec, args, &trial, threads, &stop);
     }
+    if args.deterministic {
+        // Before the first kernel, so that every op runs the deterministic way.
+        crate::train::determinism::enable()?;
+    }
     let device = super::runtime::device(args.device.as_deref())?;
     let ctx = RunContext {
         trial_id: trial

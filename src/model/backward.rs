@@ -312,20 +312,9 @@ mod tests {
     }
 
     /// Dropout draws from torch's process-wide generator, which tests on
-    /// other threads reseed: a test that depends on its draws reruns itself
-    /// alone in a child process. True in that child.
+    /// other threads reseed: tests that depend on its draws run alone.
     fn alone(test: &str) -> bool {
-        if std::env::var_os("PALISWEEP_TEST_ALONE").is_some() {
-            return true;
-        }
-        let name = format!("model::backward::tests::{test}");
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([name.as_str(), "--exact", "--test-threads=1"])
-            .env("PALISWEEP_TEST_ALONE", "1")
-            .status()
-            .unwrap();
-        assert!(status.success(), "{name} failed when run alone");
-        false
+        crate::test_support::alone(&format!("model::backward::tests::{test}"))
     }
 
     #[test]

@@ -249,6 +249,7 @@ pub fn train(
         checkpoint: Some(ckpt_ref::resolve(&spec.model).display),
         checkpoint_fingerprint: crate::model::fingerprint::checkpoint_fingerprint(&checkpoint_path)
             .ok(),
+        deterministic_algorithms: crate::train::determinism::state().algorithms,
     })?;
 
     let meta = AdapterMeta {

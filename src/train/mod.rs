@@ -1,5 +1,6 @@
 //! Training: the pieces the worker's loop is built from, and the loop.
 pub mod checkpoint;
+pub mod determinism;
 pub mod evaluate;
 pub mod learner;
 pub mod optim;

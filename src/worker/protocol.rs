@@ -61,6 +61,9 @@ pub enum WorkerEvent {
         /// sha256 of the checkpoint's files (see `model::fingerprint`).
         #[serde(default)]
         checkpoint_fingerprint: Option<String>,
+        /// torch's deterministic algorithms were on (as libtorch reported).
+        #[serde(default)]
+        deterministic_algorithms: bool,
     },
     /// One optimiser step: `train/loss`, `train/lr`, `train/grad_norm`,
     /// `perf/samples_per_s`, `perf/tokens_per_s`, `perf/peak_memory_bytes`.

@@ -106,6 +106,7 @@ pub fn run(
         libtorch_version: None,
         checkpoint: None,
         checkpoint_fingerprint: None,
+        deterministic_algorithms: false,
     })?;
     if s.oom_from_batch > 0 && spec.train.batch_size >= s.oom_from_batch {
         let message = format!(

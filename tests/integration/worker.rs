@@ -23,6 +23,21 @@ fn events(test: &Test, trial: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `worker --spec spec.toml --trial TRIAL --threads 1 EXTRA…`.
+fn run_worker(test: &Test, trial: &str, extra: &[&str]) -> crate::util::Output {
+    let mut args = vec![
+        "worker",
+        "--spec",
+        "spec.toml",
+        "--trial",
+        trial,
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    test.run_in(&args)
+}
+
 fn train_losses(events: &[serde_json::Value]) -> Vec<f64> {
     events
         .iter()
@@ -79,19 +94,7 @@ fn a_short_cpu_run_learns_to_reproduce_the_training_suffixes() {
 #[test]
 fn resumed_and_checkpointed_runs_end_exactly_as_a_plain_one() {
     let test = Test::new().spec(&spec(3, 5e-3));
-    let run = |trial: &str, extra: &[&str]| {
-        let mut args = vec![
-            "worker",
-            "--spec",
-            "spec.toml",
-            "--trial",
-            trial,
-            "--threads",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        test.run_in(&args)
-    };
+    let run = |trial: &str, extra: &[&str]| run_worker(&test, trial, extra);
     run("straight", &[]).code(0);
     run("resumed", &["--stop-after", "7"]).code(4);
     let interrupted = train_losses(&events(&test, "resumed"));
@@ -142,4 +145,27 @@ fn bad_data_fails_before_training_with_exit_2_and_a_failed_event() {
         .find(|e| e["event"] == "failed")
         .expect("a failed event");
     assert_eq!(failed["kind"], "data");
+}
+
+/// `--deterministic` (what `rerun` passes on CUDA) switches libtorch's
+/// deterministic algorithms on, and the worker records what libtorch
+/// reports, not what it was asked.
+#[test]
+fn the_worker_records_whether_torchs_deterministic_algorithms_were_on() {
+    let test = Test::new().spec(&spec(1, 1e-2));
+    let provenance = |trial: &str, extra: &[&str]| {
+        run_worker(&test, trial, extra).code(0);
+        events(&test, trial)
+            .into_iter()
+            .find(|e| e["event"] == "provenance")
+            .unwrap()
+    };
+    assert_eq!(
+        provenance("plain", &[])["deterministic_algorithms"],
+        serde_json::Value::Bool(false)
+    );
+    assert_eq!(
+        provenance("deterministic", &["--deterministic"])["deterministic_algorithms"],
+        serde_json::Value::Bool(true)
+    );
 }
