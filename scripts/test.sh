@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Every test: sets up if needed, then runs the unit and integration tests
-# (the integration tests run the real binary).
+# (the integration tests run the real binary). As root, it also installs
+# and starts a one-node Slurm cluster (scripts/slurm/test-cluster.sh) so
+# that the Slurm backend's tests run against a real Slurm, and stops it
+# afterwards; otherwise those tests say on stderr that they did not run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh --no-build
+if [ "$(id -u)" -eq 0 ] && [ -z "${PALISWEEP_NO_SLURM:-}" ]; then
+  scripts/slurm/test-cluster.sh install
+  eval "$(scripts/slurm/test-cluster.sh start)"
+  trap 'scripts/slurm/test-cluster.sh stop' EXIT
+  export PALISWEEP_REQUIRE_SLURM=1
+  echo "test: Slurm test cluster up (SLURM_CONF=$SLURM_CONF)"
+fi
 cargo test --locked --all-targets "$@"

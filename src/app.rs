@@ -15,6 +15,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Worker(args) => commands::worker::run(&args),
         Command::Run(args) => commands::run::run(&args),
+        Command::Attach(args) => commands::run::attach(&args),
         Command::Rerun(args) => commands::rerun::run(&args),
         command => run(Cli { command }).map(|()| ExitCode::SUCCESS),
     };
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench::run(&args),
         Command::Worker(args) => commands::worker::run(&args).map(|_| ()),
         Command::Run(args) => commands::run::run(&args).map(|_| ()),
+        Command::Attach(args) => commands::run::attach(&args).map(|_| ()),
         Command::Status(args) => commands::inspect::status(&args),
         Command::Ls(args) => commands::inspect::ls(&args),
         Command::Show(args) => commands::inspect::show(&args),

@@ -28,6 +28,10 @@ pub enum Command {
     /// Run a sweep: every trial on the available devices, with retries,
     /// out-of-memory back-off and progress. Running it again resumes it.
     Run(RunArgs),
+    /// Follow a sweep again as it was last run (`run --detach`, or a run
+    /// whose orchestrator stopped): Slurm jobs already submitted are
+    /// followed, not submitted again; the rest is resumed.
+    Attach(AttachArgs),
     /// Trials by state, running trials with their step and loss, failures
     /// with reasons (live while a sweep runs).
     Status(StatusArgs),
@@ -345,6 +349,40 @@ pub struct RunArgs {
     /// Seconds a worker gets to checkpoint after SIGTERM before it is killed.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub kill_grace: f64,
+    /// Where trials run, overriding `resources.backend`.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub backend: Option<String>,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+/// How the orchestrator follows Slurm jobs.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FollowArgs {
+    /// Slurm: submit the trials and return; `palisweep attach SWEEP` follows them.
+    #[arg(long)]
+    pub detach: bool,
+    /// Slurm: what Ctrl-C does to the running jobs without asking: cancel
+    /// them (`--cancel-on-exit`, they checkpoint) or leave them running
+    /// (`--cancel-on-exit=false`). Default: ask on a terminal, else leave them.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub cancel_on_exit: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The sweep's name (its folder under the results root).
+    pub sweep: String,
+    #[arg(long, default_value = "results", help = RESULTS_HELP)]
+    pub results: PathBuf,
+    /// No progress display: only failures and the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seconds a worker gets to checkpoint after SIGTERM before it is killed.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub kill_grace: f64,
+    #[command(flatten)]
+    pub follow: FollowArgs,
 }
 
 /// The results root of the read-only commands.
@@ -433,4 +471,8 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Plan for this backend, overriding `resources.backend`; `slurm` shows
+    /// the sbatch line each trial would get.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub backend: Option<String>,
 }

@@ -15,6 +15,7 @@ use crate::model::weights::WeightError;
 use crate::plan::build::PlanError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
+use crate::scheduler::slurm::client::SlurmError;
 use crate::spec::error::SpecError;
 use crate::track::store::StoreError;
 use crate::train::evaluate::EvalError;
@@ -36,7 +37,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             )
             || matches!(
                 cause.downcast_ref::<RunError>(),
-                Some(RunError::Plan(_) | RunError::MadeUpDevices { .. })
+                Some(
+                    RunError::Plan(_)
+                        | RunError::MadeUpDevices { .. }
+                        | RunError::Slurm(SlurmError::Rejected { .. })
+                )
             )
             || matches!(
                 cause.downcast_ref::<StoreError>(),

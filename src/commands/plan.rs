@@ -1,31 +1,76 @@
-//! `palisweep plan SPEC`: load, expand, estimate, place, print.
+//! `palisweep plan SPEC`: load, expand, estimate, place, print. With the
+//! Slurm backend, also the sbatch line each trial would get.
+
+use anyhow::Context as _;
 
 use crate::cli::PlanArgs;
 use crate::layout::ResultsRoot;
-use crate::plan::build::build;
-use crate::plan::placement::Limits;
+use crate::plan::build::{SweepPlan, build};
 use crate::plan::render;
-use crate::spec::load::{Overrides, load};
+use crate::scheduler::slurm::sbatch::JobRequest;
+use crate::spec::load::{LoadedSpec, Overrides, load};
+use crate::spec::schema::Backend;
 use crate::sweep::expand::expand;
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
-    let overrides = Overrides::from_process(args.spec.sets);
-    let loaded = load(&args.spec.spec, &overrides)?;
+    let mut sets = args.spec.sets;
+    if let Some(backend) = &args.backend {
+        sets.push(format!("resources.backend=\"{backend}\""));
+    }
+    let loaded = load(&args.spec.spec, &Overrides::from_process(sets))?;
     let expansion = expand(&loaded, args.yes)?;
-    let inventory =
-        super::runtime::inventory(args.devices.as_deref(), &loaded.spec.resources.devices)?;
-    let limits = Limits {
-        memory_headroom: loaded.spec.resources.memory_headroom,
-        max_trials_per_device: loaded.spec.resources.max_trials_per_device,
-    };
+    let slurm = loaded.spec.resources.backend == Backend::Slurm;
+    let (inventory, limits) =
+        super::runtime::placement(args.devices.as_deref(), &loaded.spec.resources)?;
     let recorded = ResultsRoot::new(&loaded.results)
         .sweep(&loaded.name)
         .recorded_trials();
     let plan = build(&loaded.name, expansion, inventory, limits, &recorded)?;
+    let sbatch = if slurm {
+        sbatch_lines(&loaded, &plan)?
+    } else {
+        Vec::new()
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&render::to_json(&plan))?);
+        let mut json = render::to_json(&plan);
+        if let Some(trials) = json.get_mut("trials").and_then(|t| t.as_array_mut()) {
+            for (trial, line) in trials.iter_mut().zip(&sbatch) {
+                trial["sbatch"] = serde_json::Value::String(line.clone());
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", render::to_table(&plan));
+        if slurm {
+            println!("\nSlurm: one job per trial (first attempt):");
+            for (t, line) in plan.trials.iter().zip(&sbatch) {
+                println!("  {}: {line}", t.trial.id);
+            }
+        }
     }
     Ok(())
+}
+
+/// The sbatch line of each trial's first attempt, in plan order.
+fn sbatch_lines(loaded: &LoadedSpec, plan: &SweepPlan) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot find the palisweep executable")?;
+    let sweep = ResultsRoot::new(&loaded.results).sweep(&loaded.name);
+    Ok(plan
+        .trials
+        .iter()
+        .map(|t| {
+            let dir = sweep.trial(&t.trial.id);
+            JobRequest {
+                slurm: &t.trial.spec.slurm,
+                sweep: &loaded.name,
+                trial_id: t.trial.id.as_str(),
+                dir: &dir,
+                attempt: 1,
+                memory_bytes: t.memory.total,
+                sets: &[],
+                exe: &exe,
+            }
+            .command_line()
+        })
+        .collect())
 }

@@ -138,6 +138,7 @@ fn run_worker(
             batch_size: original.batch_size,
             grad_accum: original.grad_accum,
             pid: Some(child.id()),
+            job: None,
             time: now(),
         },
     );

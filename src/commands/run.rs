@@ -1,5 +1,7 @@
 //! `palisweep run SPEC`: expand, plan, record and run a sweep; running it
-//! again resumes it. Exit 0 when every trial finished, 1 when some failed
+//! again resumes it. `palisweep attach SWEEP` runs it again as it was
+//! last run (`run.json`), following the Slurm jobs it left. Exit 0 when
+//! every trial finished (or `--detach` submitted them), 1 when some failed
 //! after their retries, 2 for bad input, 130 when interrupted.
 
 use std::process::ExitCode;
@@ -8,19 +10,32 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
-use crate::cli::RunArgs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
+use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
+use crate::scheduler::dispatcher::QueuedTrial;
 use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
 use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::scheduler::prepare::prepare;
+use crate::scheduler::prepare::{PreparedSweep, RunError};
 use crate::scheduler::progress::{ProgressMode, ProgressSink};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::sinks::Fanout;
-use crate::spec::load::{Overrides, load};
+use crate::scheduler::slurm::dispatcher::{
+    OnInterrupt, OpenAttempt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
+};
+use crate::scheduler::trial_record;
+use crate::spec::load::{LoadedSpec, Overrides, load};
+use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
 use crate::sweep::expand::expand;
+use crate::track::store::Store;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut sets = args.spec.sets.clone();
@@ -28,20 +43,98 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let value = toml::Value::String(results.display().to_string());
         sets.push(format!("experiment.results={value}"));
     }
-    let loaded = load(&args.spec.spec, &Overrides::from_process(sets))?;
-    let expansion = expand(&loaded, args.yes)?;
-    let inventory =
-        super::runtime::inventory(args.devices.as_deref(), &loaded.spec.resources.devices)?;
-    let resources = &loaded.spec.resources;
-    let limits = Limits {
-        memory_headroom: resources.memory_headroom,
-        max_trials_per_device: resources.max_trials_per_device,
+    if let Some(backend) = &args.backend {
+        sets.push(format!("resources.backend=\"{backend}\""));
+    }
+    let spec_path = std::path::absolute(&args.spec.spec)
+        .with_context(|| format!("cannot resolve {}", args.spec.spec.display()))?;
+    let invocation = Invocation {
+        spec: spec_path,
+        sets,
+        devices: args.devices.clone(),
+        yes: args.yes,
     };
+    let options = Options {
+        quiet: args.quiet,
+        kill_grace: args.kill_grace,
+        follow: args.follow,
+    };
+    execute(&invocation, &options)
+}
+
+/// `palisweep attach SWEEP`: the sweep's last `run`, again.
+pub fn attach(args: &AttachArgs) -> anyhow::Result<ExitCode> {
+    let dir = ResultsRoot::new(&args.results).sweep(&args.sweep);
+    let invocation = Invocation::read(&dir)?;
+    let options = Options {
+        quiet: args.quiet,
+        kill_grace: args.kill_grace,
+        follow: args.follow,
+    };
+    execute(&invocation, &options)
+}
+
+/// How a sweep was run (`<sweep>/run.json`), so that `attach` runs it the
+/// same way: the spec, the `--set` overrides (they change trial ids), the
+/// devices flag.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Invocation {
+    /// Absolute.
+    spec: PathBuf,
+    sets: Vec<String>,
+    devices: Option<String>,
+    yes: bool,
+}
+
+impl Invocation {
+    fn path(dir: &SweepDir) -> PathBuf {
+        dir.path().join("run.json")
+    }
+
+    fn read(dir: &SweepDir) -> anyhow::Result<Self> {
+        let path = Self::path(dir);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} was never run here (no {}): check the sweep name and --results",
+                dir.path().display(),
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    fn write(&self, dir: &SweepDir) -> anyhow::Result<()> {
+        let path = Self::path(dir);
+        std::fs::write(&path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+struct Options {
+    quiet: bool,
+    kill_grace: f64,
+    follow: FollowArgs,
+}
+
+fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCode> {
+    let loaded = load(
+        &invocation.spec,
+        &Overrides::from_process(invocation.sets.clone()),
+    )?;
+    let expansion = expand(&loaded, invocation.yes)?;
+    let resources = &loaded.spec.resources;
+    let (inventory, limits) = super::runtime::placement(invocation.devices.as_deref(), resources)?;
     let prepared = prepare(&loaded, expansion, inventory, limits)?;
-    let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    // Recorded with the results root it resolved to, so that `attach` finds
+    // the same folders from any working directory.
+    let mut recorded = invocation.clone();
+    let results = toml::Value::String(loaded.results.display().to_string());
+    recorded.sets.push(format!("experiment.results={results}"));
+    recorded.write(&prepared.dir)?;
+    let backend = work(&loaded, &prepared, limits, options)?;
 
     let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(ProgressSink::new(
-        ProgressMode::detect(args.quiet),
+        ProgressMode::detect(options.quiet),
     ))];
     sinks.extend(crate::track::sinks(&loaded.results)?);
     let fanout = Fanout::start(sinks);
@@ -57,23 +150,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             status: *status,
         });
     }
-    let work = Dispatch {
-        trials: prepared.queue,
-        inventory: prepared.inventory,
-        limits,
-        retries: resources.retries,
-        trial_timeout: seconds(resources.trial_timeout),
-        stall_timeout: seconds(resources.stall_timeout),
-        kill_grace: Duration::from_secs_f64(args.kill_grace),
-        exe: std::env::current_exe().context("cannot find the palisweep executable")?,
-        pruner: (loaded.spec.sweep.early_stop == EarlyStop::Median).then(|| {
-            MedianPruner::new(
-                &loaded.spec.eval.select.metric,
-                loaded.spec.sweep.early_stop_min_trials,
-                loaded.spec.sweep.early_stop_warmup,
-            )
-        }),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,7 +158,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut summary = runtime.block_on(async {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(forward_interrupts(tx));
-        dispatch(work, &fanout, rx).await
+        match backend {
+            Work::Local(work) => dispatch(work, &fanout, rx).await,
+            Work::Slurm(work) => slurm_dispatch(work, &fanout, rx).await,
+        }
     });
     // Trials an earlier run finished (or pruned) count towards the sweep.
     for (_, status) in &prepared.recorded {
@@ -103,10 +182,120 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     drop(prepared.lock);
     print_summary(&summary, &prepared.sweep.name, &loaded.results);
     Ok(match summary.status {
-        SweepStatus::Finished | SweepStatus::Running => ExitCode::SUCCESS,
+        SweepStatus::Finished => ExitCode::SUCCESS,
+        // Jobs left running: on purpose with --detach, else after Ctrl-C.
+        SweepStatus::Running if options.follow.detach => ExitCode::SUCCESS,
+        SweepStatus::Running | SweepStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         SweepStatus::Failed => ExitCode::from(EXIT_FAILURE),
-        SweepStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
     })
+}
+
+/// The dispatcher's input for the sweep's backend. For Slurm, checks first
+/// that Slurm would take the jobs (before anything is recorded).
+fn work(
+    loaded: &LoadedSpec,
+    prepared: &PreparedSweep,
+    limits: Limits,
+    options: &Options,
+) -> anyhow::Result<Work> {
+    let resources = &loaded.spec.resources;
+    let exe = std::env::current_exe().context("cannot find the palisweep executable")?;
+    let pruner = (loaded.spec.sweep.early_stop == EarlyStop::Median).then(|| {
+        MedianPruner::new(
+            &loaded.spec.eval.select.metric,
+            loaded.spec.sweep.early_stop_min_trials,
+            loaded.spec.sweep.early_stop_warmup,
+        )
+    });
+    Ok(if resources.backend == Backend::Slurm {
+        let open = open_jobs(&loaded.results, &prepared.sweep.name, &prepared.queue)?;
+        let work = SlurmDispatch {
+            sweep: prepared.sweep.name.clone(),
+            trials: prepared.queue.clone(),
+            open,
+            slurm: loaded.spec.slurm.clone(),
+            retries: resources.retries,
+            exe,
+            pruner,
+            detach: options.follow.detach,
+            on_interrupt: match options.follow.cancel_on_exit {
+                Some(true) => OnInterrupt::Cancel,
+                Some(false) => OnInterrupt::Leave,
+                None => OnInterrupt::Ask,
+            },
+        };
+        // Before anything is recorded or submitted: Slurm must take the jobs.
+        preflight(&work).map_err(RunError::Slurm)?;
+        Work::Slurm(work)
+    } else {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Work::Local(Dispatch {
+            trials: prepared.queue.clone(),
+            inventory: prepared.inventory.clone(),
+            limits,
+            retries: resources.retries,
+            trial_timeout: seconds(resources.trial_timeout),
+            stall_timeout: seconds(resources.stall_timeout),
+            kill_grace: Duration::from_secs_f64(options.kill_grace),
+            exe,
+            pruner,
+        })
+    })
+}
+
+enum Work {
+    Local(Dispatch),
+    Slurm(SlurmDispatch),
+}
+
+/// Slurm jobs submitted by earlier runs that never ended: from the store,
+/// and from the trial folders (written before the store hears of a job, so
+/// an orchestrator killed in between still finds it).
+fn open_jobs(
+    results: &std::path::Path,
+    sweep: &str,
+    queue: &[QueuedTrial],
+) -> anyhow::Result<Vec<OpenAttempt>> {
+    let mut open: Vec<OpenAttempt> = Vec::new();
+    let store = ResultsRoot::new(results).store();
+    if store.is_file() {
+        for job in Store::open_read_only(&store)?.open_slurm_jobs(sweep)? {
+            open.push(OpenAttempt {
+                trial: job.trial,
+                attempt: job.attempt,
+                job: job.job,
+                start: job.start.unwrap_or_else(now),
+            });
+        }
+    }
+    for q in queue {
+        if let Some(last) = trial_record::attempts(&q.dir).last()
+            && last.end.is_none()
+            && let Some(job) = &last.job
+            && !open
+                .iter()
+                .any(|o| o.trial == q.info.id && o.attempt == last.attempt)
+        {
+            open.push(OpenAttempt {
+                trial: q.info.id.clone(),
+                attempt: last.attempt,
+                job: job.clone(),
+                start: last.start,
+            });
+        }
+    }
+    // An attempt the trial folder saw end is not open, whatever the store
+    // missed.
+    open.retain(|o| {
+        queue.iter().any(|q| {
+            q.info.id == o.trial
+                && trial_record::attempts(&q.dir)
+                    .iter()
+                    .find(|a| a.attempt == o.attempt)
+                    .is_none_or(|a| a.end.is_none())
+        })
+    });
+    Ok(open)
 }
 
 /// One message per Ctrl-C or SIGTERM (a batch system's stop counts as a
@@ -142,6 +331,16 @@ fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
     );
     for (trial, reason) in &summary.failures {
         println!("  failed {trial}: {}", reason.lines().next().unwrap_or(""));
+    }
+    if !summary.left_running.is_empty() {
+        println!("{} Slurm job(s) left running:", summary.left_running.len());
+        for (trial, job) in &summary.left_running {
+            println!("  job {job}: trial {trial}");
+        }
+        println!(
+            "attach:      palisweep attach {name} --results {}",
+            display_path(results)
+        );
     }
     let sweep = results.join(name);
     println!("results:     {}", display_path(&sweep));

@@ -56,3 +56,26 @@ pub fn inventory(flag: Option<&str>, spec_devices: &str) -> anyhow::Result<Inven
     };
     detect::resolve(&request).context("cannot use the requested devices")
 }
+
+/// Where a sweep's trials go and how they may share a device: the devices
+/// (`--devices`, else `resources.devices`) for the local backend; for
+/// Slurm one stand-in device without limits (Slurm places the jobs; the
+/// plan only orders them).
+pub fn placement(
+    flag: Option<&str>,
+    resources: &crate::spec::schema::Resources,
+) -> anyhow::Result<(Inventory, crate::plan::placement::Limits)> {
+    use crate::plan::placement::Limits;
+    if resources.backend == crate::spec::schema::Backend::Slurm {
+        let limits = Limits {
+            memory_headroom: 0.0,
+            max_trials_per_device: u32::MAX,
+        };
+        return Ok((Inventory::slurm(), limits));
+    }
+    let limits = Limits {
+        memory_headroom: resources.memory_headroom,
+        max_trials_per_device: resources.max_trials_per_device,
+    };
+    Ok((inventory(flag, &resources.devices)?, limits))
+}

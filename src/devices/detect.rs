@@ -52,6 +52,8 @@ pub enum InventorySource {
     Host,
     /// Sizes written in the request (`cuda:4x24GiB`); nothing was detected.
     Hypothetical,
+    /// A Slurm cluster: it places the jobs; the one device stands for it.
+    Slurm,
 }
 
 impl fmt::Display for InventorySource {
@@ -61,6 +63,7 @@ impl fmt::Display for InventorySource {
             Self::NvidiaSmi => "nvidia-smi",
             Self::Host => "host",
             Self::Hypothetical => "hypothetical",
+            Self::Slurm => "Slurm",
         })
     }
 }
@@ -114,6 +117,28 @@ pub struct Inventory {
     /// True for host slots: they all draw on the same RAM, so memory budgets
     /// must be summed across slots rather than checked per device.
     pub shared_memory_pool: bool,
+}
+
+impl Inventory {
+    /// The Slurm backend's inventory: one unbounded device, `slurm`, that
+    /// stands for the cluster (Slurm decides where jobs run and how many
+    /// run at once; the plan only orders them).
+    pub fn slurm() -> Self {
+        Self {
+            devices: vec![Device {
+                kind: DeviceKind::Cuda,
+                label: "slurm".into(),
+                index: 0,
+                name: "Slurm cluster".into(),
+                uuid: None,
+                total_bytes: u64::MAX / 4,
+                free_bytes: u64::MAX / 4,
+                threads: None,
+            }],
+            source: InventorySource::Slurm,
+            shared_memory_pool: false,
+        }
+    }
 }
 
 /// How long `nvidia-smi` may take: a wedged driver can make it hang.
@@ -831,7 +856,9 @@ mod tests {
                 assert!(!inventory.devices.is_empty());
                 assert!(inventory.devices.iter().all(|d| d.kind == DeviceKind::Cuda));
             }
-            InventorySource::Hypothetical => panic!("auto must detect, not invent"),
+            InventorySource::Hypothetical | InventorySource::Slurm => {
+                panic!("auto must detect, not invent")
+            }
         }
     }
 }

@@ -148,6 +148,7 @@ fn stream(points: &[Point], failed: &Point) -> Vec<SweepEvent> {
             batch_size: 8,
             grad_accum: 1,
             pid: None,
+            job: None,
             time: start,
         });
         if p.id == failed.id {

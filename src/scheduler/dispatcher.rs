@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 
 use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now};
 use super::executor::{self, ExecutorEvent, Launch, RunId};
+use super::fate::{self, AttemptEnd, TrialState, settle, tail_text};
 use super::memory_probe::MemoryProbe;
 use super::pruner::MedianPruner;
-use super::sinks::{Fanout, FanoutSender};
+use super::sinks::Fanout;
 use super::slots::Slots;
 use super::trial_record::{self, AttemptRecord};
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
@@ -75,6 +76,9 @@ pub struct Summary {
     pub counts: Counts,
     /// (trial, reason) of each failed trial.
     pub failures: Vec<(String, String)>,
+    /// (trial, Slurm job) of jobs left running when the orchestrator
+    /// detached (Slurm backend).
+    pub left_running: Vec<(String, String)>,
 }
 
 /// Why the scheduler stopped a worker.
@@ -116,14 +120,6 @@ struct Exit {
     stderr_tail: Vec<String>,
 }
 
-struct TrialState {
-    queued: QueuedTrial,
-    status: TrialStatus,
-    /// Failures this run that count against `retries` (not back-offs).
-    failures: u32,
-    reason: Option<String>,
-}
-
 /// The loop's state: everything the user sees is decided here.
 struct Dispatcher<'a> {
     fanout: &'a Fanout,
@@ -162,16 +158,7 @@ pub async fn dispatch(
         dispatch.inventory.source,
         InventorySource::Nvml | InventorySource::NvidiaSmi
     );
-    let states: Vec<TrialState> = dispatch
-        .trials
-        .into_iter()
-        .map(|queued| TrialState {
-            queued,
-            status: TrialStatus::Queued,
-            failures: 0,
-            reason: None,
-        })
-        .collect();
+    let states: Vec<TrialState> = dispatch.trials.into_iter().map(TrialState::new).collect();
     let mut d = Dispatcher {
         fanout,
         slots: Slots::new(&dispatch.inventory, dispatch.limits),
@@ -276,10 +263,7 @@ impl Dispatcher<'_> {
     }
 
     fn fail(&mut self, trial: usize, reason: String) {
-        let state = &mut self.states[trial];
-        state.status = TrialStatus::Failed;
-        state.reason = Some(reason);
-        end_trial(self.fanout, state, None);
+        fate::fail(&mut self.states[trial], reason, self.fanout);
     }
 
     fn on_executor(&mut self, event: ExecutorEvent) {
@@ -410,26 +394,9 @@ impl Dispatcher<'_> {
         for i in std::mem::take(&mut self.pending) {
             // Never started this run: it resumes next time.
             self.states[i].status = TrialStatus::Interrupted;
-            end_trial(self.fanout, &self.states[i], None);
+            fate::end_trial(self.fanout, &self.states[i], None);
         }
-        let mut counts = Counts::default();
-        let mut failures = Vec::new();
-        for state in &self.states {
-            match state.status {
-                TrialStatus::Finished => counts.finished += 1,
-                TrialStatus::Failed => {
-                    counts.failed += 1;
-                    failures.push((
-                        state.queued.info.id.clone(),
-                        state.reason.clone().unwrap_or_default(),
-                    ));
-                }
-                TrialStatus::Pruned => counts.pruned += 1,
-                TrialStatus::Interrupted | TrialStatus::Queued | TrialStatus::Running => {
-                    counts.interrupted += 1;
-                }
-            }
-        }
+        let (counts, failures) = fate::tally(&self.states);
         let sweep_status = if self.interrupting {
             SweepStatus::Interrupted
         } else if counts.failed > 0 {
@@ -441,6 +408,7 @@ impl Dispatcher<'_> {
             status: sweep_status,
             counts,
             failures,
+            left_running: Vec::new(),
         }
     }
 }
@@ -519,6 +487,7 @@ fn start(
         outcome: None,
         exit_code: None,
         reason: None,
+        job: None,
     };
     if let Err(e) = trial_record::append(&q.dir, &record) {
         eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
@@ -530,6 +499,7 @@ fn start(
         batch_size: q.batch_size,
         grad_accum: q.grad_accum,
         pid: Some(pid),
+        job: None,
         time,
     });
     Ok((pid, time))
@@ -587,8 +557,8 @@ fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
     (outcome, reason)
 }
 
-/// Classifies an exit, records it, and decides the trial's next state;
-/// true when the trial goes back to the queue.
+/// Classifies a worker's exit and settles its trial; true when the trial
+/// goes back to the queue.
 fn exited(
     state: &mut TrialState,
     r: &Running,
@@ -599,131 +569,16 @@ fn exited(
     fanout: &Fanout,
 ) -> bool {
     let (outcome, reason) = classify(r, exit);
-    let time = now();
-    let q = &state.queued;
-    let record = AttemptRecord {
+    let end = AttemptEnd {
         attempt: r.attempt,
         device: inventory.devices[r.device].label.clone(),
-        batch_size: q.batch_size,
-        grad_accum: q.grad_accum,
         start: r.start_time,
-        end: Some(time),
-        outcome: Some(outcome),
-        exit_code: exit.code,
-        reason: reason.clone(),
-    };
-    if let Err(e) = trial_record::append(&q.dir, &record) {
-        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
-    }
-    fanout.send(&SweepEvent::AttemptEnded {
-        trial: q.info.id.clone(),
-        attempt: r.attempt,
         outcome,
         exit_code: exit.code,
-        reason: reason.clone(),
+        reason,
         peak_memory_bytes: r.peak,
-        time,
-    });
-
-    let (status, requeue) = match outcome {
-        AttemptOutcome::Finished => (TrialStatus::Finished, false),
-        AttemptOutcome::Pruned => (TrialStatus::Pruned, false),
-        _ if interrupting || outcome == AttemptOutcome::Stopped => {
-            (TrialStatus::Interrupted, false)
-        }
-        AttemptOutcome::InvalidInput => (TrialStatus::Failed, false),
-        AttemptOutcome::OutOfMemory if state.queued.batch_size <= 1 => {
-            state.status = TrialStatus::Failed;
-            state.reason = Some(format!(
-                "oom: out of memory at batch size 1 ({})",
-                reason.unwrap_or_default()
-            ));
-            end_trial(fanout, state, None);
-            return false;
-        }
-        AttemptOutcome::OutOfMemory => {
-            // Same effective batch, half the memory per forward pass.
-            state.queued.batch_size /= 2;
-            state.queued.grad_accum *= 2;
-            (TrialStatus::Queued, true)
-        }
-        _ => {
-            state.failures += 1;
-            if state.failures > retries {
-                (TrialStatus::Failed, false)
-            } else {
-                (TrialStatus::Queued, true)
-            }
-        }
+        best_metric: r.finished.and_then(|f| f.best_metric),
+        job: None,
     };
-    state.status = status;
-    if status == TrialStatus::Finished {
-        state.reason = None;
-        // Hashing adapters (gigabytes for full fine-tuning) stays off the loop.
-        let sender = fanout.sender();
-        let queued = state.queued.clone();
-        std::thread::spawn(move || send_artifacts(&sender, &queued));
-        end_trial(fanout, state, r.finished.and_then(|f| f.best_metric));
-    } else if !requeue {
-        state.reason = reason;
-        end_trial(fanout, state, None);
-    }
-    requeue
-}
-
-fn tail_text(tail: &[String]) -> String {
-    let last: Vec<&str> = tail
-        .iter()
-        .rev()
-        .take(5)
-        .rev()
-        .map(String::as_str)
-        .collect();
-    if last.is_empty() {
-        String::new()
-    } else {
-        format!("; last stderr lines:\n  {}", last.join("\n  "))
-    }
-}
-
-fn end_trial(fanout: &Fanout, state: &TrialState, best_metric: Option<f64>) {
-    fanout.send(&SweepEvent::TrialEnded {
-        trial: state.queued.info.id.clone(),
-        status: state.status,
-        reason: state.reason.clone(),
-        best_metric,
-        time: now(),
-    });
-}
-
-/// Reports the files a finished trial left: adapters, events, log.
-fn send_artifacts(fanout: &FanoutSender, q: &QueuedTrial) {
-    let adapter = |dir: PathBuf| dir.join("adapter_model.safetensors");
-    let files = [
-        ("final", adapter(q.dir.final_adapter()), true),
-        ("best", adapter(q.dir.best_adapter()), true),
-        ("events", q.dir.events(), false),
-        ("log", q.dir.log(), false),
-    ];
-    for (kind, path, hash) in files {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        let sha256 = hash.then(|| sha256_file(&path)).flatten();
-        fanout.send(&SweepEvent::Artifact {
-            trial: q.info.id.clone(),
-            kind: kind.into(),
-            path: path.display().to_string(),
-            bytes: meta.len(),
-            sha256,
-        });
-    }
-}
-
-fn sha256_file(path: &std::path::Path) -> Option<String> {
-    use sha2::{Digest as _, Sha256};
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(format!("{:x}", hasher.finalize()))
+    settle(state, &end, retries, interrupting, fanout)
 }

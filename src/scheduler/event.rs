@@ -173,6 +173,9 @@ pub enum SweepEvent {
         batch_size: u32,
         grad_accum: u32,
         pid: Option<u32>,
+        /// The Slurm job running it (Slurm backend).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
         time: f64,
     },
     /// A line a worker wrote (its protocol event, with its own time).

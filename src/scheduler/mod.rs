@@ -7,10 +7,12 @@
 pub mod dispatcher;
 pub mod event;
 pub mod executor;
+pub mod fate;
 pub mod memory_probe;
 pub mod prepare;
 pub mod progress;
 pub mod pruner;
 pub mod sinks;
 pub mod slots;
+pub mod slurm;
 pub mod trial_record;

@@ -36,6 +36,8 @@ pub enum RunError {
         lock.display()
     )]
     Busy { sweep: String, lock: PathBuf },
+    #[error(transparent)]
+    Slurm(#[from] crate::scheduler::slurm::client::SlurmError),
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -145,7 +147,7 @@ pub fn prepare(
 /// What is known of the machine without touching CUDA (the scheduler
 /// must not create a CUDA context: it would take memory from the trials).
 fn environment(inventory: &Inventory) -> Environment {
-    let gpu_names = if inventory.shared_memory_pool {
+    let gpu_names = if inventory.shared_memory_pool || inventory.source == InventorySource::Slurm {
         Vec::new()
     } else {
         inventory.devices.iter().map(|d| d.name.clone()).collect()

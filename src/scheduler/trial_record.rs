@@ -29,6 +29,9 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The Slurm job running it (Slurm backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 fn attempts_path(dir: &TrialDir) -> std::path::PathBuf {
@@ -110,6 +113,7 @@ mod tests {
             outcome: None,
             exit_code: None,
             reason: None,
+            job: None,
         };
         append(&dir, &start).unwrap();
         append(

@@ -24,6 +24,7 @@ pub struct Spec {
     pub eval: Eval,
     pub sweep: Sweep,
     pub resources: Resources,
+    pub slurm: Slurm,
     pub synthetic: Synthetic,
 }
 
@@ -326,5 +327,58 @@ pub struct Resources {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// Worker processes on this machine.
     Local,
+    /// One Slurm job per trial (see [`Slurm`]).
+    Slurm,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Slurm => "slurm",
+        }
+    }
+}
+
+/// How trials become Slurm jobs (`resources.backend = "slurm"`). Empty
+/// strings leave the option to the cluster's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slurm {
+    pub partition: String,
+    pub account: String,
+    pub qos: String,
+    /// `--time` (`HH:MM:SS`, `D-HH:MM:SS`, minutes).
+    pub time: String,
+    pub cpus_per_trial: u32,
+    /// `--mem` (`32G`).
+    pub mem_per_trial: String,
+    /// `--gres` for every trial (`gpu:1`); empty = none (CPU jobs).
+    pub gres: String,
+    /// Extra sbatch arguments, as written (`--exclusive`, `--nodelist=n1`).
+    pub extra_args: Vec<String>,
+    /// Trials whose estimated memory exceeds `above` get this tier's gres
+    /// and/or constraint instead (the highest tier that applies wins).
+    pub memory_tiers: Vec<MemoryTier>,
+    /// What the worker trains on inside its job: `auto` (the GPU Slurm
+    /// gave it, else the CPU), `cuda`, or `cpu`.
+    pub device: String,
+    /// Seconds between polls of Slurm and of the trials' event files.
+    pub poll_interval: f64,
+    /// At most this many of the sweep's jobs queued or running at once
+    /// while attached; 0 = all.
+    pub max_jobs: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryTier {
+    /// Device grammar size (`40GiB`).
+    pub above: String,
+    #[serde(default)]
+    pub gres: String,
+    #[serde(default)]
+    pub constraint: String,
 }

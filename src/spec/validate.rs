@@ -58,6 +58,7 @@ pub fn check(spec: &Spec) -> Vec<Issue> {
     check_adapters(&mut c, spec);
     check_eval(&mut c, spec);
     check_resources(&mut c, spec);
+    check_slurm(&mut c, spec);
     check_synthetic(&mut c, spec);
     c.issues
 }
@@ -350,6 +351,51 @@ fn check_resources(c: &mut Checker, spec: &Spec) {
         "must be at least 1",
         "e.g. 2",
     );
+}
+
+fn check_slurm(c: &mut Checker, spec: &Spec) {
+    let s = &spec.slurm;
+    c.require(
+        s.cpus_per_trial >= 1,
+        "slurm.cpus_per_trial",
+        "must be at least 1",
+        "e.g. 4",
+    );
+    c.require(
+        s.poll_interval > 0.0 && s.poll_interval <= 600.0,
+        "slurm.poll_interval",
+        "must be in (0, 600] seconds",
+        "e.g. 5.0",
+    );
+    c.require(
+        ["auto", "cuda", "cpu"].contains(&s.device.as_str()),
+        "slurm.device",
+        "must be `auto`, `cuda` or `cpu`",
+        "`auto` uses the GPU Slurm gives the job, else the CPU",
+    );
+    for (i, tier) in s.memory_tiers.iter().enumerate() {
+        if let Err(e) = parse_bytes(&tier.above) {
+            c.fail(
+                &format!("slurm.memory_tiers.{i}.above"),
+                e.to_string(),
+                None,
+            );
+        }
+        c.require(
+            !(tier.gres.is_empty() && tier.constraint.is_empty()),
+            &format!("slurm.memory_tiers.{i}"),
+            "names neither a gres nor a constraint",
+            "e.g. { above = \"40GiB\", gres = \"gpu:a100_80g:1\" }",
+        );
+    }
+    for arg in &s.extra_args {
+        c.require(
+            arg.starts_with('-'),
+            "slurm.extra_args",
+            &format!("`{arg}` is not an sbatch option"),
+            "write options whole, e.g. [\"--exclusive\", \"--nodelist=gpu01\"]",
+        );
+    }
 }
 
 fn check_synthetic(c: &mut Checker, spec: &Spec) {

@@ -250,6 +250,8 @@ pub fn train(
         checkpoint_fingerprint: crate::model::fingerprint::checkpoint_fingerprint(&checkpoint_path)
             .ok(),
         deterministic_algorithms: crate::train::determinism::state().algorithms,
+        cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        slurm_job: std::env::var("SLURM_JOB_ID").ok(),
     })?;
 
     let meta = AdapterMeta {

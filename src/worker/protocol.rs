@@ -64,6 +64,13 @@ pub enum WorkerEvent {
         /// torch's deterministic algorithms were on (as libtorch reported).
         #[serde(default)]
         deterministic_algorithms: bool,
+        /// `CUDA_VISIBLE_DEVICES` as the worker saw it (set by the
+        /// scheduler, or by Slurm for a job's gres).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cuda_visible_devices: Option<String>,
+        /// The Slurm job running the worker (`SLURM_JOB_ID`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slurm_job: Option<String>,
     },
     /// One optimiser step: `train/loss`, `train/lr`, `train/grad_norm`,
     /// `perf/samples_per_s`, `perf/tokens_per_s`, `perf/peak_memory_bytes`.

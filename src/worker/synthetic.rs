@@ -107,6 +107,8 @@ pub fn run(
         checkpoint: None,
         checkpoint_fingerprint: None,
         deterministic_algorithms: false,
+        cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        slurm_job: std::env::var("SLURM_JOB_ID").ok(),
     })?;
     if s.oom_from_batch > 0 && spec.train.batch_size >= s.oom_from_batch {
         let message = format!(

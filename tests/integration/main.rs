@@ -11,5 +11,6 @@ mod plan;
 mod report;
 mod rerun;
 mod scheduler;
+mod slurm;
 mod spec_errors;
 mod worker;

@@ -156,3 +156,15 @@ pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// `status SWEEP --results results --json`.
+pub fn status(test: &Test, sweep: &str) -> serde_json::Value {
+    test.run_in(&["status", sweep, "--results", "results", "--json"])
+        .code(0)
+        .json()
+}
+
+/// A sweep's count of trials in `state`, from [`status`].
+pub fn count(status: &serde_json::Value, state: &str) -> u64 {
+    status["sweep"]["counts"][state].as_u64().unwrap()
+}

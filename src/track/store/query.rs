@@ -92,6 +92,8 @@ pub struct AttemptRow {
     pub batch_size: Option<u32>,
     pub grad_accum: Option<u32>,
     pub pid: Option<u32>,
+    /// The Slurm job that ran it (Slurm backend).
+    pub slurm_job: Option<String>,
     pub threads: Option<i32>,
     pub trainable_params: Option<u64>,
     pub total_steps: Option<u64>,
@@ -104,6 +106,15 @@ pub struct AttemptRow {
     pub failure_kind: Option<String>,
     pub reason: Option<String>,
     pub peak_memory_bytes: Option<u64>,
+}
+
+/// An attempt running (or queued) as a Slurm job, not yet ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpenJob {
+    pub trial: String,
+    pub attempt: u32,
+    pub job: String,
+    pub start: Option<f64>,
 }
 
 /// One metric of one trial, over all its attempts.
@@ -384,7 +395,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT attempt, device, batch_size, grad_accum, pid, threads, trainable_params,
                     total_steps, resumed_from, dataset_fingerprint, start, end, outcome,
-                    exit_code, failure_kind, reason, peak_memory_bytes
+                    exit_code, failure_kind, reason, peak_memory_bytes, slurm_job
              FROM attempts WHERE sweep = ?1 AND trial_id = ?2 ORDER BY attempt",
         )?;
         let rows = stmt.query_map([sweep, trial], |r| {
@@ -406,6 +417,26 @@ impl Store {
                 failure_kind: r.get(14)?,
                 reason: r.get(15)?,
                 peak_memory_bytes: get_opt_u64(r, 16)?,
+                slurm_job: r.get(17)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Attempts of the sweep that run as Slurm jobs and have not ended:
+    /// what a restarted orchestrator follows instead of submitting again.
+    pub fn open_slurm_jobs(&self, sweep: &str) -> Result<Vec<OpenJob>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT trial_id, attempt, slurm_job, start FROM attempts
+             WHERE sweep = ?1 AND slurm_job IS NOT NULL AND end IS NULL
+             ORDER BY trial_id, attempt",
+        )?;
+        let rows = stmt.query_map([sweep], |r| {
+            Ok(OpenJob {
+                trial: r.get(0)?,
+                attempt: r.get(1)?,
+                job: r.get(2)?,
+                start: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

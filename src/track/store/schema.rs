@@ -125,8 +125,14 @@ CREATE INDEX trials_by_status ON trials (sweep, status);
 CREATE INDEX trials_by_id ON trials (id);
 ";
 
+/// Version 3: the Slurm job of each attempt (Slurm backend), so that a
+/// restarted orchestrator follows jobs instead of submitting them again.
+const V3: &str = "
+ALTER TABLE attempts ADD COLUMN slurm_job TEXT;
+";
+
 /// The migrations in order; the schema version is how many there are.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this palisweep writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -134,6 +134,7 @@ fn apply(
             batch_size,
             grad_accum,
             pid,
+            job,
             time,
         } => attempt_started(
             tx,
@@ -142,7 +143,7 @@ fn apply(
             *attempt,
             device,
             (*batch_size, *grad_accum),
-            *pid,
+            (*pid, job.as_deref()),
             *time,
         ),
         SweepEvent::Worker {
@@ -207,17 +208,18 @@ fn attempt_started(
     attempt: u32,
     device: &str,
     (batch_size, grad_accum): (u32, u32),
-    pid: Option<u32>,
+    (pid, job): (Option<u32>, Option<&str>),
     time: f64,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO attempts (sweep, trial_id, attempt, device, batch_size, grad_accum, pid, start)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO attempts (sweep, trial_id, attempt, device, batch_size, grad_accum, pid, slurm_job, start)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (sweep, trial_id, attempt) DO UPDATE SET
            device = excluded.device, batch_size = excluded.batch_size,
-           grad_accum = excluded.grad_accum, pid = excluded.pid, start = excluded.start",
+           grad_accum = excluded.grad_accum, pid = excluded.pid,
+           slurm_job = excluded.slurm_job, start = excluded.start",
     )?
-    .execute(params![sweep, trial, attempt, device, batch_size, grad_accum, pid, time])
+    .execute(params![sweep, trial, attempt, device, batch_size, grad_accum, pid, job, time])
     .map_err(|e| unknown_trial(e, sweep, trial))?;
     let n = tx
         .prepare_cached(

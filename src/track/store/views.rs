@@ -283,7 +283,11 @@ fn attempts_table(d: &TrialDetail) -> String {
             .map(|a| {
                 vec![
                     a.attempt.to_string(),
-                    opt(a.device.as_deref()),
+                    // A Slurm attempt names its job.
+                    match &a.slurm_job {
+                        Some(job) => format!("{} job {job}", opt(a.device.as_deref())),
+                        None => opt(a.device.as_deref()),
+                    },
                     a.batch_size.map_or("-".into(), |b| b.to_string()),
                     a.grad_accum.map_or("-".into(), |b| b.to_string()),
                     a.start.map_or("-".into(), timestamp),

@@ -74,6 +74,7 @@ fn attempt(trial: &str, attempt: u32, time: f64) -> SweepEvent {
         batch_size: 2,
         grad_accum: 1,
         pid: Some(1),
+        job: None,
         time,
     }
 }

@@ -1,0 +1,218 @@
+//! What an ended attempt means for its trial, whichever backend ran it:
+//! record the attempt (trial folder and events), then finish the trial,
+//! fail it, or queue it again (a retry, or the out-of-memory back-off to
+//! half the batch and twice the accumulation).
+
+use std::path::PathBuf;
+
+use super::dispatcher::QueuedTrial;
+use super::event::{AttemptOutcome, Counts, SweepEvent, TrialStatus, now};
+use super::sinks::{Fanout, FanoutSender};
+use super::trial_record::{self, AttemptRecord};
+
+/// A trial of this run and where it stands.
+pub struct TrialState {
+    pub queued: QueuedTrial,
+    pub status: TrialStatus,
+    /// Failures this run that count against `retries` (not back-offs).
+    pub failures: u32,
+    pub reason: Option<String>,
+}
+
+impl TrialState {
+    pub fn new(queued: QueuedTrial) -> Self {
+        Self {
+            queued,
+            status: TrialStatus::Queued,
+            failures: 0,
+            reason: None,
+        }
+    }
+}
+
+/// How one attempt ended, as the backend saw it.
+#[derive(Clone, Debug)]
+pub struct AttemptEnd {
+    pub attempt: u32,
+    /// The label it ran on (`cuda:0`, `slurm`).
+    pub device: String,
+    pub start: f64,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub peak_memory_bytes: Option<u64>,
+    /// From the worker's `finished` event.
+    pub best_metric: Option<f64>,
+    pub job: Option<String>,
+}
+
+/// Records `end` and decides the trial's next state; true when the trial
+/// goes back to the queue.
+pub fn settle(
+    state: &mut TrialState,
+    end: &AttemptEnd,
+    retries: u32,
+    interrupting: bool,
+    fanout: &Fanout,
+) -> bool {
+    let time = now();
+    let q = &state.queued;
+    let record = AttemptRecord {
+        attempt: end.attempt,
+        device: end.device.clone(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        start: end.start,
+        end: Some(time),
+        outcome: Some(end.outcome),
+        exit_code: end.exit_code,
+        reason: end.reason.clone(),
+        job: end.job.clone(),
+    };
+    if let Err(e) = trial_record::append(&q.dir, &record) {
+        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
+    }
+    fanout.send(&SweepEvent::AttemptEnded {
+        trial: q.info.id.clone(),
+        attempt: end.attempt,
+        outcome: end.outcome,
+        exit_code: end.exit_code,
+        reason: end.reason.clone(),
+        peak_memory_bytes: end.peak_memory_bytes,
+        time,
+    });
+
+    let (status, requeue) = match end.outcome {
+        AttemptOutcome::Finished => (TrialStatus::Finished, false),
+        AttemptOutcome::Pruned => (TrialStatus::Pruned, false),
+        _ if interrupting || end.outcome == AttemptOutcome::Stopped => {
+            (TrialStatus::Interrupted, false)
+        }
+        AttemptOutcome::InvalidInput => (TrialStatus::Failed, false),
+        AttemptOutcome::OutOfMemory if state.queued.batch_size <= 1 => {
+            state.status = TrialStatus::Failed;
+            state.reason = Some(format!(
+                "oom: out of memory at batch size 1 ({})",
+                end.reason.clone().unwrap_or_default()
+            ));
+            end_trial(fanout, state, None);
+            return false;
+        }
+        AttemptOutcome::OutOfMemory => {
+            // Same effective batch, half the memory per forward pass.
+            state.queued.batch_size /= 2;
+            state.queued.grad_accum *= 2;
+            (TrialStatus::Queued, true)
+        }
+        _ => {
+            state.failures += 1;
+            if state.failures > retries {
+                (TrialStatus::Failed, false)
+            } else {
+                (TrialStatus::Queued, true)
+            }
+        }
+    };
+    state.status = status;
+    if status == TrialStatus::Finished {
+        state.reason = None;
+        // Hashing adapters (gigabytes for full fine-tuning) stays off the loop.
+        let sender = fanout.sender();
+        let queued = state.queued.clone();
+        std::thread::spawn(move || send_artifacts(&sender, &queued));
+        end_trial(fanout, state, end.best_metric);
+    } else if !requeue {
+        state.reason.clone_from(&end.reason);
+        end_trial(fanout, state, None);
+    }
+    requeue
+}
+
+/// The trials' final counts, and (trial, reason) of each failed one. A
+/// trial that did not end this run counts as interrupted.
+pub fn tally(states: &[TrialState]) -> (Counts, Vec<(String, String)>) {
+    let mut counts = Counts::default();
+    let mut failures = Vec::new();
+    for state in states {
+        match state.status {
+            TrialStatus::Finished => counts.finished += 1,
+            TrialStatus::Failed => {
+                counts.failed += 1;
+                failures.push((
+                    state.queued.info.id.clone(),
+                    state.reason.clone().unwrap_or_default(),
+                ));
+            }
+            TrialStatus::Pruned => counts.pruned += 1,
+            TrialStatus::Interrupted | TrialStatus::Queued | TrialStatus::Running => {
+                counts.interrupted += 1;
+            }
+        }
+    }
+    (counts, failures)
+}
+
+/// Fails a trial that never got to run an attempt.
+pub fn fail(state: &mut TrialState, reason: String, fanout: &Fanout) {
+    state.status = TrialStatus::Failed;
+    state.reason = Some(reason);
+    end_trial(fanout, state, None);
+}
+
+pub fn end_trial(fanout: &Fanout, state: &TrialState, best_metric: Option<f64>) {
+    fanout.send(&SweepEvent::TrialEnded {
+        trial: state.queued.info.id.clone(),
+        status: state.status,
+        reason: state.reason.clone(),
+        best_metric,
+        time: now(),
+    });
+}
+
+/// The last lines of a worker's stderr, for a failure reason.
+pub fn tail_text(tail: &[String]) -> String {
+    let last: Vec<&str> = tail
+        .iter()
+        .rev()
+        .take(5)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!("; last stderr lines:\n  {}", last.join("\n  "))
+    }
+}
+
+/// Reports the files a finished trial left: adapters, events, log.
+fn send_artifacts(fanout: &FanoutSender, q: &QueuedTrial) {
+    let adapter = |dir: PathBuf| dir.join("adapter_model.safetensors");
+    let files = [
+        ("final", adapter(q.dir.final_adapter()), true),
+        ("best", adapter(q.dir.best_adapter()), true),
+        ("events", q.dir.events(), false),
+        ("log", q.dir.log(), false),
+    ];
+    for (kind, path, hash) in files {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let sha256 = hash.then(|| sha256_file(&path)).flatten();
+        fanout.send(&SweepEvent::Artifact {
+            trial: q.info.id.clone(),
+            kind: kind.into(),
+            path: path.display().to_string(),
+            bytes: meta.len(),
+            sha256,
+        });
+    }
+}
+
+fn sha256_file(path: &std::path::Path) -> Option<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(format!("{:x}", hasher.finalize()))
+}

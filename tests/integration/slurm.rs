@@ -1,0 +1,482 @@
+//! The Slurm backend against a real one-node Slurm cluster
+//! (`scripts/slurm/test-cluster.sh start`, which `scripts/test.sh` runs
+//! when it runs as root, setting `PALISWEEP_REQUIRE_SLURM=1`). Without a
+//! cluster these tests say so on stderr and pass, unless Slurm is
+//! required; then they fail.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::util::{BIN, Test, count};
+
+/// One cluster for every test: they run one at a time, so that a test
+/// that expects two jobs at once gets both GPUs.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// Whether a Slurm controller answers here.
+fn cluster() -> bool {
+    let answers = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .args(["-h", "-o", "%t"])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if answers {
+        return true;
+    }
+    assert!(
+        std::env::var_os("PALISWEEP_REQUIRE_SLURM").is_none(),
+        "PALISWEEP_REQUIRE_SLURM is set but no Slurm cluster answers (SLURM_CONF={:?})",
+        std::env::var_os("SLURM_CONF")
+    );
+    eprintln!(
+        "Slurm tests did NOT run: no Slurm cluster answers here. As root, \
+         `eval \"$(scripts/slurm/test-cluster.sh start)\"` starts a one-node test cluster \
+         (scripts/test.sh does it when run as root)."
+    );
+    false
+}
+
+/// A sweep through Slurm: `extra` adds tables or keys. Polls fast.
+fn spec(train: &str, extra: &str) -> String {
+    format!(
+        "[experiment]\nname = \"sl\"\nseed = 3\n\
+         [data]\npath = \"generated:json\"\ntask = \"json\"\nmax_suffix_tokens = 32\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\n{train}\n\
+         [eval]\ngenerate = false\n\
+         [resources]\nbackend = \"slurm\"\nretries = 2\n\
+         [slurm]\ncpus_per_trial = 1\ngres = \"gpu:1\"\npoll_interval = 0.3\n\
+         {extra}\n"
+    )
+}
+
+fn synthetic(steps: u32, step_ms: u32, trials: usize) -> String {
+    let lrs: Vec<String> = (1..=trials).map(|i| format!("{i}e-4")).collect();
+    spec(
+        "method = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1",
+        &format!(
+            "[synthetic]\nsteps = {steps}\nstep_ms = {step_ms}\n\
+             [sweep.axes]\n\"train.lr\" = [{}]\n",
+            lrs.join(", ")
+        ),
+    )
+}
+
+const RUN: [&str; 4] = ["run", "spec.toml", "--results", "results"];
+
+fn spawn(test: &Test, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(test.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn trial_dirs(test: &Test) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(test.path().join("results/sl/trials"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The last record of each attempt in `attempts.jsonl`.
+fn attempts(dir: &Path) -> Vec<serde_json::Value> {
+    let mut by_attempt: Vec<serde_json::Value> = Vec::new();
+    for record in jsonl(&dir.join("attempts.jsonl")) {
+        match by_attempt
+            .iter_mut()
+            .find(|r| r["attempt"] == record["attempt"])
+        {
+            Some(existing) => *existing = record,
+            None => by_attempt.push(record),
+        }
+    }
+    by_attempt
+}
+
+fn events(dir: &Path, event: &str) -> Vec<serde_json::Value> {
+    jsonl(&dir.join("events.jsonl"))
+        .into_iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// Waits until every one of `trials` trial folders has `steps` steps.
+fn wait_for_steps(test: &Test, trials: usize, steps: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = std::fs::read_dir(test.path().join("results/sl/trials")).map_or(0, |e| {
+            e.filter_map(Result::ok)
+                .filter(|e| events(&e.path(), "step").len() >= steps)
+                .count()
+        });
+        if ready >= trials {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the jobs never got going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Jobs Slurm still has queued or running, by id.
+fn live_jobs() -> BTreeSet<String> {
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%i"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+fn job_ids(dirs: &[PathBuf]) -> Vec<Vec<String>> {
+    dirs.iter()
+        .map(|d| {
+            attempts(d)
+                .iter()
+                .map(|a| a["job"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn status(test: &Test) -> serde_json::Value {
+    crate::util::status(test, "sl")
+}
+
+fn kill(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        signal,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tiny_sweep_trains_through_slurm_end_to_end() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&spec(
+        "epochs = 1\nbatch_size = 8\ngrad_accum = 1\nlr = 1e-2\nwarmup = 1",
+        "[sweep.axes]\n\"train.method\" = [\"lora\", \"qlora\"]\n",
+    ));
+    test.run_in(&RUN).code(0).stdout_has("2 finished, 0 failed");
+    let dirs = trial_dirs(&test);
+    let mut visible = BTreeSet::new();
+    let mut spans = Vec::new();
+    for dir in &dirs {
+        assert!(
+            dir.join("final/adapter_model.safetensors").is_file(),
+            "{} has no adapter",
+            dir.display()
+        );
+        let attempts = attempts(dir);
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        let job = attempts[0]["job"].as_str().unwrap().to_owned();
+        let provenance = &events(dir, "provenance")[0];
+        // The worker ran inside that job, on the GPU Slurm gave it.
+        assert_eq!(provenance["slurm_job"].as_str(), Some(job.as_str()));
+        visible.insert(
+            provenance["cuda_visible_devices"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        let time = |e: &serde_json::Value| e["time"].as_f64().unwrap();
+        spans.push((
+            time(&events(dir, "started")[0]),
+            time(&events(dir, "finished")[0]),
+        ));
+    }
+    // Two jobs asking gpu:1 ran at once, each with its own device.
+    let overlap = spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1;
+    assert!(
+        overlap,
+        "the two jobs did not run at the same time: {spans:?}"
+    );
+    assert_eq!(visible, BTreeSet::from(["0".to_owned(), "1".to_owned()]));
+    // Store, TensorBoard and metrics, as with the local backend.
+    let status = status(&test);
+    assert_eq!(count(&status, "finished"), 2, "{status}");
+    let csv = test
+        .run_in(&["export-metrics", "sl", "--results", "results"])
+        .code(0)
+        .stdout
+        .clone();
+    assert!(
+        csv.contains("train/loss") && csv.contains("val/loss"),
+        "{csv}"
+    );
+    let tb = std::fs::read_dir(test.path().join("results/sl/tb"))
+        .unwrap()
+        .count();
+    assert!(tb >= 2, "TensorBoard runs: {tb}");
+    let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
+    let stored: Vec<String> = db
+        .prepare("SELECT slurm_job FROM attempts ORDER BY slurm_job")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut recorded: Vec<String> = job_ids(&dirs).concat();
+    recorded.sort();
+    assert_eq!(stored, recorded);
+}
+
+#[test]
+fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&synthetic(15, 200, 3));
+    let started = Instant::now();
+    let detached = test.run_in(&["run", "spec.toml", "--results", "results", "--detach"]);
+    detached
+        .code(0)
+        .stdout_has("3 Slurm job(s) left running")
+        .stdout_has("palisweep attach sl");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "--detach waited for the jobs"
+    );
+    let dirs = trial_dirs(&test);
+    let submitted = job_ids(&dirs);
+    assert!(
+        submitted.iter().all(|jobs| jobs.len() == 1),
+        "{submitted:?}"
+    );
+    let live = live_jobs();
+    assert!(
+        submitted.iter().flatten().any(|job| live.contains(job)),
+        "no job is queued or running after --detach"
+    );
+    // From another folder: attach finds the sweep by its results root.
+    let results = test.path().join("results");
+    let attach = Command::new(BIN)
+        .args([
+            "attach",
+            "sl",
+            "--results",
+            results.to_str().unwrap(),
+            "--quiet",
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&attach.stdout);
+    assert_eq!(
+        attach.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&attach.stderr)
+    );
+    assert!(stdout.contains("3 finished, 0 failed"), "{stdout}");
+    assert_eq!(job_ids(&dirs), submitted, "attach submitted jobs again");
+    for dir in &dirs {
+        assert_eq!(events(dir, "step").len(), 15, "{}", dir.display());
+    }
+    assert_eq!(count(&status(&test), "finished"), 3);
+}
+
+#[test]
+fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&synthetic(25, 200, 2));
+    let mut orchestrator = spawn(&test, &RUN);
+    wait_for_steps(&test, 2, 3);
+    kill(&orchestrator, nix::sys::signal::Signal::SIGKILL);
+    orchestrator.wait().unwrap();
+    let dirs = trial_dirs(&test);
+    let submitted = job_ids(&dirs);
+    // The jobs outlive their orchestrator.
+    let live = live_jobs();
+    assert!(
+        submitted.iter().flatten().all(|job| live.contains(job)),
+        "{submitted:?} vs {live:?}"
+    );
+
+    test.run_in(&RUN).code(0).stdout_has("2 finished, 0 failed");
+    assert_eq!(job_ids(&dirs), submitted, "a job was submitted again");
+    // Every step the workers wrote reached the store, once.
+    let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
+    let steps: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM metrics WHERE name = 'train/loss'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(steps, 50);
+    assert_eq!(count(&status(&test), "finished"), 2);
+}
+
+#[test]
+fn a_job_cancelled_in_slurm_is_retried_and_resumes() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&synthetic(30, 150, 1));
+    let orchestrator = spawn(&test, &RUN);
+    wait_for_steps(&test, 1, 5);
+    let dir = trial_dirs(&test).remove(0);
+    let first = attempts(&dir)[0]["job"].as_str().unwrap().to_owned();
+    assert!(
+        Command::new("scancel")
+            .arg(&first)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = orchestrator.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 finished, 0 failed"), "{stdout}");
+    let attempts = attempts(&dir);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["outcome"], "crashed");
+    let reason = attempts[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("Slurm job {first}")) && reason.contains("cancelled"),
+        "{reason}"
+    );
+    assert_ne!(attempts[1]["job"].as_str(), Some(first.as_str()));
+    assert_eq!(attempts[1]["outcome"], "finished");
+    // The retry went on from the checkpoint the cancelled worker saved.
+    let resumed: Vec<u64> = events(&dir, "started")
+        .iter()
+        .map(|e| e["resumed_from"].as_u64().unwrap())
+        .collect();
+    assert!(resumed.len() == 2 && resumed[1] >= 5, "{resumed:?}");
+}
+
+#[test]
+fn ctrl_c_with_cancel_on_exit_cancels_the_jobs_and_a_rerun_resumes_them() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&synthetic(30, 150, 2));
+    let orchestrator = spawn(
+        &test,
+        &[
+            "run",
+            "spec.toml",
+            "--results",
+            "results",
+            "--cancel-on-exit",
+        ],
+    );
+    wait_for_steps(&test, 2, 3);
+    kill(&orchestrator, nix::sys::signal::Signal::SIGINT);
+    let out = orchestrator.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dirs = trial_dirs(&test);
+    let live = live_jobs();
+    for dir in &dirs {
+        let attempts = attempts(dir);
+        assert_eq!(attempts[0]["outcome"], "stopped", "{attempts:?}");
+        assert!(!live.contains(attempts[0]["job"].as_str().unwrap()));
+    }
+    assert_eq!(count(&status(&test), "interrupted"), 2);
+    test.run_in(&RUN).code(0).stdout_has("2 finished, 0 failed");
+}
+
+#[test]
+fn a_partition_slurm_rejects_fails_the_sweep_before_any_job_is_submitted() {
+    let _cluster = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !cluster() {
+        return;
+    }
+    let test = Test::new().spec(&synthetic(5, 10, 2));
+    let before = live_jobs();
+    test.run_in(&[
+        "run",
+        "spec.toml",
+        "--results",
+        "results",
+        "--set",
+        "slurm.partition=\"no-such-partition\"",
+    ])
+    .code(2)
+    .stderr_has("Slurm rejected the job")
+    .stderr_has("invalid partition");
+    for dir in trial_dirs(&test) {
+        assert!(
+            !dir.join("attempts.jsonl").exists(),
+            "{} was submitted",
+            dir.display()
+        );
+    }
+    assert_eq!(live_jobs(), before);
+}
+
+#[test]
+fn plan_shows_the_sbatch_line_of_each_trial() {
+    // No cluster needed: plan only prints.
+    let test = Test::new().spec(&spec(
+        "epochs = 1",
+        "partition = \"gpu\"\ntime = \"01:00:00\"\n\
+         memory_tiers = [{ above = \"1KiB\", gres = \"gpu:a100:1\" }]\n",
+    ));
+    let out = test.run_in(&["plan", "spec.toml", "--json"]);
+    let json = out.code(0).json();
+    let line = json["trials"][0]["sbatch"].as_str().unwrap();
+    for part in [
+        "sbatch --parsable",
+        "--partition=gpu",
+        "--time=01:00:00",
+        "--gres=gpu:a100:1",
+        "slurm-job.sh",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    test.run_in(&["plan", "spec.toml", "--backend", "local"])
+        .code(0);
+}
