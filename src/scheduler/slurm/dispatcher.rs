@@ -246,32 +246,7 @@ impl Dispatcher<'_> {
         let job = client::submit(&request.sbatch_args(), &request.script_path())
             .map_err(|e| e.to_string())?;
         let start = now();
-        let record = AttemptRecord {
-            attempt: q.next_attempt,
-            device: DEVICE.into(),
-            batch_size: q.batch_size,
-            grad_accum: q.grad_accum,
-            start,
-            end: None,
-            outcome: None,
-            exit_code: None,
-            reason: None,
-            job: Some(job.clone()),
-        };
-        // Recorded before anything else: a restarted orchestrator finds it.
-        if let Err(e) = trial_record::append(&q.dir, &record) {
-            eprintln!("palisweep: cannot record job {job} of {}: {e}", q.info.id);
-        }
-        self.fanout.send(&SweepEvent::AttemptStarted {
-            trial: q.info.id.clone(),
-            attempt: q.next_attempt,
-            device: DEVICE.into(),
-            batch_size: q.batch_size,
-            grad_accum: q.grad_accum,
-            pid: None,
-            job: Some(job.clone()),
-            time: start,
-        });
+        record_start(self.fanout, q, q.next_attempt, &job, start);
         self.jobs.push(Job {
             trial: i,
             attempt: q.next_attempt,
@@ -357,18 +332,11 @@ impl Dispatcher<'_> {
                     let (attempt, id) = (job.attempt, job.id.clone());
                     let state = &mut self.states[trial];
                     settle(state, &requeued, u32::MAX, false, self.fanout);
+                    // Slurm's own retry: it does not count against ours.
+                    state.failures = state.failures.saturating_sub(1);
                     state.status = TrialStatus::Running;
                     state.queued.next_attempt = state.queued.next_attempt.max(attempt + 1);
-                    self.fanout.send(&SweepEvent::AttemptStarted {
-                        trial: state.queued.info.id.clone(),
-                        attempt,
-                        device: DEVICE.into(),
-                        batch_size: state.queued.batch_size,
-                        grad_accum: state.queued.grad_accum,
-                        pid: None,
-                        job: Some(id),
-                        time: line.time,
-                    });
+                    record_start(self.fanout, &state.queued, attempt, &id, line.time);
                 }
                 WorkerEvent::Started { .. } => job.finished = None,
                 WorkerEvent::Failed { kind, message } => {
@@ -495,6 +463,37 @@ impl Dispatcher<'_> {
             left_running,
         }
     }
+}
+
+/// Records that attempt `attempt` of `q` runs as `job`: in the trial folder
+/// first (a restarted orchestrator finds it there even if the store never
+/// heard of it), then as an event.
+fn record_start(fanout: &Fanout, q: &QueuedTrial, attempt: u32, job: &str, start: f64) {
+    let record = AttemptRecord {
+        attempt,
+        device: DEVICE.into(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        start,
+        end: None,
+        outcome: None,
+        exit_code: None,
+        reason: None,
+        job: Some(job.to_owned()),
+    };
+    if let Err(e) = trial_record::append(&q.dir, &record) {
+        eprintln!("palisweep: cannot record job {job} of {}: {e}", q.info.id);
+    }
+    fanout.send(&SweepEvent::AttemptStarted {
+        trial: q.info.id.clone(),
+        attempt,
+        device: DEVICE.into(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        pid: None,
+        job: Some(job.to_owned()),
+        time: start,
+    });
 }
 
 /// Asks on the terminal whether to cancel the jobs; without a terminal the
