@@ -208,10 +208,15 @@ fn trial_state(
         batch_size: trial.spec.train.batch_size,
         grad_accum: trial.spec.train.grad_accum,
     };
-    if trial_record::finished(&trial_dir).is_some() {
+    let attempts = trial_record::attempts(&trial_dir);
+    // A Slurm job that ended while no orchestrator followed it is followed
+    // once more, so that the store gets what it wrote and how it ended.
+    let open_job = attempts
+        .last()
+        .is_some_and(|a| a.job.is_some() && a.end.is_none());
+    if !open_job && trial_record::finished(&trial_dir).is_some() {
         return Ok((info, Err(TrialStatus::Finished)));
     }
-    let attempts = trial_record::attempts(&trial_dir);
     if attempts
         .last()
         .is_some_and(|a| a.outcome == Some(AttemptOutcome::Pruned))

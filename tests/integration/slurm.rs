@@ -303,6 +303,9 @@ fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
     assert_eq!(count(&status(&test), "finished"), 3);
 }
 
+/// Killed while both jobs run; one of them ends before the restart: the
+/// restarted orchestrator submits nothing again, stores every step once
+/// and records how both attempts ended.
 #[test]
 fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
     let _cluster = CLUSTER
@@ -311,23 +314,30 @@ fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
     if !cluster() {
         return;
     }
-    let test = Test::new().spec(&synthetic(25, 200, 2));
+    let test = Test::new().spec(&spec(
+        "method = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1",
+        "[synthetic]\nstep_ms = 200\n[sweep.axes]\n\"synthetic.steps\" = [8, 40]\n",
+    ));
     let mut orchestrator = spawn(&test, &RUN);
     wait_for_steps(&test, 2, 3);
     kill(&orchestrator, nix::sys::signal::Signal::SIGKILL);
     orchestrator.wait().unwrap();
     let dirs = trial_dirs(&test);
     let submitted = job_ids(&dirs);
-    // The jobs outlive their orchestrator.
+    // The jobs outlive their orchestrator; the short one ends meanwhile.
     let live = live_jobs();
     assert!(
         submitted.iter().flatten().all(|job| live.contains(job)),
         "{submitted:?} vs {live:?}"
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dirs.iter().any(|d| !events(d, "finished").is_empty()) {
+        assert!(Instant::now() < deadline, "the short job never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     test.run_in(&RUN).code(0).stdout_has("2 finished, 0 failed");
     assert_eq!(job_ids(&dirs), submitted, "a job was submitted again");
-    // Every step the workers wrote reached the store, once.
     let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
     let steps: i64 = db
         .query_row(
@@ -336,7 +346,19 @@ fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(steps, 50);
+    assert_eq!(steps, 48, "every step once");
+    let ended: Vec<(String, String)> = db
+        .prepare("SELECT slurm_job, outcome FROM attempts ORDER BY slurm_job")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(
+        ended.iter().all(|(_, outcome)| outcome == "finished"),
+        "{ended:?}"
+    );
     assert_eq!(count(&status(&test), "finished"), 2);
 }
 
