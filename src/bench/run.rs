@@ -98,6 +98,11 @@ pub struct Report {
     pub seq_len: i64,
     /// Non-padding tokens of one batch (what `tokens_per_s` counts).
     pub tokens_per_batch: i64,
+    /// Longest row's text tokens before the suffix (image tokens excluded)
+    /// and supervised tokens: with `batch` and `seq_len`, the estimator's
+    /// input.
+    pub prefix_tokens: u32,
+    pub suffix_tokens: u32,
     pub warmup: usize,
     pub steps: usize,
     pub step_ms: f64,
@@ -313,6 +318,8 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
         batch: shape.batch,
         seq_len: shape.seq_len,
         tokens_per_batch: shape.tokens,
+        prefix_tokens: shape.prefix_tokens,
+        suffix_tokens: shape.suffix_tokens,
         warmup: options.warmup,
         steps: options.steps,
         step_ms: f64::NAN,
