@@ -119,7 +119,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "224", value_parser = ["224", "448", "896"])]
     pub resolution: String,
     /// Dataset root whose train split feeds the batch (default: synthetic
-    /// examples with a 24-token suffix).
+    /// examples with a 19-token suffix).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// How the base is adapted for the training steps (forward-only

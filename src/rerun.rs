@@ -272,10 +272,8 @@ pub fn compare(original: &Original, rerun: &Original, tolerance: f64) -> Compari
         _ => false,
     };
     let reproduced = if tolerance == 0.0 {
-        curve_identical
-            && metrics
-                .iter()
-                .all(|m| m.identical || (m.original.is_none() && m.rerun.is_none()))
+        // `identical` holds for a metric both runs lack (`best` of None).
+        curve_identical && metrics.iter().all(|m| m.identical)
     } else {
         before.len() == after.len() && max_rel <= tolerance && metrics.iter().all(within)
     };

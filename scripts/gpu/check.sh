@@ -127,8 +127,12 @@ SPEC
 #     the stated tolerance (exit 0 when it reproduces).
 first_trial=$(cd "$work" && ls res/gpu-sweep/trials 2>/dev/null | head -n 1)
 if [ -n "$first_trial" ]; then
-    (cd "$work" && run_logged 90 "$BIN" rerun "$first_trial" --results res)
-    (cd "$work" && run_logged 90 "$BIN" rerun "$first_trial" --results res --json >"$OUT/rerun.json")
+    # One rerun (each one trains again): its JSON to rerun.json, stderr to the log.
+    log "rerun $first_trial"
+    (cd "$work" && timeout --kill-after=10 90 "$BIN" rerun "$first_trial" --results res --json \
+        >"$OUT/rerun.json" 2>>"$LOG")
+    log "rerun exit $?"
+    cat "$OUT/rerun.json" >>"$LOG"
 else
     log "no trial to rerun"
 fi

@@ -263,8 +263,19 @@ mod tests {
     fn a_preset_is_written_once_and_loads() {
         let cache = tempfile::tempdir().unwrap();
         let dir = ensure(cache.path(), Preset::Tiny, Size::B3, Resolution::R224, 0).unwrap();
+        let written = |d: &std::path::Path| {
+            std::fs::metadata(d.join(SINGLE_FILE))
+                .and_then(|m| m.modified())
+                .unwrap()
+        };
+        let first = written(&dir);
         let again = ensure(cache.path(), Preset::Tiny, Size::B3, Resolution::R224, 0).unwrap();
         assert_eq!(dir, again);
+        assert_eq!(
+            written(&again),
+            first,
+            "the second call rewrote the checkpoint"
+        );
         PaliGemma::load(&dir, Device::Cpu, Kind::Float).unwrap();
     }
 
@@ -295,6 +306,11 @@ mod tests {
             write_published(&dir, &config, &body, 0).unwrap();
             let model = PaliGemma::load(&dir, Device::Cpu, Kind::Float).unwrap();
             assert_eq!(model.config(), &config);
+            // The body is the one file, linked, not a copy.
+            let inode = |p: &std::path::Path| {
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+            };
+            assert_eq!(inode(&dir.join(BODY_SHARD)), inode(&body));
         }
     }
 }

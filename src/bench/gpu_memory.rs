@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nvml_wrapper::Nvml;
-use nvml_wrapper::enums::device::UsedGpuMemory;
 
 use crate::devices::detect::{DeviceKind, resolve};
 use crate::devices::grammar::DeviceRequest;
@@ -65,16 +64,7 @@ pub struct GpuMemorySampler {
 /// listed).
 fn sample(device: &nvml_wrapper::Device, pid: u32) -> (u64, Option<u64>) {
     let used = device.memory_info().map_or(0, |m| m.used);
-    let mine = device.running_compute_processes().ok().and_then(|list| {
-        list.iter()
-            .filter(|p| p.pid == pid)
-            .map(|p| match p.used_gpu_memory {
-                UsedGpuMemory::Used(bytes) => bytes,
-                UsedGpuMemory::Unavailable => 0,
-            })
-            .reduce(|a, b| a + b)
-    });
-    (used, mine)
+    (used, crate::devices::usage::gpu_bytes(device, pid))
 }
 
 impl GpuMemorySampler {

@@ -157,7 +157,9 @@ fn run_worker(
         }
     }
     let status = child.wait()?;
-    let rerun = read_original(&dir.events())?;
+    // A worker that failed before writing events (no GPU, a bad config)
+    // still ends its attempt in the store: as crashed.
+    let rerun = read_original(&dir.events()).ok().flatten();
     let outcome = if status.success() && rerun.is_some() {
         AttemptOutcome::Finished
     } else {

@@ -19,8 +19,8 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
-use crate::scheduler::dispatcher::QueuedTrial;
 use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
+use crate::scheduler::dispatcher::{OpenJob, QueuedTrial};
 use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
@@ -28,9 +28,8 @@ use crate::scheduler::progress::{ProgressMode, ProgressSink};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::sinks::Fanout;
 use crate::scheduler::slurm::dispatcher::{
-    OnInterrupt, OpenAttempt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
+    OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
-use crate::scheduler::trial_record;
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
@@ -208,11 +207,13 @@ fn work(
         )
     });
     Ok(if resources.backend == Backend::Slurm {
-        let open = open_jobs(&loaded.results, &prepared.sweep.name, &prepared.queue)?;
         let work = SlurmDispatch {
             sweep: prepared.sweep.name.clone(),
-            trials: prepared.queue.clone(),
-            open,
+            trials: with_store_jobs(
+                &loaded.results,
+                &prepared.sweep.name,
+                prepared.queue.clone(),
+            )?,
             slurm: loaded.spec.slurm.clone(),
             retries: resources.retries,
             exe,
@@ -248,54 +249,33 @@ enum Work {
     Slurm(SlurmDispatch),
 }
 
-/// Slurm jobs submitted by earlier runs that never ended: from the store,
-/// and from the trial folders (written before the store hears of a job, so
-/// an orchestrator killed in between still finds it).
-fn open_jobs(
+/// The Slurm jobs earlier runs submitted and never saw end: what the trial
+/// folders say (`prepare` read them), plus any attempt the store recorded
+/// that the folder never did (an attempt record that failed to write).
+fn with_store_jobs(
     results: &std::path::Path,
     sweep: &str,
-    queue: &[QueuedTrial],
-) -> anyhow::Result<Vec<OpenAttempt>> {
-    let mut open: Vec<OpenAttempt> = Vec::new();
+    mut queue: Vec<QueuedTrial>,
+) -> anyhow::Result<Vec<QueuedTrial>> {
     let store = ResultsRoot::new(results).store();
-    if store.is_file() {
-        for job in Store::open_read_only(&store)?.open_slurm_jobs(sweep)? {
-            open.push(OpenAttempt {
-                trial: job.trial,
+    if !store.is_file() {
+        return Ok(queue);
+    }
+    for job in Store::open_read_only(&store)?.open_slurm_jobs(sweep)? {
+        // Attempts below next_attempt are the folder's, which knows better.
+        if let Some(q) = queue
+            .iter_mut()
+            .find(|q| q.info.id == job.trial && q.open_job.is_none())
+            && job.attempt >= q.next_attempt
+        {
+            q.open_job = Some(OpenJob {
                 attempt: job.attempt,
                 job: job.job,
                 start: job.start.unwrap_or_else(now),
             });
         }
     }
-    for q in queue {
-        if let Some(last) = trial_record::attempts(&q.dir).last()
-            && last.end.is_none()
-            && let Some(job) = &last.job
-            && !open
-                .iter()
-                .any(|o| o.trial == q.info.id && o.attempt == last.attempt)
-        {
-            open.push(OpenAttempt {
-                trial: q.info.id.clone(),
-                attempt: last.attempt,
-                job: job.clone(),
-                start: last.start,
-            });
-        }
-    }
-    // An attempt the trial folder saw end is not open, whatever the store
-    // missed.
-    open.retain(|o| {
-        queue.iter().any(|q| {
-            q.info.id == o.trial
-                && trial_record::attempts(&q.dir)
-                    .iter()
-                    .find(|a| a.attempt == o.attempt)
-                    .is_none_or(|a| a.end.is_none())
-        })
-    });
-    Ok(open)
+    Ok(queue)
 }
 
 /// One message per Ctrl-C or SIGTERM (a batch system's stop counts as a

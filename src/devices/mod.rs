@@ -3,3 +3,4 @@
 pub mod detect;
 pub mod error;
 pub mod grammar;
+pub mod usage;

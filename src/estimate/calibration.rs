@@ -126,7 +126,14 @@ fn checked(text: &str, name: &str, device: DeviceKind) -> Vec<Checked> {
     parse(text, name)
         .iter()
         .filter(|r| r.status == "ok" && r.mode.as_deref().unwrap_or("train") == "train")
-        .map(|r| check(r, device))
+        .map(|r| {
+            // A NaN error would pass every bound: a measured row says what it measured.
+            assert!(
+                r.measured_mib.is_some(),
+                "{name}: an ok row without measured_mib"
+            );
+            check(r, device)
+        })
         .collect()
 }
 

@@ -72,7 +72,8 @@ pub fn to_json(plan: &SweepPlan) -> Value {
     })
 }
 
-fn value_text(v: &Value) -> String {
+/// A swept value as a table shows it (strings without their quotes).
+pub(crate) fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -25,10 +25,8 @@ pub struct TrialFacts {
     pub method: String,
     pub lr: Option<f64>,
     pub weight_decay: Option<f64>,
-    pub seed: Option<i64>,
     /// The best value of the selection metric (None: never reported).
     pub quality: Option<f64>,
-    pub best_step: Option<u64>,
     pub wall_time_s: Option<f64>,
     /// Measured peak memory.
     pub peak_memory_bytes: Option<u64>,
@@ -110,12 +108,7 @@ impl Group {
 }
 
 /// A JSON value as a table cell: strings unquoted.
-pub fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+pub(crate) use crate::plan::render::value_text;
 
 /// Whether a spec key is a seed (`experiment.seed`, `train.seed`, `seed`).
 pub fn is_seed_key(key: &str) -> bool {
@@ -517,9 +510,7 @@ mod tests {
             method: method.into(),
             lr: Some(lr),
             weight_decay: Some(0.0),
-            seed: Some(seed),
             quality: Some(q),
-            best_step: Some(10),
             wall_time_s: Some(if method == "qlora" { 150.0 } else { 100.0 }),
             peak_memory_bytes: Some(if method == "qlora" { 8 << 30 } else { 20 << 30 }),
             est_memory_bytes: Some(30 << 30),

@@ -46,15 +46,7 @@ pub fn bytes(n: u64) -> String {
     format_bytes(n)
 }
 
-/// Seconds as `42s`, `3m05s`, `2h01m`.
-pub fn duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
+pub(crate) use crate::track::store::views::duration;
 
 /// Device-hours, with enough digits for short runs.
 pub fn hours(h: f64) -> String {

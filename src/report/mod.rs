@@ -150,24 +150,18 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         });
     }
     let higher = higher_is_better(&metric);
-    let varying = store.varying_params(&sweep.name)?;
+    let varying = crate::track::store::varying_keys(&rows);
     let results: BTreeMap<String, _> = store
         .trial_results(&sweep.name, &metric)?
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
 
+    let configs = store.trial_configs(&sweep.name)?;
     let mut trials = Vec::with_capacity(rows.len());
     for row in &rows {
-        let config: String = store
-            .connection()
-            .query_row(
-                "SELECT config FROM trials WHERE sweep = ?1 AND id = ?2",
-                [&sweep.name, &row.id],
-                |r| r.get(0),
-            )
-            .map_err(StoreError::from)?;
-        let config: toml::Table = toml::from_str(&config).map_err(|e| ReportError::Config {
+        let config = configs.get(&row.id).map_or("", String::as_str);
+        let config: toml::Table = toml::from_str(config).map_err(|e| ReportError::Config {
             trial: row.id.clone(),
             source: Box::new(e),
         })?;
@@ -184,9 +178,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
             method: str_at(&config, "train.method").unwrap_or_else(|| "lora".into()),
             lr: float_at(&config, "train.lr"),
             weight_decay: float_at(&config, "train.weight_decay"),
-            seed: lookup(&config, "experiment.seed").and_then(toml::Value::as_integer),
             quality: result.and_then(|r| r.best),
-            best_step: result.and_then(|r| r.best_step),
             wall_time_s: result.and_then(|r| r.wall_time_s),
             peak_memory_bytes: result.and_then(|r| r.peak_memory_bytes),
             est_memory_bytes: row.est_memory_bytes,

@@ -17,7 +17,6 @@ use super::memory_probe::MemoryProbe;
 use super::pruner::MedianPruner;
 use super::sinks::Fanout;
 use super::slots::Slots;
-use super::trial_record::{self, AttemptRecord};
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
 use crate::estimate::memory::MemoryEstimate;
 use crate::layout::TrialDir;
@@ -39,9 +38,33 @@ pub struct QueuedTrial {
     pub grad_accum: u32,
     /// The next attempt's number (attempts count across runs).
     pub next_attempt: u32,
+    /// A Slurm job an earlier run submitted and never saw end: followed,
+    /// not submitted again.
+    pub open_job: Option<OpenJob>,
+}
+
+/// An attempt running (or queued) as a Slurm job that no scheduler has
+/// seen end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenJob {
+    pub attempt: u32,
+    pub job: String,
+    pub start: f64,
 }
 
 impl QueuedTrial {
+    /// The worker's `--set`s for the batch shape an out-of-memory back-off
+    /// chose (none while it runs the spec's).
+    pub fn backoff_sets(&self) -> Vec<String> {
+        if self.batch_size == self.info.batch_size && self.grad_accum == self.info.grad_accum {
+            return Vec::new();
+        }
+        vec![
+            format!("train.batch_size={}", self.batch_size),
+            format!("train.grad_accum={}", self.grad_accum),
+        ]
+    }
+
     /// The estimate at the current batch size: the batch-proportional
     /// parts scale, weights and optimiser state do not.
     pub fn memory_now(&self) -> u64 {
@@ -458,11 +481,7 @@ fn start(
         (String::new(), "cpu")
     };
     env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible));
-    let mut sets = Vec::new();
-    if q.batch_size != q.info.batch_size || q.grad_accum != q.info.grad_accum {
-        sets.push(format!("train.batch_size={}", q.batch_size));
-        sets.push(format!("train.grad_accum={}", q.grad_accum));
-    }
+    let sets = q.backoff_sets();
     let launch = Launch {
         run,
         exe: exe.to_owned(),
@@ -477,31 +496,14 @@ fn start(
     std::fs::create_dir_all(q.dir.path())?;
     let pid = executor::spawn(&launch, tx)?;
     let time = now();
-    let record = AttemptRecord {
-        attempt: q.next_attempt,
-        device: dev.label.clone(),
-        batch_size: q.batch_size,
-        grad_accum: q.grad_accum,
-        start: time,
-        end: None,
-        outcome: None,
-        exit_code: None,
-        reason: None,
-        job: None,
-    };
-    if let Err(e) = trial_record::append(&q.dir, &record) {
-        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
-    }
-    fanout.send(&SweepEvent::AttemptStarted {
-        trial: q.info.id.clone(),
-        attempt: q.next_attempt,
-        device: dev.label.clone(),
-        batch_size: q.batch_size,
-        grad_accum: q.grad_accum,
-        pid: Some(pid),
-        job: None,
+    fate::record_start(
+        fanout,
+        q,
+        q.next_attempt,
+        &dev.label,
+        (Some(pid), None),
         time,
-    });
+    );
     Ok((pid, time))
 }
 
@@ -538,10 +540,7 @@ fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
         AttemptOutcome::TimedOut => Some("ran past resources.trial_timeout".to_owned()),
         AttemptOutcome::Stalled => Some("no progress within resources.stall_timeout".to_owned()),
         AttemptOutcome::Stopped => Some("stopped".to_owned()),
-        AttemptOutcome::Pruned => Some(
-            "pruned: its selection metric was worse than the median of the other trials at the same step"
-                .to_owned(),
-        ),
+        AttemptOutcome::Pruned => Some(fate::PRUNED_REASON.to_owned()),
         _ => Some(match (&r.failed, exit.signal) {
             (Some((_, message)), _) => message.clone(),
             (None, Some(signal)) => {

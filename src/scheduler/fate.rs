@@ -46,6 +46,48 @@ pub struct AttemptEnd {
     pub job: Option<String>,
 }
 
+/// Records that attempt `attempt` of `q` started on `device` (a worker's
+/// pid, or a Slurm job): in the trial folder first (a restarted scheduler
+/// finds it there even if the store never heard of it), then as an event.
+pub fn record_start(
+    fanout: &Fanout,
+    q: &QueuedTrial,
+    attempt: u32,
+    device: &str,
+    (pid, job): (Option<u32>, Option<&str>),
+    start: f64,
+) {
+    let record = AttemptRecord {
+        attempt,
+        device: device.to_owned(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        start,
+        end: None,
+        outcome: None,
+        exit_code: None,
+        reason: None,
+        job: job.map(str::to_owned),
+    };
+    if let Err(e) = trial_record::append(&q.dir, &record) {
+        eprintln!("palisweep: cannot record the attempt of {}: {e}", q.info.id);
+    }
+    fanout.send(&SweepEvent::AttemptStarted {
+        trial: q.info.id.clone(),
+        attempt,
+        device: device.to_owned(),
+        batch_size: q.batch_size,
+        grad_accum: q.grad_accum,
+        pid,
+        job: job.map(str::to_owned),
+        time: start,
+    });
+}
+
+/// Why a pruned attempt stopped (both backends).
+pub const PRUNED_REASON: &str =
+    "pruned: its selection metric was worse than the median of the other trials at the same step";
+
 /// Records `end` and decides the trial's next state; true when the trial
 /// goes back to the queue.
 pub fn settle(

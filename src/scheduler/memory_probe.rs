@@ -5,9 +5,9 @@
 //! The scheduler samples it on every tick and keeps the maximum.
 
 use nvml_wrapper::Nvml;
-use nvml_wrapper::enums::device::UsedGpuMemory;
 
 use crate::devices::detect::{Device, DeviceKind};
+use crate::devices::usage::{gpu_bytes, peak_rss};
 
 pub struct MemoryProbe {
     nvml: Option<Nvml>,
@@ -35,33 +35,6 @@ impl MemoryProbe {
             Some(uuid) => nvml.device_by_uuid(uuid.as_str()).ok()?,
             None => nvml.device_by_index(device.index).ok()?,
         };
-        gpu.running_compute_processes()
-            .ok()?
-            .into_iter()
-            .find(|p| p.pid == pid)
-            .and_then(|p| match p.used_gpu_memory {
-                UsedGpuMemory::Used(bytes) => Some(bytes),
-                UsedGpuMemory::Unavailable => None,
-            })
-    }
-}
-
-/// `VmHWM` of `/proc/<pid>/status`: the process's peak resident set.
-pub fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_has_a_peak_resident_set() {
-        let bytes = peak_rss(std::process::id()).unwrap();
-        assert!(bytes > 1 << 20, "{bytes}");
-        assert_eq!(peak_rss(u32::MAX), None);
+        gpu_bytes(&gpu, pid)
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::dispatcher::QueuedTrial;
+use super::dispatcher::{OpenJob, QueuedTrial};
 use super::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, TrialStatus};
 use super::trial_record::{self, write_atomically};
 use crate::devices::detect::{Inventory, InventorySource};
@@ -211,10 +211,15 @@ fn trial_state(
     let attempts = trial_record::attempts(&trial_dir);
     // A Slurm job that ended while no orchestrator followed it is followed
     // once more, so that the store gets what it wrote and how it ended.
-    let open_job = attempts
-        .last()
-        .is_some_and(|a| a.job.is_some() && a.end.is_none());
-    if !open_job && trial_record::finished(&trial_dir).is_some() {
+    let open_job = attempts.last().and_then(|a| {
+        let job = a.job.clone().filter(|_| a.end.is_none())?;
+        Some(OpenJob {
+            attempt: a.attempt,
+            job,
+            start: a.start,
+        })
+    });
+    if open_job.is_none() && trial_record::finished(&trial_dir).is_some() {
         return Ok((info, Err(TrialStatus::Finished)));
     }
     if attempts
@@ -237,6 +242,7 @@ fn trial_state(
         batch_size,
         grad_accum,
         next_attempt,
+        open_job,
     };
     Ok((info, Ok(queued)))
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::util::{BIN, Test, count};
@@ -16,8 +16,16 @@ use crate::util::{BIN, Test, count};
 /// that expects two jobs at once gets both GPUs.
 static CLUSTER: Mutex<()> = Mutex::new(());
 
+/// The cluster, held for this test, when a Slurm controller answers here.
+fn cluster() -> Option<MutexGuard<'static, ()>> {
+    let guard = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    answers().then_some(guard)
+}
+
 /// Whether a Slurm controller answers here.
-fn cluster() -> bool {
+fn answers() -> bool {
     let answers = std::env::var_os("SLURM_CONF").is_some()
         && Command::new("sinfo")
             .args(["-h", "-o", "%t"])
@@ -76,6 +84,19 @@ fn spawn(test: &Test, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Asserts a finished palisweep process's exit code; its stdout.
+#[track_caller]
+fn exited(out: &std::process::Output, code: i32) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 fn trial_dirs(test: &Test) -> Vec<PathBuf> {
@@ -171,12 +192,9 @@ fn kill(child: &Child, signal: nix::sys::signal::Signal) {
 
 #[test]
 fn a_tiny_sweep_trains_through_slurm_end_to_end() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&spec(
         "epochs = 1\nbatch_size = 8\ngrad_accum = 1\nlr = 1e-2\nwarmup = 1",
         "[sweep.axes]\n\"train.method\" = [\"lora\", \"qlora\"]\n",
@@ -247,12 +265,9 @@ fn a_tiny_sweep_trains_through_slurm_end_to_end() {
 
 #[test]
 fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&synthetic(15, 200, 3));
     let started = Instant::now();
     let detached = test.run_in(&["run", "spec.toml", "--results", "results", "--detach"]);
@@ -288,13 +303,7 @@ fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
         .current_dir("/")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&attach.stdout);
-    assert_eq!(
-        attach.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&attach.stderr)
-    );
+    let stdout = exited(&attach, 0);
     assert!(stdout.contains("3 finished, 0 failed"), "{stdout}");
     assert_eq!(job_ids(&dirs), submitted, "attach submitted jobs again");
     for dir in &dirs {
@@ -308,12 +317,9 @@ fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
 /// and records how both attempts ended.
 #[test]
 fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&spec(
         "method = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1",
         "[synthetic]\nstep_ms = 200\n[sweep.axes]\n\"synthetic.steps\" = [8, 40]\n",
@@ -364,12 +370,9 @@ fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
 
 #[test]
 fn a_job_cancelled_in_slurm_is_retried_and_resumes() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&synthetic(30, 150, 1));
     let orchestrator = spawn(&test, &RUN);
     wait_for_steps(&test, 1, 5);
@@ -382,14 +385,7 @@ fn a_job_cancelled_in_slurm_is_retried_and_resumes() {
             .unwrap()
             .success()
     );
-    let out = orchestrator.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = exited(&orchestrator.wait_with_output().unwrap(), 0);
     assert!(stdout.contains("1 finished, 0 failed"), "{stdout}");
     let attempts = attempts(&dir);
     assert_eq!(attempts.len(), 2, "{attempts:?}");
@@ -411,12 +407,9 @@ fn a_job_cancelled_in_slurm_is_retried_and_resumes() {
 
 #[test]
 fn ctrl_c_with_cancel_on_exit_cancels_the_jobs_and_a_rerun_resumes_them() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&synthetic(30, 150, 2));
     let orchestrator = spawn(
         &test,
@@ -430,13 +423,7 @@ fn ctrl_c_with_cancel_on_exit_cancels_the_jobs_and_a_rerun_resumes_them() {
     );
     wait_for_steps(&test, 2, 3);
     kill(&orchestrator, nix::sys::signal::Signal::SIGINT);
-    let out = orchestrator.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exited(&orchestrator.wait_with_output().unwrap(), 130);
     let dirs = trial_dirs(&test);
     let live = live_jobs();
     for dir in &dirs {
@@ -450,12 +437,9 @@ fn ctrl_c_with_cancel_on_exit_cancels_the_jobs_and_a_rerun_resumes_them() {
 
 #[test]
 fn a_partition_slurm_rejects_fails_the_sweep_before_any_job_is_submitted() {
-    let _cluster = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !cluster() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let test = Test::new().spec(&synthetic(5, 10, 2));
     let before = live_jobs();
     test.run_in(&[

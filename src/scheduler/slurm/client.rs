@@ -169,7 +169,12 @@ pub fn query(jobs: &[String]) -> Result<HashMap<String, JobInfo>, SlurmError> {
         if known_live {
             continue;
         }
-        if let Some(info) = scontrol(id)?.or(sacct(id)?) {
+        // sacct only for jobs the controller has forgotten.
+        let info = match scontrol(id)? {
+            Some(info) => Some(info),
+            None => sacct(id)?,
+        };
+        if let Some(info) = info {
             found.insert(id.clone(), info);
         }
     }

@@ -18,7 +18,6 @@ use crate::scheduler::event::{AttemptOutcome, SweepEvent, SweepStatus, TrialStat
 use crate::scheduler::fate::{self, AttemptEnd, TrialState, settle};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::sinks::Fanout;
-use crate::scheduler::trial_record::{self, AttemptRecord};
 use crate::spec::schema::Slurm;
 use crate::worker::protocol::{FailureKind, WorkerEvent};
 
@@ -38,19 +37,10 @@ pub enum OnInterrupt {
     Leave,
 }
 
-/// An attempt an earlier orchestrator submitted and never saw end.
-#[derive(Clone, Debug)]
-pub struct OpenAttempt {
-    pub trial: String,
-    pub attempt: u32,
-    pub job: String,
-    pub start: f64,
-}
-
 pub struct SlurmDispatch {
     pub sweep: String,
+    /// With the jobs earlier runs left (`QueuedTrial::open_job`).
     pub trials: Vec<QueuedTrial>,
-    pub open: Vec<OpenAttempt>,
     pub slurm: Slurm,
     pub retries: u32,
     pub exe: PathBuf,
@@ -147,11 +137,14 @@ fn write_script(request: &JobRequest<'_>) -> std::io::Result<()> {
 /// Runs the sweep through Slurm until every trial has ended, or the
 /// orchestrator detaches (`--detach`, or Ctrl-C and "leave them running").
 pub async fn dispatch(
-    d: SlurmDispatch,
+    mut d: SlurmDispatch,
     fanout: &Fanout,
     mut interrupts: mpsc::UnboundedReceiver<()>,
 ) -> Summary {
-    let states: Vec<TrialState> = d.trials.iter().cloned().map(TrialState::new).collect();
+    let states: Vec<TrialState> = std::mem::take(&mut d.trials)
+        .into_iter()
+        .map(TrialState::new)
+        .collect();
     let mut x = Dispatcher {
         fanout,
         pending: Vec::new(),
@@ -187,38 +180,28 @@ impl Dispatcher<'_> {
     /// Jobs of earlier runs (from the store and the trial folders) are
     /// followed; every other queued trial waits to be submitted.
     fn adopt_open_jobs(&mut self) {
-        let open = std::mem::take(&mut self.d.open);
-        for i in 0..self.states.len() {
-            let id = self.states[i].queued.info.id.clone();
-            let latest = open
-                .iter()
-                .filter(|o| o.trial == id)
-                .max_by_key(|o| o.attempt);
-            match latest {
-                Some(o) => {
-                    let q = &mut self.states[i].queued;
-                    q.next_attempt = q.next_attempt.max(o.attempt + 1);
-                    self.states[i].status = TrialStatus::Running;
-                    eprintln!(
-                        "palisweep: following Slurm job {} (trial {id}, attempt {})",
-                        o.job, o.attempt
-                    );
-                    self.jobs.push(Job {
-                        trial: i,
-                        attempt: o.attempt,
-                        id: o.job.clone(),
-                        start: o.start,
-                        tail: EventTail::from_attempt(
-                            &self.states[i].queued.dir.events(),
-                            o.attempt,
-                        ),
-                        stop: None,
-                        failed: None,
-                        finished: None,
-                    });
-                }
-                None => self.pending.push(i),
-            }
+        for (i, state) in self.states.iter_mut().enumerate() {
+            let q = &mut state.queued;
+            let Some(open) = q.open_job.take() else {
+                self.pending.push(i);
+                continue;
+            };
+            q.next_attempt = q.next_attempt.max(open.attempt + 1);
+            state.status = TrialStatus::Running;
+            eprintln!(
+                "palisweep: following Slurm job {} (trial {}, attempt {})",
+                open.job, q.info.id, open.attempt
+            );
+            self.jobs.push(Job {
+                trial: i,
+                attempt: open.attempt,
+                tail: EventTail::from_attempt(&q.dir.events(), open.attempt),
+                id: open.job,
+                start: open.start,
+                stop: None,
+                failed: None,
+                finished: None,
+            });
         }
     }
 
@@ -234,11 +217,7 @@ impl Dispatcher<'_> {
 
     fn submit(&mut self, i: usize) -> Result<(), String> {
         let q = &self.states[i].queued;
-        let mut sets = Vec::new();
-        if q.batch_size != q.info.batch_size || q.grad_accum != q.info.grad_accum {
-            sets.push(format!("train.batch_size={}", q.batch_size));
-            sets.push(format!("train.grad_accum={}", q.grad_accum));
-        }
+        let sets = q.backoff_sets();
         let request = request(&self.d, q, &sets);
         write_script(&request).map_err(|e| format!("cannot write the job script: {e}"))?;
         // Whatever the file holds now belongs to earlier attempts.
@@ -246,7 +225,14 @@ impl Dispatcher<'_> {
         let job = client::submit(&request.sbatch_args(), &request.script_path())
             .map_err(|e| e.to_string())?;
         let start = now();
-        record_start(self.fanout, q, q.next_attempt, &job, start);
+        fate::record_start(
+            self.fanout,
+            q,
+            q.next_attempt,
+            DEVICE,
+            (None, Some(&job)),
+            start,
+        );
         self.jobs.push(Job {
             trial: i,
             attempt: q.next_attempt,
@@ -336,7 +322,14 @@ impl Dispatcher<'_> {
                     state.failures = state.failures.saturating_sub(1);
                     state.status = TrialStatus::Running;
                     state.queued.next_attempt = state.queued.next_attempt.max(attempt + 1);
-                    record_start(self.fanout, &state.queued, attempt, &id, line.time);
+                    fate::record_start(
+                        self.fanout,
+                        &state.queued,
+                        attempt,
+                        DEVICE,
+                        (None, Some(&id)),
+                        line.time,
+                    );
                 }
                 WorkerEvent::Started { .. } => job.finished = None,
                 WorkerEvent::Failed { kind, message } => {
@@ -465,37 +458,6 @@ impl Dispatcher<'_> {
     }
 }
 
-/// Records that attempt `attempt` of `q` runs as `job`: in the trial folder
-/// first (a restarted orchestrator finds it there even if the store never
-/// heard of it), then as an event.
-fn record_start(fanout: &Fanout, q: &QueuedTrial, attempt: u32, job: &str, start: f64) {
-    let record = AttemptRecord {
-        attempt,
-        device: DEVICE.into(),
-        batch_size: q.batch_size,
-        grad_accum: q.grad_accum,
-        start,
-        end: None,
-        outcome: None,
-        exit_code: None,
-        reason: None,
-        job: Some(job.to_owned()),
-    };
-    if let Err(e) = trial_record::append(&q.dir, &record) {
-        eprintln!("palisweep: cannot record job {job} of {}: {e}", q.info.id);
-    }
-    fanout.send(&SweepEvent::AttemptStarted {
-        trial: q.info.id.clone(),
-        attempt,
-        device: DEVICE.into(),
-        batch_size: q.batch_size,
-        grad_accum: q.grad_accum,
-        pid: None,
-        job: Some(job.to_owned()),
-        time: start,
-    });
-}
-
 /// Asks on the terminal whether to cancel the jobs; without a terminal the
 /// jobs are left running (cancelling is the one that loses work).
 fn ask_cancel(jobs: usize) -> bool {
@@ -564,21 +526,21 @@ fn classify(
     let reason = match outcome {
         AttemptOutcome::Finished => None,
         AttemptOutcome::Stopped => Some("stopped".to_owned()),
-        AttemptOutcome::Pruned => Some(
-            "pruned: its selection metric was worse than the median of the other trials at the same step"
-                .to_owned(),
-        ),
+        AttemptOutcome::Pruned => Some(fate::PRUNED_REASON.to_owned()),
         AttemptOutcome::TimedOut => Some(slurm_says("ran past its time limit (slurm.time)")),
         _ => Some(match (&job.failed, info.state.as_str()) {
             (Some((_, message)), _) => message.clone(),
             (None, "CANCELLED") => slurm_says("was cancelled outside palisweep"),
             (None, "PREEMPTED") => slurm_says("was preempted"),
             (None, "NODE_FAIL" | "BOOT_FAIL") => slurm_says("lost its node"),
-            (None, "OUT_OF_MEMORY") => slurm_says("ran out of its memory allocation (slurm.mem_per_trial)"),
+            (None, "OUT_OF_MEMORY") => {
+                slurm_says("ran out of its memory allocation (slurm.mem_per_trial)")
+            }
             (None, _) => slurm_says(&format!(
                 "failed with exit code {}{}",
                 code.map_or("?".into(), |c| c.to_string()),
-                info.signal.map_or(String::new(), |s| format!(", signal {s}"))
+                info.signal
+                    .map_or(String::new(), |s| format!(", signal {s}"))
             )),
         }),
     };

@@ -54,7 +54,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use export::{ExportFormat, export_metrics};
 pub use query::{
     ArtifactRow, AttemptRow, EnvironmentRow, Failure, MetricPoint, MetricRow, MetricSummary,
-    RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow,
+    RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow, varying_keys,
 };
 pub use schema::SCHEMA_VERSION;
 pub use scrub::{REDACTED, redact_json, redact_text};

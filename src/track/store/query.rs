@@ -423,6 +423,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Each trial's resolved config (`trial.toml`'s text), by id.
+    pub fn trial_configs(&self, sweep: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, config FROM trials WHERE sweep = ?1")?;
+        let rows = stmt.query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Attempts of the sweep that run as Slurm jobs and have not ended:
     /// what a restarted orchestrator follows instead of submitting again.
     pub fn open_slurm_jobs(&self, sweep: &str) -> Result<Vec<OpenJob>, StoreError> {
@@ -670,22 +679,7 @@ impl Store {
     /// The parameters whose values differ between the sweep's trials
     /// (dotted keys, sorted), for leaderboards.
     pub fn varying_params(&self, sweep: &str) -> Result<Vec<String>, StoreError> {
-        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let trials = self.trials(sweep)?;
-        for trial in &trials {
-            if let Value::Object(map) = &trial.params {
-                for (k, v) in map {
-                    values.entry(k.clone()).or_default().insert(v.to_string());
-                }
-            }
-        }
-        Ok(values
-            .into_iter()
-            .filter(|(k, v)| {
-                v.len() > 1 || trials.iter().any(|t| t.params.get(k.as_str()).is_none())
-            })
-            .map(|(k, _)| k)
-            .collect())
+        Ok(varying_keys(&self.trials(sweep)?))
     }
 
     /// The trial's sweep, when the trial id is in exactly one.
@@ -749,4 +743,21 @@ pub struct MetricRow<'a> {
     pub name: &'a str,
     pub value: Option<f64>,
     pub wall_time: f64,
+}
+
+/// The parameters whose value differs between `trials` (or that some lack).
+pub fn varying_keys(trials: &[TrialRow]) -> Vec<String> {
+    let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for trial in trials {
+        if let Value::Object(map) = &trial.params {
+            for (k, v) in map {
+                values.entry(k.clone()).or_default().insert(v.to_string());
+            }
+        }
+    }
+    values
+        .into_iter()
+        .filter(|(k, v)| v.len() > 1 || trials.iter().any(|t| t.params.get(k.as_str()).is_none()))
+        .map(|(k, _)| k)
+        .collect()
 }

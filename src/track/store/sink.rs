@@ -3,7 +3,7 @@
 //! (upserts, no counters, no clock), so replaying a stream leaves the same
 //! rows as reading it once.
 
-use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Transaction, TransactionBehavior, params};
@@ -394,33 +394,27 @@ fn worker_line(
             .execute(params![sweep, checkpoint, fingerprint])?;
         }
         WorkerEvent::Provenance { .. } => {}
+        // Names come prefixed by the worker (`train/loss`, `val/field_f1`).
         WorkerEvent::Step {
             step,
             epoch,
             metrics,
             ..
-        } => {
-            let rows = metrics.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), *v));
-            insert_metrics(tx, sweep, trial, attempt, (*step, *epoch), line.time, rows)?;
         }
-        WorkerEvent::Eval {
+        | WorkerEvent::Eval {
             step,
             epoch,
-            split,
             metrics,
             ..
-        } => {
-            // Names come prefixed (`val/loss`); a bare one gets its split.
-            let rows = metrics.iter().map(|(n, v)| {
-                let name = if n.contains('/') {
-                    Cow::Borrowed(n.as_str())
-                } else {
-                    Cow::Owned(format!("{split}/{n}"))
-                };
-                (name, *v)
-            });
-            insert_metrics(tx, sweep, trial, attempt, (*step, *epoch), line.time, rows)?;
-        }
+        } => insert_metrics(
+            tx,
+            sweep,
+            trial,
+            attempt,
+            (*step, *epoch),
+            line.time,
+            metrics,
+        )?,
         WorkerEvent::Checkpoint { step, path, best } => {
             tx.prepare_cached(
                 "INSERT INTO artifacts (sweep, trial_id, kind, path, step)
@@ -528,14 +522,14 @@ fn worker_started(
 
 /// One `metrics` row per (name, value), all at one step. A NaN is stored
 /// as NULL (`SQLite` would anyway).
-fn insert_metrics<'a>(
+fn insert_metrics(
     tx: &Transaction<'_>,
     sweep: &str,
     trial: &str,
     attempt: u32,
     (step, epoch): (u64, u64),
     wall_time: f64,
-    rows: impl Iterator<Item = (Cow<'a, str>, f64)>,
+    metrics: &BTreeMap<String, f64>,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO metrics (trial_id, sweep, attempt, step, epoch, name, value, wall_time)
@@ -543,14 +537,14 @@ fn insert_metrics<'a>(
          ON CONFLICT (trial_id, sweep, attempt, step, name) DO UPDATE SET
            epoch = excluded.epoch, value = excluded.value, wall_time = excluded.wall_time",
     )?;
-    for (name, value) in rows {
+    for (name, &value) in metrics {
         stmt.execute(params![
             trial,
             sweep,
             attempt,
             Uint(step),
             Uint(epoch),
-            name.as_ref(),
+            name,
             (!value.is_nan()).then_some(value),
             wall_time
         ])?;

@@ -365,7 +365,8 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn duration(seconds: f64) -> String {
+/// Seconds as `42s`, `3m05s`, `2h01m`.
+pub(crate) fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
         0..60 => format!("{s}s"),

@@ -33,18 +33,8 @@ pub enum ReadError {
     },
 }
 
-/// The CRC-32C (Castagnoli) of `data`, masked as `TFRecord` stores it.
-pub fn masked_crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0x82F6_3B78 & 0u32.wrapping_sub(crc & 1));
-        }
-    }
-    let crc = !crc;
-    crc.rotate_right(15).wrapping_add(0xa282_ead8)
-}
+// The writer's CRC; the known-value test below pins it to CRC-32C.
+use tensorboard_rs::masked_crc32c::masked_crc32c;
 
 /// The records of a `TFRecord` file with their byte offsets, after checking
 /// each one's length CRC and data CRC.
@@ -190,12 +180,6 @@ mod tests {
             masked_crc32c(b"123456789"),
             crc.rotate_right(15).wrapping_add(0xa282_ead8)
         );
-        for data in [&b""[..], b"a", b"brain.Event:2", &[0xff; 100]] {
-            assert_eq!(
-                masked_crc32c(data),
-                tensorboard_rs::masked_crc32c::masked_crc32c(data)
-            );
-        }
     }
 
     #[test]

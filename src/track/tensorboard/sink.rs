@@ -42,6 +42,10 @@ pub struct TensorBoardSink {
     metrics: BTreeSet<String>,
     /// Whether the experiment summary on disk is out of date.
     experiment_stale: bool,
+    /// Each trial's hyperparameters for its session start, built from the
+    /// columns once per change of the grid (not once per session start,
+    /// which is quadratic in the trials).
+    session_hparams: Option<BTreeMap<String, BTreeMap<String, HParamValue>>>,
 }
 
 struct Sweep {
@@ -117,10 +121,12 @@ impl TensorBoardSink {
                     time,
                 });
                 self.experiment_stale = true;
+                self.session_hparams = None;
             }
             SweepEvent::TrialRecorded { trial, .. } => {
                 self.trials.entry(trial.id.clone()).or_default().params = trial.params.clone();
                 self.experiment_stale = true;
+                self.session_hparams = None;
             }
             SweepEvent::AttemptStarted {
                 trial,
@@ -230,16 +236,7 @@ impl TensorBoardSink {
                 })
             })
             .unwrap_or(time);
-        let hparams = self
-            .hparam_columns()
-            .into_iter()
-            .filter_map(|(name, column)| {
-                column
-                    .into_iter()
-                    .find(|(id, _)| id == trial)
-                    .map(|(_, value)| (name, value))
-            })
-            .collect();
+        let hparams = self.session_hparams(trial);
         let start = PluginData::SessionStart(SessionStart {
             hparams,
             group_name: trial.to_owned(),
@@ -282,6 +279,23 @@ impl TensorBoardSink {
         });
         let path = files::session_end_path(&run);
         files::replace(&path, time, &[end.event(time)]).map_err(|e| io_error(&path, &e))
+    }
+
+    /// `trial`'s value of each hyperparameter (see [`Self::hparam_columns`]).
+    fn session_hparams(&mut self, trial: &str) -> BTreeMap<String, HParamValue> {
+        if self.session_hparams.is_none() {
+            let mut by_trial: BTreeMap<String, BTreeMap<String, HParamValue>> = BTreeMap::new();
+            for (name, column) in self.hparam_columns() {
+                for (id, value) in column {
+                    by_trial.entry(id).or_default().insert(name.clone(), value);
+                }
+            }
+            self.session_hparams = Some(by_trial);
+        }
+        self.session_hparams
+            .as_ref()
+            .and_then(|by_trial| by_trial.get(trial).cloned())
+            .unwrap_or_default()
     }
 
     /// Each hyperparameter (the sweep's axes in spec order, then any other
