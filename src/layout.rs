@@ -50,8 +50,9 @@ impl SweepDir {
         self.0.join("spec.toml")
     }
 
-    pub fn tensorboard(&self, trial: &TrialId) -> PathBuf {
-        self.0.join("tb").join(trial.as_str())
+    /// `tb/`: TensorBoard's log dir for the sweep (one run per trial).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.0.join("tb")
     }
 
     pub fn trial(&self, trial: &TrialId) -> TrialDir {

@@ -322,15 +322,13 @@ fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
             display_path(results)
         );
     }
-    let sweep = results.join(name);
-    println!("results:     {}", display_path(&sweep));
-    println!(
-        "store:       {}",
-        display_path(&results.join("palisweep.sqlite"))
-    );
+    let root = ResultsRoot::new(results);
+    let sweep = root.sweep(name);
+    println!("results:     {}", display_path(sweep.path()));
+    println!("store:       {}", display_path(&root.store()));
     println!(
         "tensorboard: tensorboard --logdir {}",
-        display_path(&sweep.join("tb"))
+        display_path(&sweep.tensorboard())
     );
     println!(
         "inspect:     palisweep status {name} --results {}",

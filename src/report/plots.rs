@@ -28,6 +28,20 @@ const PALETTE: [RGBColor; 10] = [
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Draws into a fresh SVG string; `draw` gets the whole canvas.
+/// The chart every plot draws on: its title, margins and label areas.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, (FONT, 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
 fn svg(
     plot: &str,
     size: (u32, u32),
@@ -121,11 +135,7 @@ fn heatmap(report: &Report, grid: &HyperGrid, title: &str) -> Result<String, Rep
         (120 + 50 * nw.unsigned_abs()).max(260),
     );
     svg(title, size, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
+        let mut chart = frame(root, title)
             .build_cartesian_2d((0..nl - 1).into_segmented(), (0..nw - 1).into_segmented())?;
         let label = |values: &[f64], v: &SegmentValue<i32>| match v {
             SegmentValue::CenterOf(i) => values
@@ -188,12 +198,8 @@ fn line(
     let n = index(xs.len());
     let (lo, hi) = span(values.iter().filter_map(|v| *v));
     svg(title, WIDE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d((0..n - 1).into_segmented(), lo..hi)?;
+        let mut chart =
+            frame(root, title).build_cartesian_2d((0..n - 1).into_segmented(), lo..hi)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
@@ -232,12 +238,7 @@ pub fn curves(title: &str, y_desc: &str, curves: &[Curve]) -> Result<String, Rep
         .max(1);
     let (lo, hi) = span(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
     svg(title, WIDE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..max_step as f64, lo..hi)?;
+        let mut chart = frame(root, title).build_cartesian_2d(0.0..max_step as f64, lo..hi)?;
         chart
             .configure_mesh()
             .x_desc("step")
@@ -290,12 +291,7 @@ pub fn pareto(report: &Report) -> Result<String, ReportError> {
         report.metric, report.hours_label
     );
     svg(&title, WIDE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&title, (FONT, 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x_lo.max(0.0)..x_hi, y_lo..y_hi)?;
+        let mut chart = frame(root, &title).build_cartesian_2d(x_lo.max(0.0)..x_hi, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .x_desc(report.hours_label)

@@ -298,12 +298,16 @@ impl ProgressSink {
             WorkerEvent::Step { step, metrics, .. } => {
                 line.loss = metrics.get("train/loss").copied();
                 line.samples_per_s = metrics.get("perf/samples_per_s").copied();
-                let message = Self::trial_message(line, *step, line.total_steps);
+                // Formatted only when shown: bars on every step, lines at most
+                // every LINE_EVERY, nothing when quiet.
                 if let Some(bar) = &line.bar {
                     bar.set_position(*step);
-                    bar.set_message(message);
-                } else if line.last_printed.is_none_or(|t| t.elapsed() > LINE_EVERY) {
+                    bar.set_message(Self::trial_message(line, *step, line.total_steps));
+                } else if self.mode != ProgressMode::Quiet
+                    && line.last_printed.is_none_or(|t| t.elapsed() > LINE_EVERY)
+                {
                     line.last_printed = Some(Instant::now());
+                    let message = Self::trial_message(line, *step, line.total_steps);
                     let text = format!("       {trial} {message}");
                     self.say(&text);
                 }

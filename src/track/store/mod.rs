@@ -183,14 +183,7 @@ impl Store {
             });
         }
         let conn = Self::connect_read_only(path)?;
-        let found = schema::version(&conn)?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found,
-                known: SCHEMA_VERSION,
-            });
-        }
+        let found = schema::check_not_newer(&conn, path)?;
         if found < SCHEMA_VERSION {
             drop(conn);
             if let Err(e) = Store::open(path) {

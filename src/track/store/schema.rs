@@ -141,7 +141,8 @@ pub(super) fn version(conn: &Connection) -> Result<u32, StoreError> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
-pub(super) fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// The store's schema version, refusing one newer than this palisweep's.
+pub(super) fn check_not_newer(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
     let found = version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -150,7 +151,7 @@ pub(super) fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), Stor
             known: SCHEMA_VERSION,
         });
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Applies the migrations missing below `target`, all in one transaction
@@ -158,14 +159,7 @@ pub(super) fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), Stor
 /// new store do not both migrate).
 pub(super) fn migrate(conn: &mut Connection, path: &Path, target: u32) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found = version(&tx)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_owned(),
-            found,
-            known: SCHEMA_VERSION,
-        });
-    }
+    let found = check_not_newer(&tx, path)?;
     if found >= target {
         return Ok(());
     }

@@ -26,6 +26,7 @@ use super::hparams::{
 };
 use super::read;
 use super::summary::Event;
+use crate::layout::ResultsRoot;
 use crate::scheduler::event::{EventSink, SinkError, SweepEvent, TrialStatus, now};
 use crate::worker::protocol::{Envelope, WorkerEvent};
 
@@ -94,7 +95,9 @@ impl TensorBoardSink {
     fn event(&mut self, event: &SweepEvent) -> Result<(), SinkError> {
         match event {
             SweepEvent::SweepStarted { sweep, time, .. } => {
-                let tb = Path::new(&sweep.results).join(&sweep.name).join("tb");
+                let tb = ResultsRoot::new(&sweep.results)
+                    .sweep(&sweep.name)
+                    .tensorboard();
                 if self.tb_dir().is_some_and(|old| old != tb) {
                     // Another sweep through the same sink: finish the first.
                     self.close()?;
