@@ -124,7 +124,7 @@ fn plain(
     let pass = model.decoder_pass(input)?;
     for i in 0..decoder.num_layers() {
         reseed(options.seed, Tower::Decoder, i);
-        x = decoder.layer(i, &x, &pass)?;
+        x = decoder.layer(i, &x, &pass, Some(supervised.window))?;
     }
     let hidden = decoder.final_norm(&x)?;
     let loss = LossOutput {
@@ -179,7 +179,7 @@ fn checkpointed(
         let mut inputs = Vec::with_capacity(decoder.num_layers());
         for i in 0..decoder.num_layers() {
             reseed(seed, Tower::Decoder, i);
-            let next = decoder.layer(i, &x, &pass)?;
+            let next = decoder.layer(i, &x, &pass, Some(supervised.window))?;
             inputs.push(x);
             x = next;
         }
@@ -203,7 +203,10 @@ fn checkpointed(
     for i in (0..decoder.num_layers()).rev() {
         let x = leaf(&saved.pop().expect("one saved input per layer"))?;
         reseed(seed, Tower::Decoder, i);
-        backward_through(&decoder.layer(i, &x, &pass)?, &upstream)?;
+        backward_through(
+            &decoder.layer(i, &x, &pass, Some(supervised.window))?,
+            &upstream,
+        )?;
         upstream = x.grad();
     }
 
@@ -346,6 +349,74 @@ mod tests {
     #[test]
     fn checkpointing_gives_the_plain_gradients_in_full_fine_tuning() {
         assert_same_gradients(&AdaptPlan::full());
+    }
+
+    /// The last layer computed over the supervised window only gives the
+    /// gradients of the whole computation: the loss of every position's
+    /// logits (`PaliGemma::forward`, no window), back-propagated.
+    #[test]
+    fn the_query_window_keeps_the_gradients_of_the_full_logits() {
+        let base = golden_dir().join("checkpoints/f32");
+        let (model, trainables) =
+            PaliGemma::load_adapted(&base, Device::Cpu, Kind::Float, &lora(0.0), 7).unwrap();
+        perturb_b(&trainables);
+        let input = golden_train_batch();
+        let supervised = model.supervised(&input).unwrap();
+        let (_, len) = input.input_ids.size2().unwrap();
+        // The window leaves positions out (the image tokens at least).
+        let window = supervised.window;
+        assert!(window.start > 0 && window.len < len, "{window:?} of {len}");
+        let options = BackwardOptions {
+            label_smoothing: 0.0,
+            grad_scale: 1.0,
+            checkpointing: false,
+            seed: 11,
+        };
+        let mut runs = Vec::new();
+        for windowed in [true, false] {
+            let loss = if windowed {
+                loss_backward(&model, &input, &options)
+                    .unwrap()
+                    .mean()
+                    .unwrap()
+            } else {
+                let logits = model.forward(&input).unwrap();
+                let (_, l, v) = logits.size3().unwrap();
+                let targets = input.labels.as_ref().unwrap().narrow(1, 1, l - 1);
+                let loss = logits
+                    .narrow(1, 0, l - 1)
+                    .reshape([-1, v])
+                    .to_kind(Kind::Float)
+                    .cross_entropy_loss::<Tensor>(
+                        &targets.reshape([-1]),
+                        None,
+                        tch::Reduction::Mean,
+                        -100,
+                        0.0,
+                    );
+                loss.backward();
+                loss.detach()
+            };
+            let grads: Vec<Tensor> = trainables
+                .params()
+                .iter()
+                .map(|p| {
+                    let mut t = p.tensor.shallow_clone();
+                    let grad = t.grad().copy();
+                    t.zero_grad();
+                    grad
+                })
+                .collect();
+            runs.push((loss.double_value(&[]), grads));
+        }
+        let ((windowed_loss, windowed), (full_loss, full)) = (&runs[0], &runs[1]);
+        assert!((windowed_loss - full_loss).abs() <= 1e-5 * full_loss.abs());
+        for (w, f) in windowed.iter().zip(full) {
+            let scale = f.abs().max().double_value(&[]);
+            assert!(scale > 0.0);
+            let diff = (w - f).abs().max().double_value(&[]);
+            assert!(diff <= 1e-4 * scale, "differs by {diff} (scale {scale})");
+        }
     }
 
     #[test]

@@ -113,6 +113,23 @@ pub fn prefix_lm_mask(
         .f_unsqueeze(1)
 }
 
+/// The positions `start..start + len` of a cache-less pass whose outputs are
+/// needed. The last decoder layer computes only those queries (and their
+/// MLP): the loss reads its output at supervised positions alone, and
+/// every other position feeds that layer only through its keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryWindow {
+    pub start: i64,
+    pub len: i64,
+}
+
+impl QueryWindow {
+    /// The window of `x` `[B, L, …]` along the sequence.
+    fn of(self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_narrow(1, self.start, self.len)
+    }
+}
+
 /// The per-pass inputs of the decoder layers (see [`Gemma2Model::pass`]).
 #[derive(Debug)]
 pub struct DecoderPass {
@@ -307,6 +324,8 @@ impl Attention {
         })
     }
 
+    /// Attention of the queries in `window` (all when `None`) over every
+    /// key of `x`; the output covers the window's positions.
     fn forward(
         &self,
         x: &Tensor,
@@ -314,13 +333,32 @@ impl Attention {
         sin: &Tensor,
         mask: &Tensor,
         cache: Option<(&mut LayerCache, i64)>,
+        window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
         let (batch, len, _) = x.size3()?;
-        let heads = |t: Tensor, n: i64| t.f_view([batch, len, n, self.head_dim])?.f_transpose(1, 2);
-        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
-        let q = apply_rope(&q, cos, sin)?;
+        let (xq, q_len, cos_q, sin_q, mask) = match window {
+            // cos/sin `[B, 1, L, d]`, mask `[B, 1, L, Lk]`: narrowed on dim 2.
+            Some(w) => (
+                w.of(x)?,
+                w.len,
+                cos.f_narrow(2, w.start, w.len)?,
+                sin.f_narrow(2, w.start, w.len)?,
+                mask.f_narrow(2, w.start, w.len)?,
+            ),
+            None => (
+                x.shallow_clone(),
+                len,
+                cos.shallow_clone(),
+                sin.shallow_clone(),
+                mask.shallow_clone(),
+            ),
+        };
+        let heads =
+            |t: Tensor, l: i64, n: i64| t.f_view([batch, l, n, self.head_dim])?.f_transpose(1, 2);
+        let q = heads(self.q_proj.forward(&xq)?, q_len, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, len, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, len, self.num_kv_heads)?;
+        let q = apply_rope(&q, &cos_q, &sin_q)?;
         let k = apply_rope(&k, cos, sin)?;
         let (k, v) = match cache {
             Some((cache, offset)) => cache.update(&k, &v, offset)?,
@@ -332,13 +370,13 @@ impl Attention {
         let scores = q
             .f_matmul(&k.f_transpose(2, 3)?)?
             .f_mul_scalar(self.scaling)?;
-        let scores = soft_cap(&scores, self.softcap)?.f_add(mask)?;
+        let scores = soft_cap(&scores, self.softcap)?.f_add(&mask)?;
         let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
         let out = probs
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_contiguous()?
-            .f_reshape([batch, len, -1])?;
+            .f_reshape([batch, q_len, -1])?;
         self.o_proj.forward(&out)
     }
 }
@@ -398,6 +436,7 @@ impl DecoderLayer {
         })
     }
 
+    /// The layer's output at the positions of `window` (all when `None`).
     fn forward(
         &self,
         x: &Tensor,
@@ -405,6 +444,7 @@ impl DecoderLayer {
         sin: &Tensor,
         masks: &AttentionMasks,
         cache: Option<(&mut LayerCache, i64)>,
+        window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
         let mask = if self.is_sliding {
             &masks.sliding
@@ -412,9 +452,12 @@ impl DecoderLayer {
             &masks.full
         };
         let h = self.input_layernorm.forward(x)?;
-        let h = self.self_attn.forward(&h, cos, sin, mask, cache)?;
+        let h = self.self_attn.forward(&h, cos, sin, mask, cache, window)?;
         let h = self.post_attention_layernorm.forward(&h)?;
-        let x = x.f_add(&h)?;
+        let x = match window {
+            Some(w) => w.of(x)?.f_add(&h)?,
+            None => x.f_add(&h)?,
+        };
         let h = self.pre_feedforward_layernorm.forward(&x)?;
         let h = self.mlp.forward(&h)?;
         let h = self.post_feedforward_layernorm.forward(&h)?;
@@ -541,21 +584,25 @@ impl Gemma2Model {
     /// `[B, L, hidden]` at `position_ids` `[B, L]`. With a cache, the new
     /// keys/values are stored at `cache.len()..` and attention covers every
     /// cached position (the masks must be `[B, 1, L, cache.len() + L]`).
+    /// With a `window` (no cache), the result covers its positions only.
     pub fn forward_embeds(
         &self,
         inputs_embeds: &Tensor,
         position_ids: &Tensor,
         masks: &AttentionMasks,
         mut cache: Option<&mut KvCache>,
+        window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
         let (cos, sin) = self
             .rotary_emb
             .cos_sin(position_ids, inputs_embeds.kind())?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
+        let last = self.layers.len().saturating_sub(1);
         let mut x = inputs_embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
-            x = layer.forward(&x, &cos, &sin, masks, layer_cache)?;
+            let window = if i == last { window } else { None };
+            x = layer.forward(&x, &cos, &sin, masks, layer_cache, window)?;
         }
         if let Some(cache) = cache {
             cache.len = offset + inputs_embeds.size()[1];
@@ -581,8 +628,20 @@ impl Gemma2Model {
 
     /// Decoder layer `index` on `x` without a cache; layer by layer so that
     /// training can recompute one layer at a time (gradient checkpointing).
-    pub fn layer(&self, index: usize, x: &Tensor, pass: &DecoderPass) -> Result<Tensor, TchError> {
-        self.layers[index].forward(x, &pass.cos, &pass.sin, &pass.masks, None)
+    /// The last layer's output covers `window` only (see [`QueryWindow`]).
+    pub fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        pass: &DecoderPass,
+        window: Option<QueryWindow>,
+    ) -> Result<Tensor, TchError> {
+        let window = if index + 1 == self.layers.len() {
+            window
+        } else {
+            None
+        };
+        self.layers[index].forward(x, &pass.cos, &pass.sin, &pass.masks, None, window)
     }
 
     /// The final `model.norm`.

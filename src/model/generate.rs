@@ -131,7 +131,7 @@ fn generate_inner(
             lm.sliding_window(),
             model.kind(),
         )?;
-        let hidden = lm.forward_embeds(&embeds, &positions, &masks, Some(&mut cache))?;
+        let hidden = lm.forward_embeds(&embeds, &positions, &masks, Some(&mut cache), None)?;
         logits = lm.logits(&hidden.f_select(1, 0)?)?;
     }
     Ok(outputs)

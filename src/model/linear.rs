@@ -109,6 +109,11 @@ impl Linear {
         let Some(lora) = &self.lora else {
             return Ok(base);
         };
+        if base.kind() == lora.kind() {
+            // One GEMM adds the branch to the base output (PEFT adds and
+            // casts in two more passes over `[tokens, out]`).
+            return lora.add_to(&base, x);
+        }
         let delta = lora.forward(x)?;
         match self.base {
             // PEFT `lora.Linear`: result + f32 term (promoting), then cast back.

@@ -189,16 +189,51 @@ impl LoraBranch {
 
     /// `(dropout(x)·Aᵀ·Bᵀ)·scaling` in the adapter dtype (not cast back).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let x = x.f_to_kind(self.a.kind())?;
-        let train = self.training.load(Ordering::Relaxed);
-        let x = if train && self.dropout > 0.0 {
-            x.f_dropout(self.dropout, true)?
-        } else {
-            x
-        };
-        x.f_linear(&self.a, None::<Tensor>)?
+        self.input(x)?
+            .f_linear(&self.a, None::<Tensor>)?
             .f_linear(&self.b, None::<Tensor>)?
             .f_mul_scalar(self.scaling)
+    }
+
+    /// `base + branch(x)` for a `base` `[…, out]` in the adapter dtype, the
+    /// sum taken by the second GEMM (`addmm`, β = 1) and the scaling applied
+    /// to the rank-`r` intermediate: the same value as `base +
+    /// forward(x)` up to rounding, with two fewer passes over `[…, out]`
+    /// forward and one fewer backward.
+    ///
+    /// Bᵀ goes in as a row-major copy (`r·out` values): autograd then
+    /// computes B's gradient as `midᵀ·g` rather than `gᵀ·mid`, and MKL runs
+    /// the latter ~9× slower at `[1116, 1024]` (a rank-8 output with the
+    /// token dimension as the reduction); the input side gets ~2× faster
+    /// too. On the CPU `small` preset this is about a tenth of a `LoRA`
+    /// training step.
+    pub fn add_to(&self, base: &Tensor, x: &Tensor) -> Result<Tensor, TchError> {
+        let size = base.size();
+        let out = size.last().copied().unwrap_or(0);
+        let r = self.a.size()[0];
+        let mid = self
+            .input(x)?
+            .f_linear(&self.a, None::<Tensor>)?
+            .f_mul_scalar(self.scaling)?
+            .f_reshape([-1, r])?;
+        base.f_reshape([-1, out])?
+            .f_addmm(&mid, &self.b.f_transpose(0, 1)?.f_contiguous()?)?
+            .f_view(size.as_slice())
+    }
+
+    /// The branch's dtype.
+    pub fn kind(&self) -> Kind {
+        self.a.kind()
+    }
+
+    /// `dropout(x)` in the adapter dtype: what A reads.
+    fn input(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let x = x.f_to_kind(self.a.kind())?;
+        if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
+            x.f_dropout(self.dropout, true)
+        } else {
+            Ok(x)
+        }
     }
 
     /// `scaling · B·A`, `[out, in]` in the adapter dtype: what merging adds
@@ -287,5 +322,61 @@ mod tests {
         let delta = branch.delta_weight().unwrap();
         assert_eq!(delta.size(), [3, 16]);
         assert!((delta.double_value(&[1, 5]) - 2.0).abs() < 1e-6);
+    }
+
+    /// The fused sum is the PEFT sum, value and gradients, for 2- and 3-d
+    /// inputs, and its B gradient lands in B's own layout.
+    #[test]
+    fn add_to_is_base_plus_forward_with_the_same_gradients() {
+        tch::manual_seed(5);
+        let training = Arc::new(AtomicBool::new(false));
+        let rank = LoraRank { r: 4, alpha: 8.0 };
+        let mut branch = LoraBranch::new(
+            24,
+            40,
+            rank,
+            false,
+            0.0,
+            training,
+            Device::Cpu,
+            Kind::Double,
+        )
+        .unwrap();
+        let options = (Kind::Double, Device::Cpu);
+        let lora_a = Tensor::randn([4, 24], options).set_requires_grad(true);
+        let lora_b = Tensor::randn([40, 4], options).set_requires_grad(true);
+        branch.set_weights(lora_a.shallow_clone(), lora_b.shallow_clone());
+        let weight = Tensor::randn([40, 24], options);
+        for shape in [vec![6, 24], vec![2, 5, 24]] {
+            let x = Tensor::randn(shape.as_slice(), options).set_requires_grad(true);
+            let upstream = Tensor::randn_like(&x.linear(&weight, None::<Tensor>));
+            let mut gradients = Vec::new();
+            let mut outputs = Vec::new();
+            for fused in [false, true] {
+                let base = x.linear(&weight, None::<Tensor>);
+                let y = if fused {
+                    branch.add_to(&base, &x).unwrap()
+                } else {
+                    &base + branch.forward(&x).unwrap()
+                };
+                assert_eq!(y.size(), base.size());
+                (&y * &upstream).sum(None).backward();
+                let grads: Vec<Tensor> = [&lora_a, &lora_b, &x]
+                    .iter()
+                    .map(|t| t.grad().copy())
+                    .collect();
+                for t in [&lora_a, &lora_b, &x] {
+                    t.shallow_clone().zero_grad();
+                }
+                outputs.push(y.detach());
+                gradients.push(grads);
+            }
+            assert!(outputs[0].allclose(&outputs[1], 1e-12, 1e-12, false));
+            for (plain, fused) in gradients[0].iter().zip(&gradients[1]) {
+                assert!(plain.abs().max().double_value(&[]) > 0.0);
+                assert!(plain.allclose(fused, 1e-12, 1e-12, false));
+                assert_eq!(plain.stride(), fused.stride());
+            }
+        }
     }
 }

@@ -9,7 +9,9 @@
 //!   left-padded prompts);
 //! * the head is the token embedding (tied), followed by the final soft-cap;
 //! * [`PaliGemma::loss`] runs the head only on positions whose next label is
-//!   supervised and returns the summed cross-entropy and the token count.
+//!   supervised, and the last decoder layer only on the window of positions
+//!   from the first to the last of them; it returns the summed
+//!   cross-entropy and the token count.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tch::{Device, Kind, Reduction, TchError, Tensor};
 
 use super::adapt::{AdaptContext, AdaptPlan, Trainables};
 use super::config::{ConfigError, PaliGemmaConfig};
-use super::gemma2::{AttentionMasks, DecoderPass, Gemma2Model, KvCache};
+use super::gemma2::{AttentionMasks, DecoderPass, Gemma2Model, KvCache, QueryWindow};
 use super::input::ModelInput;
 use super::linear::Linear;
 use super::peft::{PeftAdapter, PeftError};
@@ -347,7 +349,7 @@ impl PaliGemma {
         let masks = self.masks(input)?;
         Ok(self
             .language_model
-            .forward_embeds(&embeds, &positions, &masks, cache)?)
+            .forward_embeds(&embeds, &positions, &masks, cache, None)?)
     }
 
     /// Soft-capped logits `[B, L, vocab]` in the compute dtype.
@@ -373,7 +375,14 @@ impl PaliGemma {
         label_smoothing: f64,
     ) -> Result<LossOutput, ModelError> {
         let supervised = self.supervised(input)?;
-        let hidden = self.hidden_states(input, None)?;
+        let embeds = self.embed_inputs(input)?;
+        let hidden = self.language_model.forward_embeds(
+            &embeds,
+            &position_ids(&input.attention_mask)?,
+            &self.masks(input)?,
+            None,
+            Some(supervised.window),
+        )?;
         let sum = self.head_loss(&hidden, &supervised, label_smoothing)?;
         Ok(LossOutput {
             sum,
@@ -400,28 +409,59 @@ impl PaliGemma {
         let rows = next.f_ne(IGNORE_INDEX)?.f_nonzero()?.f_squeeze_dim(1)?;
         let tokens = rows.size()[0];
         let targets = next.f_index_select(0, &rows)?;
-        if tokens > 0 {
-            let (lo, hi) = (
-                targets.f_min()?.int64_value(&[]),
-                targets.f_max()?.int64_value(&[]),
-            );
-            if lo < 0 || hi >= self.vocab_size() {
-                return Err(ModelError::Input(format!(
-                    "labels must be -100 or in 0..{}, found {}",
-                    self.vocab_size(),
-                    if lo < 0 { lo } else { hi }
-                )));
-            }
+        if tokens == 0 {
+            // Nothing to predict: the cheapest window, no rows.
+            let window = QueryWindow {
+                start: l - 1,
+                len: 1,
+            };
+            return Ok(Supervised {
+                window_rows: rows,
+                targets,
+                tokens,
+                window,
+            });
         }
+        let positions = rows.f_remainder(l)?;
+        // One read back for the label check and the window.
+        let bounds = Tensor::f_stack(
+            &[
+                targets.f_min()?,
+                targets.f_max()?,
+                positions.f_min()?,
+                positions.f_max()?,
+            ],
+            0,
+        )?
+        .f_to_device(Device::Cpu)?;
+        let [lo, hi, first, last] = [0, 1, 2, 3].map(|i| bounds.int64_value(&[i]));
+        if lo < 0 || hi >= self.vocab_size() {
+            return Err(ModelError::Input(format!(
+                "labels must be -100 or in 0..{}, found {}",
+                self.vocab_size(),
+                if lo < 0 { lo } else { hi }
+            )));
+        }
+        let window = QueryWindow {
+            start: first,
+            len: last - first + 1,
+        };
+        // Row `b·L + t` of the batch is row `b·len + (t − start)` of the window.
+        let window_rows = rows
+            .f_div_scalar_mode(l, "floor")?
+            .f_mul_scalar(window.len)?
+            .f_add(&positions.f_sub_scalar(window.start)?)?;
         Ok(Supervised {
-            rows,
             targets,
             tokens,
+            window,
+            window_rows,
         })
     }
 
     /// The head and the summed (smoothed) cross-entropy on the supervised
-    /// rows of the normed hidden states `[B, L, hidden]`.
+    /// rows of the normed hidden states of the window, `[B, window.len,
+    /// hidden]`.
     pub(crate) fn head_loss(
         &self,
         hidden: &Tensor,
@@ -431,7 +471,7 @@ impl PaliGemma {
         let h = self.language_model.hidden_size();
         let selected = hidden
             .f_reshape([-1, h])?
-            .f_index_select(0, &supervised.rows)?;
+            .f_index_select(0, &supervised.window_rows)?;
         let logits = self
             .language_model
             .logits(&selected)?
@@ -449,10 +489,13 @@ impl PaliGemma {
 /// The positions of a batch whose next token is supervised.
 #[derive(Debug)]
 pub(crate) struct Supervised {
-    /// Flat indices into `[B·L]`.
-    rows: Tensor,
     targets: Tensor,
     pub tokens: i64,
+    /// From the first supervised position to the last, over all rows: what
+    /// the last decoder layer computes.
+    pub window: QueryWindow,
+    /// Flat indices into `[B·window.len]`.
+    window_rows: Tensor,
 }
 
 /// 1-based positions `[B, L]`: `cumsum(attention_mask)` on real tokens (so a
@@ -698,6 +741,46 @@ mod tests {
         assert!(diff < 1e-4, "{diff}");
         // Logits are soft-capped.
         assert!(logits.abs().max().double_value(&[]) < 30.0);
+    }
+
+    #[test]
+    fn the_query_window_spans_the_supervised_positions_of_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = random_checkpoint(dir.path(), 7);
+        let model = PaliGemma::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        let n = i64::from(cfg.num_image_tokens());
+        // Rows (prompt, suffix): image tokens, <bos>, prompt, `\n`, suffix,
+        // <eos>. Position t predicts t + 1, so row r's first supervised
+        // position is its `\n` (n + 1 + prompt) and its last the one before
+        // <eos> (n + 1 + prompt + suffix).
+        let input = batch(&cfg, &[(3, 4), (6, 2), (1, 7)], 3);
+        let supervised = model.supervised(&input).unwrap();
+        assert_eq!(
+            supervised.window,
+            QueryWindow {
+                start: n + 2,
+                len: 8
+            }
+        );
+        assert_eq!(supervised.tokens, 5 + 3 + 8);
+        // The windowed hidden states hold those positions of the full ones.
+        let embeds = model.embed_inputs(&input).unwrap();
+        let positions = position_ids(&input.attention_mask).unwrap();
+        let masks = model.masks(&input).unwrap();
+        let lm = model.language_model();
+        let full = lm
+            .forward_embeds(&embeds, &positions, &masks, None, None)
+            .unwrap();
+        let windowed = lm
+            .forward_embeds(&embeds, &positions, &masks, None, Some(supervised.window))
+            .unwrap();
+        assert_eq!(windowed.size(), [3, 8, full.size()[2]]);
+        assert!(max_abs_diff(&windowed, &full.narrow(1, n + 2, 8)) < 1e-5);
+        // A batch without supervised tokens has a one-position window.
+        let mut unsupervised = batch(&cfg, &[(3, 4)], 3);
+        unsupervised.labels = Some(unsupervised.labels.unwrap().full_like(IGNORE_INDEX));
+        let supervised = model.supervised(&unsupervised).unwrap();
+        assert_eq!((supervised.tokens, supervised.window.len), (0, 1));
     }
 
     #[test]
