@@ -21,7 +21,7 @@ use crate::model::fingerprint::checkpoint_fingerprint;
 use crate::rerun::{
     Comparison, Current, Original, RerunError, compare, mismatches, read_original, rerun_dir,
 };
-use crate::scheduler::event::{AttemptOutcome, EventSink, SweepEvent, TrialStatus, now};
+use crate::scheduler::event::{AttemptOutcome, EventSink, SweepEvent, now};
 use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::track::store::{Store, StoreSink};
@@ -35,7 +35,16 @@ const CUDA_TOLERANCE: f64 = 1e-3;
 
 pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
     let store_path = ResultsRoot::new(&args.results).store();
-    let row = Store::open_read_only(&store_path)?.resolve_trial(&args.trial)?;
+    let store = Store::open_read_only(&store_path)?;
+    let row = store.resolve_trial(&args.trial)?;
+    // Reruns are attempts too: the next number follows every one recorded.
+    let recorded = store
+        .attempts(&row.sweep, &row.id)?
+        .iter()
+        .map(|a| a.attempt)
+        .max()
+        .unwrap_or(0);
+    drop(store);
     let trial = TrialDir::from_path(Path::new(&row.dir));
     let original =
         read_original(&trial.events())?.ok_or_else(|| RerunError::NeverFinished(row.id.clone()))?;
@@ -54,7 +63,7 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let attempt = original.last_attempt.max(row.attempt) + 1;
+    let attempt = original.last_attempt.max(row.attempt).max(recorded) + 1;
     let dir = rerun_dir(&trial, attempt);
     std::fs::create_dir_all(dir.path())?;
     std::fs::copy(trial.config(), dir.config())?;
@@ -68,18 +77,9 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
         original.threads
     );
     let mut sink = StoreSink::for_sweep(Store::open(&store_path)?, &row.sweep);
+    // Recorded as one more attempt (`rerun`): the trial keeps its status,
+    // attempt, best and wall time.
     let (status, rerun) = run_worker(&mut sink, &row.id, &dir, attempt, device, &original)?;
-    // The trial keeps its original result; the rerun is one more attempt.
-    record(
-        &mut sink,
-        SweepEvent::TrialEnded {
-            trial: row.id.clone(),
-            status: TrialStatus::Finished,
-            reason: None,
-            best_metric: original.best_metric,
-            time: now(),
-        },
-    );
     let _ = sink.close();
     let Some(rerun) = rerun else {
         anyhow::bail!(
@@ -139,6 +139,7 @@ fn run_worker(
             grad_accum: original.grad_accum,
             pid: Some(child.id()),
             job: None,
+            rerun: true,
             time: now(),
         },
     );

@@ -149,6 +149,7 @@ fn stream(points: &[Point], failed: &Point) -> Vec<SweepEvent> {
             grad_accum: 1,
             pid: None,
             job: None,
+            rerun: false,
             time: start,
         });
         if p.id == failed.id {

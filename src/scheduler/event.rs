@@ -176,6 +176,10 @@ pub enum SweepEvent {
         /// The Slurm job running it (Slurm backend).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<String>,
+        /// `palisweep rerun`: recorded as one more attempt, but the trial
+        /// keeps its own status, attempt and results.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rerun: bool,
         time: f64,
     },
     /// A line a worker wrote (its protocol event, with its own time).

@@ -80,6 +80,7 @@ pub fn record_start(
         grad_accum: q.grad_accum,
         pid,
         job: job.map(str::to_owned),
+        rerun: false,
         time: start,
     });
 }

@@ -33,6 +33,17 @@ fn a_rerun_reproduces_a_cpu_trial_bit_for_bit_and_refuses_a_changed_dataset() {
     ])
     .code(0);
     let id = only_trial(&test, "r");
+    let show = |test: &Test| {
+        test.run_in(&["show", &id, "--results", "results", "--json"])
+            .code(0)
+            .json()
+    };
+    let report = |test: &Test| {
+        test.run_in(&["report", "r", "--results", "results"])
+            .code(0);
+        std::fs::read_to_string(test.path().join("results/r/report/report.md")).unwrap()
+    };
+    let (before, report_before) = (show(&test), report(&test));
     let json = test
         .run_in(&["rerun", &id, "--results", "results", "--json"])
         .code(0)
@@ -40,12 +51,15 @@ fn a_rerun_reproduces_a_cpu_trial_bit_for_bit_and_refuses_a_changed_dataset() {
     assert_eq!(json["reproduced"], true, "{json}");
     assert_eq!(json["curve_identical"], true, "{json}");
     assert_eq!(json["steps"], 12);
-    // The rerun is recorded as attempt 2 of the same trial.
-    let show = test
-        .run_in(&["show", &id, "--results", "results", "--json"])
-        .code(0)
-        .json();
-    assert_eq!(show["attempts"].as_array().unwrap().len(), 2, "{show}");
+    // The rerun is recorded as attempt 2 of the same trial, and leaves the
+    // trial's own row, metrics and report (wall time, best) as they were.
+    let after = show(&test);
+    assert_eq!(after["attempts"].as_array().unwrap().len(), 2, "{after}");
+    assert_eq!(after["attempts"][1]["attempt"], 2, "{after}");
+    assert_eq!(after["trial"], before["trial"]);
+    assert_eq!(after["trial"]["attempt"], 1);
+    assert_eq!(after["metrics"], before["metrics"]);
+    assert_eq!(report(&test), report_before);
 
     // A changed dataset is a fingerprint mismatch.
     let annotations = test
@@ -60,10 +74,16 @@ fn a_rerun_reproduces_a_cpu_trial_bit_for_bit_and_refuses_a_changed_dataset() {
     test.run_in(&["rerun", &id, "--results", "results"])
         .code(2)
         .stderr_has("dataset fingerprint");
-    // Forced, it runs and says it does not reproduce.
+    // Forced, it runs and says it does not reproduce: attempt 3, and the
+    // trial is still the original's.
     test.run_in(&["rerun", &id, "--results", "results", "--force"])
         .code(1)
-        .stdout_has("NOT reproduced");
+        .stdout_has("NOT reproduced")
+        .stderr_has("as attempt 3");
+    let last = show(&test);
+    assert_eq!(last["attempts"].as_array().unwrap().len(), 3, "{last}");
+    assert_eq!(last["trial"], before["trial"]);
+    assert_eq!(report(&test), report_before);
 }
 
 #[test]

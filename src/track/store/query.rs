@@ -451,22 +451,24 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Last, min, max and best of every metric of a trial.
+    /// Last, min, max and best of every metric of a trial's own attempts
+    /// (not its reruns).
     pub fn metric_summary(
         &self,
         sweep: &str,
         trial: &str,
     ) -> Result<Vec<MetricSummary>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name, COUNT(*), MIN(value), MAX(value),
-                    (SELECT m2.step FROM metrics m2
-                      WHERE m2.trial_id = m.trial_id AND m2.sweep = m.sweep AND m2.name = m.name
+            // Attempts after the trial's own (`trials.attempt`) are reruns.
+            "WITH own AS (SELECT * FROM metrics
+                           WHERE sweep = ?1 AND trial_id = ?2
+                             AND attempt <= (SELECT attempt FROM trials WHERE sweep = ?1 AND id = ?2))
+             SELECT name, COUNT(*), MIN(value), MAX(value),
+                    (SELECT m2.step FROM own m2 WHERE m2.name = m.name
                       ORDER BY m2.attempt DESC, m2.step DESC LIMIT 1),
-                    (SELECT m2.value FROM metrics m2
-                      WHERE m2.trial_id = m.trial_id AND m2.sweep = m.sweep AND m2.name = m.name
+                    (SELECT m2.value FROM own m2 WHERE m2.name = m.name
                       ORDER BY m2.attempt DESC, m2.step DESC LIMIT 1)
-             FROM metrics m WHERE trial_id = ?2 AND sweep = ?1
-             GROUP BY name ORDER BY name",
+             FROM own m GROUP BY name ORDER BY name",
         )?;
         let rows = stmt.query_map([sweep, trial], |r| {
             let name: String = r.get(0)?;
@@ -487,7 +489,8 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// One metric of a trial over time (every attempt, in order).
+    /// One metric of a trial over time (every attempt of its own, in order;
+    /// reruns are left out).
     pub fn metric_series(
         &self,
         sweep: &str,
@@ -496,7 +499,9 @@ impl Store {
     ) -> Result<Vec<MetricPoint>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT attempt, step, epoch, value, wall_time FROM metrics
-             WHERE sweep = ?1 AND name = ?3 AND trial_id = ?2 ORDER BY attempt, step",
+             WHERE sweep = ?1 AND name = ?3 AND trial_id = ?2
+               AND attempt <= (SELECT attempt FROM trials WHERE sweep = ?1 AND id = ?2)
+             ORDER BY attempt, step",
         )?;
         let rows = stmt.query_map([sweep, trial, name], |r| {
             Ok(MetricPoint {
@@ -607,6 +612,7 @@ impl Store {
              FROM trials t LEFT JOIN attempts a
                ON a.sweep = t.sweep AND a.trial_id = t.id
               AND a.outcome IS NOT NULL AND a.outcome NOT IN ('finished', 'stopped')
+              AND a.attempt <= t.attempt
              WHERE t.sweep = ?1 AND (t.status = 'failed' OR a.attempt IS NOT NULL)
              ORDER BY t.id, a.attempt",
         )?;
@@ -624,7 +630,8 @@ impl Store {
     }
 
     /// For the report: each trial's best and last value of `metric`, wall
-    /// time and peak memory.
+    /// time and peak memory, over its own attempts (reruns are attempts
+    /// after `trials.attempt`, and leave the trial's results alone).
     pub fn trial_results(&self, sweep: &str, metric: &str) -> Result<Vec<TrialResult>, StoreError> {
         let agg = if higher_is_better(metric) {
             "MAX"
@@ -639,23 +646,28 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT t.id, t.params, t.status, t.device, t.batch_size,
                (SELECT {agg}(value) FROM metrics m
-                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id),
+                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
+                   AND m.attempt <= t.attempt),
                (SELECT step FROM metrics m
-                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id AND value IS NOT NULL
+                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
+                   AND m.attempt <= t.attempt AND value IS NOT NULL
                  ORDER BY value {order}, step LIMIT 1),
                (SELECT value FROM metrics m
                  WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
+                   AND m.attempt <= t.attempt
                  ORDER BY attempt DESC, step DESC LIMIT 1),
                (SELECT SUM(COALESCE(a.end,
                      (SELECT MAX(wall_time) FROM metrics m
                        WHERE m.trial_id = a.trial_id AND m.sweep = a.sweep AND m.attempt = a.attempt))
                    - a.start)
-                 FROM attempts a WHERE a.sweep = t.sweep AND a.trial_id = t.id),
+                 FROM attempts a WHERE a.sweep = t.sweep AND a.trial_id = t.id
+                   AND a.attempt <= t.attempt),
                MAX(COALESCE((SELECT MAX(peak_memory_bytes) FROM attempts a
-                              WHERE a.sweep = t.sweep AND a.trial_id = t.id), 0),
+                              WHERE a.sweep = t.sweep AND a.trial_id = t.id
+                                AND a.attempt <= t.attempt), 0),
                    COALESCE((SELECT MAX(value) FROM metrics m
                               WHERE m.sweep = t.sweep AND m.name = 'perf/peak_memory_bytes'
-                                AND m.trial_id = t.id), 0))
+                                AND m.trial_id = t.id AND m.attempt <= t.attempt), 0))
              FROM trials t WHERE t.sweep = ?1 ORDER BY t.id"
         ))?;
         let rows = stmt.query_map([sweep, metric], |r| {

@@ -135,6 +135,7 @@ fn apply(
             grad_accum,
             pid,
             job,
+            rerun,
             time,
         } => attempt_started(
             tx,
@@ -144,7 +145,7 @@ fn apply(
             device,
             (*batch_size, *grad_accum),
             (*pid, job.as_deref()),
-            *time,
+            (*rerun, *time),
         ),
         SweepEvent::Worker {
             trial,
@@ -209,7 +210,7 @@ fn attempt_started(
     device: &str,
     (batch_size, grad_accum): (u32, u32),
     (pid, job): (Option<u32>, Option<&str>),
-    time: f64,
+    (rerun, time): (bool, f64),
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO attempts (sweep, trial_id, attempt, device, batch_size, grad_accum, pid, slurm_job, start)
@@ -221,6 +222,11 @@ fn attempt_started(
     )?
     .execute(params![sweep, trial, attempt, device, batch_size, grad_accum, pid, job, time])
     .map_err(|e| unknown_trial(e, sweep, trial))?;
+    if rerun {
+        // The trial's row stays the original's; so do its results, which
+        // read only attempts up to `trials.attempt`.
+        return Ok(());
+    }
     let n = tx
         .prepare_cached(
             "UPDATE trials SET status = 'running', device = ?3, attempt = ?4,
@@ -423,16 +429,20 @@ fn worker_line(
             )?
             .execute(params![sweep, trial, path, Uint(*step)])
             .map_err(|e| unknown_trial(e, sweep, trial))?;
+            // Only the trial's own attempt (not a rerun) moves its best.
             if *best {
-                tx.prepare_cached("UPDATE trials SET best_step = ?3 WHERE sweep = ?1 AND id = ?2")?
-                    .execute(params![sweep, trial, Uint(*step)])?;
+                tx.prepare_cached(
+                    "UPDATE trials SET best_step = ?3 WHERE sweep = ?1 AND id = ?2 AND attempt = ?4",
+                )?
+                .execute(params![sweep, trial, Uint(*step), attempt])?;
             }
         }
         WorkerEvent::Finished { best_metric, .. } => {
             tx.prepare_cached(
-                "UPDATE trials SET best_metric = COALESCE(?3, best_metric) WHERE sweep = ?1 AND id = ?2",
+                "UPDATE trials SET best_metric = COALESCE(?3, best_metric)
+                 WHERE sweep = ?1 AND id = ?2 AND attempt = ?4",
             )?
-            .execute(params![sweep, trial, best_metric])?;
+            .execute(params![sweep, trial, best_metric, attempt])?;
         }
         WorkerEvent::Failed { kind, message } => {
             tx.prepare_cached(

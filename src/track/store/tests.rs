@@ -87,6 +87,7 @@ fn started(id: &str, attempt: u32, device: &str, batch: u32, time: f64) -> Sweep
         grad_accum: 8 / batch,
         pid: Some(4242),
         job: None,
+        rerun: false,
         time,
     }
 }

@@ -75,6 +75,7 @@ fn attempt(trial: &str, attempt: u32, time: f64) -> SweepEvent {
         grad_accum: 1,
         pid: Some(1),
         job: None,
+        rerun: false,
         time,
     }
 }
