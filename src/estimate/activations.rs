@@ -164,16 +164,16 @@ fn layer_linears(shape: &TrialShape, tower: Tower) -> Vec<(LinearModule, bool, b
         .collect()
 }
 
-/// Inputs the linears of one layer keep, `tokens` rows each. Linears that
-/// read the same tensor (`groups`, by name suffix) share it when it is
-/// kept as is: for a trained weight, or for an adapter when the compute
-/// dtype is already the adapter's. On a narrower base each adapter keeps
-/// its own f32 copy.
-fn linear_inputs(shape: &TrialShape, tower: Tower, tokens: u64, groups: &[&[&str]]) -> Held {
+/// Inputs the linears of one layer keep: `groups` of linears that read the
+/// same tensor (by name suffix), each with its row count. Such linears
+/// share the tensor when it is kept as is: for a trained weight, or for an
+/// adapter when the compute dtype is already the adapter's. On a narrower
+/// base each adapter keeps its own f32 copy.
+fn linear_inputs(shape: &TrialShape, tower: Tower, groups: &[(&[&str], u64)]) -> Held {
     let dtype = u64::from(shape.dtype_bytes);
     let linears = layer_linears(shape, tower);
     let mut held = Held::default();
-    for group in groups {
+    for &(group, tokens) in groups {
         let members: Vec<_> = linears
             .iter()
             .filter(|(m, _, _)| group.iter().any(|g| m.name.ends_with(g)))
@@ -211,39 +211,44 @@ fn dequantized_layer(shape: &TrialShape, tower: Tower) -> Held {
         .fold(Held::default(), Add::add)
 }
 
-/// One Gemma 2 decoder layer (`gemma2.rs`), per `[B, L]` batch:
-/// * the f32 input of each of its four `RMSNorm`s;
-/// * q after `RoPE`, k and v repeated to every head (the attention
-///   products keep them), in the compute dtype;
+/// One Gemma 2 decoder layer (`gemma2.rs`), per `[B, L]` batch, whose
+/// queries cover `queries` positions per row (`L`, or the supervised
+/// window in the last layer):
+/// * the f32 input of each of its four `RMSNorm`s (the first over every
+///   position, the others over the queries);
+/// * q after `RoPE` (queries), k and v repeated to every head (every
+///   position; the attention products keep them), in the compute dtype;
 /// * gate, `gelu(gate)` and up of the MLP (kept by `gelu` and the product);
 /// * the inputs its adapted or trained linears keep ([`linear_inputs`]);
 /// * eager attention scores (`gemma2.rs` has no fused path: soft-capping
-///   rules out the kernel), `B × heads × L²`: the soft-cap's `tanh` output
-///   in the compute dtype when capping is on, the f32 softmax, and the
-///   probabilities cast back (the same tensor in f32). Sliding layers
-///   still materialise the full `L²` (the window is a mask).
-fn decoder_layer(shape: &TrialShape) -> Layer {
+///   rules out the kernel), `B × heads × queries × L`: the soft-cap's
+///   `tanh` output in the compute dtype when capping is on, the f32
+///   softmax, and the probabilities cast back (the same tensor in f32).
+///   Sliding layers still materialise every score (the window is a mask).
+fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
     let t = &shape.config.text_config;
     let dtype = u64::from(shape.dtype_bytes);
-    let tokens = u64::from(shape.batch_size) * shape.sequence_len();
+    let batch = u64::from(shape.batch_size);
+    let len = shape.sequence_len();
+    let (tokens, query_tokens) = (batch * len, batch * queries);
     let (h, mlp) = (u64::from(t.hidden_size), u64::from(t.intermediate_size));
     let heads = u64::from(t.num_attention_heads) * u64::from(t.head_dim);
-    let activations = Held::tensors(DECODER_NORMS, tokens * h, NORM_DTYPE_BYTES)
-        + Held::tensors(3, tokens * heads, dtype)
-        + Held::tensors(3, tokens * mlp, dtype)
+    let activations = Held::tensors(1, tokens * h, NORM_DTYPE_BYTES)
+        + Held::tensors(DECODER_NORMS - 1, query_tokens * h, NORM_DTYPE_BYTES)
+        + Held::tensors(1, query_tokens * heads, dtype)
+        + Held::tensors(2, tokens * heads, dtype)
+        + Held::tensors(3, query_tokens * mlp, dtype)
         + linear_inputs(
             shape,
             Tower::Language,
-            tokens,
             &[
-                &["q_proj", "k_proj", "v_proj"],
-                &["o_proj"],
-                &["gate_proj", "up_proj"],
-                &["down_proj"],
+                (&["q_proj", "k_proj", "v_proj"], tokens),
+                (&["o_proj"], query_tokens),
+                (&["gate_proj", "up_proj"], query_tokens),
+                (&["down_proj"], query_tokens),
             ],
         );
-    let len = shape.sequence_len();
-    let scores = u64::from(shape.batch_size) * u64::from(t.num_attention_heads) * len * len;
+    let scores = batch * u64::from(t.num_attention_heads) * queries * len;
     layer(
         shape,
         Tower::Language,
@@ -271,12 +276,11 @@ fn vision_layer(shape: &TrialShape) -> Layer {
         + linear_inputs(
             shape,
             Tower::Vision,
-            tokens,
             &[
-                &["q_proj", "k_proj", "v_proj"],
-                &["out_proj"],
-                &["fc1"],
-                &["fc2"],
+                (&["q_proj", "k_proj", "v_proj"], tokens),
+                (&["out_proj"], tokens),
+                (&["fc1"], tokens),
+                (&["fc2"], tokens),
             ],
         );
     let scores = u64::from(shape.batch_size)
@@ -324,9 +328,10 @@ fn layer(
     }
 }
 
-/// The decoder's final `RMSNorm` keeps its f32 input.
+/// The decoder's final `RMSNorm` keeps its f32 input, the supervised
+/// window's positions.
 fn final_norm(shape: &TrialShape) -> Held {
-    let tokens = u64::from(shape.batch_size) * shape.sequence_len();
+    let tokens = u64::from(shape.batch_size) * u64::from(shape.suffix_tokens);
     Held::tensors(
         1,
         tokens * u64::from(shape.config.text_config.hidden_size),
@@ -355,7 +360,10 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
     }
     let t = &shape.config.text_config;
     let v = &shape.config.vision_config;
-    let decoder = decoder_layer(shape);
+    // Every decoder layer but the last computes every query; the last, the
+    // supervised window's (`model::gemma2::QueryWindow`).
+    let decoder = decoder_layer(shape, shape.sequence_len());
+    let last_decoder = decoder_layer(shape, u64::from(shape.suffix_tokens));
     let (decoder_layers, vision_layers) = (
         u64::from(t.num_hidden_layers),
         u64::from(v.num_hidden_layers),
@@ -379,7 +387,11 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
     };
     if shape.gradient_checkpointing {
         let mut inputs = decoder.input * decoder_layers;
-        let mut peak = with_backward(&decoder);
+        let mut peak = if decoder_layers > 1 {
+            with_backward(&decoder)
+        } else {
+            with_backward(&last_decoder)
+        };
         if let Some(vision) = &vision {
             inputs = inputs + vision.input * vision_layers;
             let tower = with_backward(vision);
@@ -402,14 +414,20 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
                 ..Dynamic::default()
             };
     }
-    let mut kept = decoder.kept * decoder_layers + tower;
+    // The last layer's backward runs first, with everything kept; the next
+    // one after the last layer's memory (and the final norm's) is freed.
+    let transient = |layer: &Layer| Dynamic {
+        attention: layer.backward,
+        ..Dynamic::default()
+    };
+    let below_last = decoder.kept * decoder_layers.saturating_sub(1) + tower;
+    let mut kept = below_last + last_decoder.kept;
     kept.activations = kept.activations + final_norm(shape);
-    let decoder_peak = kept
-        + Dynamic {
-            attention: decoder.backward,
-            ..Dynamic::default()
-        };
-    decoder_peak.max(tower_peak)
+    let mut peak = (kept + transient(&last_decoder)).max(tower_peak);
+    if decoder_layers > 1 {
+        peak = peak.max(below_last + transient(&decoder));
+    }
+    peak
 }
 
 /// Activations at the peak ([`peak_dynamic`]).

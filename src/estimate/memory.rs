@@ -46,12 +46,15 @@ pub const DOUBLE_QUANT_BLOCK: u64 = 256;
 
 /// What the heap keeps beyond the live heap-served tensors at the peak, in
 /// percent of them: freed forward temporaries and gradients that later
-/// requests do not fit. Measured: with `MALLOC_MMAP_THRESHOLD_=65536` (no
-/// heap for tensors) `tiny` 28b@896 LoRA peaks at 586 MiB instead of 753,
-/// `small` 3b@224 at 674 instead of 848, each within 3% of the live tensors
-/// counted here. 100% (heap-served tensors cost twice their size) keeps
-/// every CPU calibration row within −8% … +11%.
-pub const CPU_HEAP_RETENTION_PERCENT: u64 = 100;
+/// requests do not fit. Measured on `small` 3b@224 `LoRA` (2 threads): with
+/// `MALLOC_MMAP_THRESHOLD_=65536` (no heap for tensors) it peaks at 636 MiB
+/// instead of 749, within 1% of what is counted here without this term
+/// (629); the 113 MiB the heap kept are 63% of the 179 MiB of heap-served
+/// activations and scores. 60% keeps every CPU calibration row within
+/// −6.8% … +6.6%. (It was 100% before `LoRA`'s branch was fused into one
+/// `addmm`, which allocates two fewer `[tokens, out]` temporaries per
+/// adapted linear.)
+pub const CPU_HEAP_RETENTION_PERCENT: u64 = 60;
 
 /// What one trial trains, on what, at what size: the input of the memory
 /// and cost estimates.
@@ -417,15 +420,20 @@ mod tests {
             freeze_vision: true,
             ..shape(&config, Method::Lora, &targets)
         };
-        let tokens = bf16.sequence_len();
+        let (tokens, window) = (bf16.sequence_len(), 32);
         assert_eq!(tokens, 320);
         // bf16: 4 f32 norm inputs, q/k/v (2 B), gate/gelu/up (2 B), and an
         // f32 copy of the input of each of the 7 adapted linears.
         let per_token = 4 * 4 * h + 3 * 2 * heads + 3 * 2 * mlp + 4 * (5 * h + heads + mlp);
+        // The last layer: every position through the first norm, k, v and
+        // the q/k/v inputs; the 32 supervised positions through the rest.
+        let last_all = 4 * h + 2 * 2 * heads + 4 * 3 * h;
+        let last_window = 3 * 4 * h + 2 * heads + 3 * 2 * mlp + 4 * (2 * h + heads + mlp);
         let final_norm = 4 * h;
+        // The peak is the last layer's backward, with everything kept.
         assert_eq!(
             activation_bytes(&bf16),
-            tokens * (layers * per_token + final_norm)
+            tokens * ((layers - 1) * per_token + last_all) + window * (last_window + final_norm)
         );
         // f32: casts to f32 are no copies, so q/k/v share their input, and
         // so do gate/up.
@@ -435,15 +443,19 @@ mod tests {
             ..bf16
         };
         let per_token = 4 * 4 * h + 3 * 4 * heads + 3 * 4 * mlp + 4 * (2 * h + heads + mlp);
+        let last_all = 4 * h + 2 * 4 * heads + 4 * h;
+        let last_window = 3 * 4 * h + 4 * heads + 3 * 4 * mlp + 4 * (h + heads + mlp);
         assert_eq!(
             activation_bytes(&f32),
-            tokens * (layers * per_token + final_norm)
+            tokens * ((layers - 1) * per_token + last_all) + window * (last_window + final_norm)
         );
         // Scores: tanh (2 B), f32 softmax, probabilities (2 B) in every
-        // layer, plus the running softmax backward's two f32 gradients.
-        let scores = 8 * tokens * tokens;
-        assert_eq!(attention_bytes(&bf16), scores * (8 * layers + 8));
-        assert_eq!(attention_bytes(&f32), scores * (8 * layers + 8));
+        // layer (the last: 32 queries), plus the last layer's softmax
+        // backward's two f32 gradients.
+        let (scores, last_scores) = (8 * tokens * tokens, 8 * window * tokens);
+        let attention = scores * 8 * (layers - 1) + last_scores * (8 + 8);
+        assert_eq!(attention_bytes(&bf16), attention);
+        assert_eq!(attention_bytes(&f32), attention);
         // QLoRA keeps each layer's dequantised bf16 weights.
         let qlora = TrialShape {
             method: Method::Qlora,
@@ -549,7 +561,8 @@ mod tests {
 
     /// With checkpointing `QLoRA` keeps one layer's dequantised weights
     /// and needs less than `LoRA`; without, autograd keeps every layer's,
-    /// so it needs more (measured on the H200: 16.2 vs 14.9 GiB at 3B@224).
+    /// so it needs more (measured on the H200: 16.2 vs 14.9 GiB at 3B@224)
+    /// when the decoder is deep enough.
     #[test]
     fn qlora_needs_less_than_lora_only_with_checkpointing() {
         let targets = default_targets();
@@ -564,10 +577,15 @@ mod tests {
                         method: Method::Qlora,
                         ..lora
                     };
-                    assert!(
-                        estimate_memory(&qlora).total > estimate_memory(&lora).total,
-                        "{size}@{resolution}"
-                    );
+                    // With 2 decoder layers (`tiny`), the peak can come once
+                    // the last layer's backward has freed its weights, and
+                    // one layer's copies need not outweigh the NF4 saving.
+                    if config.text_config.num_hidden_layers > 2 {
+                        assert!(
+                            estimate_memory(&qlora).total > estimate_memory(&lora).total,
+                            "{size}@{resolution}"
+                        );
+                    }
                     let lora = TrialShape {
                         gradient_checkpointing: true,
                         ..lora
@@ -641,8 +659,11 @@ mod tests {
             freeze_vision: true,
             ..shape(&config, Method::Lora, &targets)
         };
-        let scores = 8 * 320 * 320;
-        assert_eq!(capped - attention_bytes(&s), 26 * scores * 2);
+        let (scores, last_scores) = (8 * 320 * 320, 8 * 32 * 320);
+        assert_eq!(
+            capped - attention_bytes(&s),
+            (25 * scores + last_scores) * 2
+        );
     }
 
     #[test]
