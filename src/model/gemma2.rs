@@ -597,12 +597,17 @@ impl Gemma2Model {
             .rotary_emb
             .cos_sin(position_ids, inputs_embeds.kind())?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let last = self.layers.len().saturating_sub(1);
         let mut x = inputs_embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
-            let window = if i == last { window } else { None };
-            x = layer.forward(&x, &cos, &sin, masks, layer_cache, window)?;
+            x = layer.forward(
+                &x,
+                &cos,
+                &sin,
+                masks,
+                layer_cache,
+                self.window_at(i, window),
+            )?;
         }
         if let Some(cache) = cache {
             cache.len = offset + inputs_embeds.size()[1];
@@ -636,12 +641,14 @@ impl Gemma2Model {
         pass: &DecoderPass,
         window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
-        let window = if index + 1 == self.layers.len() {
-            window
-        } else {
-            None
-        };
+        let window = self.window_at(index, window);
         self.layers[index].forward(x, &pass.cos, &pass.sin, &pass.masks, None, window)
+    }
+
+    /// The window layer `index` computes: the pass's in the last layer,
+    /// every position elsewhere.
+    fn window_at(&self, index: usize, window: Option<QueryWindow>) -> Option<QueryWindow> {
+        window.filter(|_| index + 1 == self.layers.len())
     }
 
     /// The final `model.norm`.
