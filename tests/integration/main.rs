@@ -13,4 +13,5 @@ mod rerun;
 mod scheduler;
 mod slurm;
 mod spec_errors;
+mod tensorboard;
 mod worker;

@@ -2,7 +2,7 @@
 //! trial bit for bit, uses the batch that actually ran after a back-off,
 //! and refuses a changed dataset unless forced.
 
-use crate::util::Test;
+use crate::util::{Test, run_spec};
 
 fn only_trial(test: &Test, sweep: &str) -> String {
     let dir = test.path().join("results").join(sweep).join("trials");
@@ -23,15 +23,7 @@ fn a_rerun_reproduces_a_cpu_trial_bit_for_bit_and_refuses_a_changed_dataset() {
          [train]\nepochs = 2\nbatch_size = 8\ngrad_accum = 1\nlr = 1e-2\nwarmup = 1\n\
          [lora]\ndropout = 0.1\n[eval]\ngenerate = false\n",
     );
-    test.run_in(&[
-        "run",
-        "spec.toml",
-        "--devices",
-        "cpu:2",
-        "--results",
-        "results",
-    ])
-    .code(0);
+    run_spec(&test, "cpu:2").code(0);
     let id = only_trial(&test, "r");
     let show = |test: &Test| {
         test.run_in(&["show", &id, "--results", "results", "--json"])
@@ -94,15 +86,7 @@ fn a_rerun_uses_the_batch_that_actually_ran_after_a_back_off() {
          [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
          [synthetic]\nsteps = 4\nstep_ms = 1\noom_from_batch = 5\n",
     );
-    test.run_in(&[
-        "run",
-        "spec.toml",
-        "--devices",
-        "fake-cuda:1x80GiB",
-        "--results",
-        "results",
-    ])
-    .code(0);
+    run_spec(&test, "fake-cuda:1x80GiB").code(0);
     let id = only_trial(&test, "b");
     test.run_in(&["rerun", &id, "--results", "results"])
         .code(0)

@@ -21,18 +21,9 @@ fn synthetic(extra: &str) -> String {
 }
 
 fn run_args(devices: &str) -> Vec<String> {
-    [
-        "run",
-        "spec.toml",
-        "--devices",
-        devices,
-        "--results",
-        "results",
-        "--kill-grace",
-        "1",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let mut args = crate::util::run_args(devices);
+    args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
+    args
 }
 
 fn run(test: &Test, devices: &str) -> crate::util::Output {

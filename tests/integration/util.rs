@@ -158,6 +158,27 @@ pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
 }
 
 /// `status SWEEP --results results --json`.
+/// The arguments of `palisweep run spec.toml --devices DEVICES --results
+/// results`.
+pub fn run_args(devices: &str) -> Vec<String> {
+    [
+        "run",
+        "spec.toml",
+        "--devices",
+        devices,
+        "--results",
+        "results",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Runs [`run_args`].
+pub fn run_spec(test: &Test, devices: &str) -> Output {
+    let args = run_args(devices);
+    test.run_in(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 pub fn status(test: &Test, sweep: &str) -> serde_json::Value {
     test.run_in(&["status", sweep, "--results", "results", "--json"])
         .code(0)

@@ -518,7 +518,7 @@ fn a_second_sweep_through_one_sink_finishes_the_first() {
 }
 
 /// Writes the demo sweep's logs (both runs) under `$PALISWEEP_TB_DEMO`, for
-/// `scripts/dev/check_tensorboard.py` to open with TensorBoard itself:
+/// `scripts/tensorboard/check.py` to open with TensorBoard itself:
 /// `PALISWEEP_TB_DEMO=/tmp/tb cargo test --lib write_demo_logs -- --ignored`.
 #[test]
 #[ignore = "writes to $PALISWEEP_TB_DEMO"]

@@ -3,11 +3,12 @@
 TensorBoard's own code and checks that it sees what palisweep wrote: each
 trial's scalars, and the hparams plugin's experiment and sessions.
 
-Dev-only; needs the pinned package in a throwaway venv:
+Runs in the pinned venv that `scripts/tensorboard/setup.sh` makes (and
+prints the python of); the integration tests (`tests/integration/tensorboard.rs`)
+run it on a real sweep's folder:
 
-    python3 -m venv /tmp/tbvenv
-    /tmp/tbvenv/bin/pip install -r scripts/dev/requirements-tensorboard.txt
-    /tmp/tbvenv/bin/python scripts/dev/check_tensorboard.py results/demo/tb --serve
+    PY=$(scripts/tensorboard/setup.sh)
+    $PY scripts/tensorboard/check.py results/demo/tb --serve
 
 Without `--serve` it loads the folder in-process (the Python event
 multiplexer, the data provider and the hparams plugin's own request

@@ -1,0 +1,107 @@
+//! TensorBoard's own code opens what a real sweep wrote
+//! (`scripts/tensorboard/check.py` in the pinned venv that
+//! `scripts/tensorboard/setup.sh` makes): each trial's scalars with the
+//! store's values, the `HParams` experiment, and each trial's session with
+//! its status, in process and through a running `tensorboard` with both of
+//! its loaders. `scripts/test.sh` sets the venv up and sets
+//! `PALISWEEP_REQUIRE_TENSORBOARD=1`; run alone without the venv, the test
+//! says on stderr that it did not run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{Test, run_spec};
+
+fn python() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tb/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("PALISWEEP_REQUIRE_TENSORBOARD").is_none(),
+        "PALISWEEP_REQUIRE_TENSORBOARD is set but {} is missing: run scripts/tensorboard/setup.sh",
+        python.display()
+    );
+    eprintln!("tensorboard test not run: no .venv-tb (scripts/tensorboard/setup.sh makes it)");
+    None
+}
+
+#[test]
+fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
+    let Some(python) = python() else {
+        return;
+    };
+    // Two synthetic trials: one finishes, one crashes on every attempt.
+    let test = Test::new().spec(
+        "[experiment]\nname = \"tb\"\n\
+         [data]\npath = \"generated:json\"\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
+         [synthetic]\nsteps = 4\nstep_ms = 5\ncrash_at_step = 3\n\
+         [sweep.axes]\n\"synthetic.crash_attempts\" = [0, 9]\n\
+         [resources]\nretries = 0\n",
+    );
+    run_spec(&test, "fake-cuda:1x80GiB")
+        .code(1)
+        .stdout_has("1 finished, 1 failed");
+
+    // The store's view: each trial's status, and a loss the finished one
+    // logged.
+    let metrics = test
+        .run_in(&[
+            "export-metrics",
+            "tb",
+            "--format",
+            "jsonl",
+            "--results",
+            "results",
+        ])
+        .code(0)
+        .stdout
+        .clone();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut expectations = Vec::new();
+    for entry in std::fs::read_dir(test.path().join("results/tb/trials")).unwrap() {
+        let id = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let show = test
+            .run_in(&["show", &id, "--results", "results", "--json"])
+            .code(0)
+            .json();
+        let status = match show["trial"]["status"].as_str().unwrap() {
+            "finished" => "STATUS_SUCCESS",
+            "failed" => "STATUS_FAILURE",
+            other => panic!("{id}: status {other}"),
+        };
+        expectations.push(format!("--expect-status={id}={status}"));
+        if status == "STATUS_SUCCESS" {
+            let loss = rows
+                .iter()
+                .find(|r| {
+                    r["trial_id"] == id.as_str() && r["name"] == "train/loss" && r["step"] == 2
+                })
+                .unwrap_or_else(|| panic!("no train/loss at step 2 for {id}: {metrics}"));
+            expectations.push(format!(
+                "--expect-scalar={id}:train/loss:2={}",
+                loss["value"]
+            ));
+        }
+    }
+    assert_eq!(expectations.len(), 3, "{expectations:?}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard/check.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(test.path().join("results/tb/tb"))
+        .arg("--serve")
+        .args(&expectations)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "check.py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("python loader: 2 trial runs"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}
