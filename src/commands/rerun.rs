@@ -63,7 +63,7 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let attempt = original.last_attempt.max(row.attempt).max(recorded) + 1;
+    let attempt = original.last_attempt.max(recorded) + 1;
     let dir = rerun_dir(&trial, attempt);
     std::fs::create_dir_all(dir.path())?;
     std::fs::copy(trial.config(), dir.config())?;

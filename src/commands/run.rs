@@ -190,7 +190,7 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
 }
 
 /// The dispatcher's input for the sweep's backend. For Slurm, checks first
-/// that Slurm would take the jobs (before anything is recorded).
+/// that Slurm would take the jobs (before any job is submitted).
 fn work(
     loaded: &LoadedSpec,
     prepared: &PreparedSweep,

@@ -96,7 +96,7 @@ impl Dynamic {
 
     /// The heap-served activations and scores: what glibc's retention
     /// scales. Dequantised weights are left out: on the CPU `QLoRA` peaks
-    /// where `LoRA` does (`small` 10b@224: 1192 vs 1212 MiB), so they add
+    /// where `LoRA` does (`small` 10b@224: 1024 vs 1058 MiB), so they add
     /// themselves and nothing more.
     pub fn heap(&self) -> u64 {
         self.activations.small + self.attention.small

@@ -50,6 +50,8 @@ struct Checked {
     what: String,
     measured_mib: f64,
     estimate_mib: f64,
+    /// The estimate's allocator term (the CPU heap's retention).
+    allocator_mib: f64,
 }
 
 impl Checked {
@@ -101,7 +103,8 @@ fn check(row: &Row, device: DeviceKind) -> Checked {
         double_quant: true,
         quant_block_size: 64,
     };
-    let estimate_mib = estimate_memory(&shape).total as f64 / f64::from(1u32 << 20);
+    let estimate = estimate_memory(&shape);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
     Checked {
         what: format!(
             "{} {}@{} {}{} batch {}",
@@ -117,7 +120,8 @@ fn check(row: &Row, device: DeviceKind) -> Checked {
             row.batch
         ),
         measured_mib: row.measured_mib.unwrap_or(f64::NAN),
-        estimate_mib,
+        estimate_mib: mib(estimate.total),
+        allocator_mib: mib(estimate.allocator),
     }
 }
 
@@ -145,11 +149,12 @@ fn assert_within_tolerance(mut rows: Vec<Checked>, name: &str) {
         .iter()
         .map(|r| {
             format!(
-                "{:<34} measured {:>9.0} MiB  estimate {:>9.0} MiB  {:>+6.1}%",
+                "{:<34} measured {:>9.0} MiB  estimate {:>9.0} MiB  {:>+6.1}%  (allocator {:.0} MiB)",
                 r.what,
                 r.measured_mib,
                 r.estimate_mib,
-                100.0 * r.error()
+                100.0 * r.error(),
+                r.allocator_mib
             )
         })
         .collect();

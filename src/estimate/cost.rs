@@ -96,6 +96,10 @@ fn flops(shape: &TrialShape, windowed: bool) -> f64 {
     // Checkpointed towers (those that keep activations) run forward twice.
     let is_recomputed = |role: Role| shape.gradient_checkpointing && role != Role::Forward;
 
+    let last_layer = format!(
+        "language_model.model.layers.{}.",
+        config.text_config.num_hidden_layers.saturating_sub(1)
+    );
     let mut flops = 0.0;
     for module in config.linear_modules() {
         let weights = module.weight_params() as f64;
@@ -105,7 +109,7 @@ fn flops(shape: &TrialShape, windowed: bool) -> f64 {
             Tower::Vision => (vision, image_tokens, is_recomputed(vision)),
             Tower::Projector => (projector, image_tokens, false),
             Tower::Language if module.tied => (language, f64::from(shape.suffix_tokens), false),
-            Tower::Language if windowed && reads_query_window(config, &module.name) => (
+            Tower::Language if windowed && reads_query_window(&last_layer, &module.name) => (
                 language,
                 f64::from(shape.suffix_tokens),
                 is_recomputed(language),
@@ -160,12 +164,11 @@ fn flops(shape: &TrialShape, windowed: bool) -> f64 {
 }
 
 /// Whether `module` runs on the supervised window only: every linear of the
-/// last decoder layer but the key and value projections, which read every
-/// position (`model::gemma2::QueryWindow`).
-pub fn reads_query_window(config: &PaliGemmaConfig, module: &str) -> bool {
-    let last = config.text_config.num_hidden_layers.saturating_sub(1);
+/// last decoder layer (`last_layer`, its name prefix) but the key and value
+/// projections, which read every position (`model::gemma2::QueryWindow`).
+fn reads_query_window(last_layer: &str, module: &str) -> bool {
     module
-        .strip_prefix(&format!("language_model.model.layers.{last}."))
+        .strip_prefix(last_layer)
         .is_some_and(|rest| !rest.ends_with("k_proj") && !rest.ends_with("v_proj"))
 }
 

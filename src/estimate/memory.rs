@@ -29,7 +29,7 @@ const MIB: u64 = 1 << 20;
 pub const CUDA_RUNTIME_OVERHEAD: u64 = 1000 * MIB;
 /// libtorch's CPU runtime: its mapped code (~220 MiB resident), thread
 /// pools and the tokenizer. Calibrated: the `tiny` presets at 224 px peak
-/// at 421–442 MiB of RSS with a few MiB of tensors.
+/// at 421–441 MiB of RSS with a few MiB of tensors.
 pub const CPU_RUNTIME_OVERHEAD: u64 = 415 * MIB;
 
 /// Bytes per trained parameter kept by the optimiser: f32 master weight,
@@ -49,7 +49,8 @@ pub const DOUBLE_QUANT_BLOCK: u64 = 256;
 /// requests do not fit. Measured on `small` 3b@224 `LoRA` (2 threads): with
 /// `MALLOC_MMAP_THRESHOLD_=65536` (no heap for tensors) it peaks at 636 MiB
 /// instead of 749, within 1% of what is counted here without this term
-/// (629); the 113 MiB the heap kept are 63% of the 179 MiB of heap-served
+/// (≈630: the calibration test prints each row's allocator term, here 107);
+/// the 113 MiB the heap kept are 63% of the 179 MiB of heap-served
 /// activations and scores. 60% keeps every CPU calibration row within
 /// −6.8% … +6.6%. (It was 100% before `LoRA`'s branch was fused into one
 /// `addmm`, which allocates two fewer `[tokens, out]` temporaries per

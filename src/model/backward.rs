@@ -121,10 +121,10 @@ fn plain(
     let features = model.project(&tower_output(model, &input.pixel_values, options.seed)?)?;
     let mut x = model.merge_embeddings(input, &features)?;
     let decoder = model.language_model();
-    let pass = model.decoder_pass(input)?;
+    let pass = model.decoder_pass(input, supervised.window)?;
     for i in 0..decoder.num_layers() {
         reseed(options.seed, Tower::Decoder, i);
-        x = decoder.layer(i, &x, &pass, Some(supervised.window))?;
+        x = decoder.layer(i, &x, &pass)?;
     }
     let hidden = decoder.final_norm(&x)?;
     let loss = LossOutput {
@@ -152,7 +152,7 @@ fn checkpointed(
     let supervised = model.supervised(input)?;
     let tower = model.vision_tower();
     let decoder = model.language_model();
-    let pass = model.decoder_pass(input)?;
+    let pass = model.decoder_pass(input, supervised.window)?;
 
     // Forward without autograd, keeping layer inputs only.
     let vision = if model.vision_frozen() {
@@ -179,7 +179,7 @@ fn checkpointed(
         let mut inputs = Vec::with_capacity(decoder.num_layers());
         for i in 0..decoder.num_layers() {
             reseed(seed, Tower::Decoder, i);
-            let next = decoder.layer(i, &x, &pass, Some(supervised.window))?;
+            let next = decoder.layer(i, &x, &pass)?;
             inputs.push(x);
             x = next;
         }
@@ -203,10 +203,7 @@ fn checkpointed(
     for i in (0..decoder.num_layers()).rev() {
         let x = leaf(&saved.pop().expect("one saved input per layer"))?;
         reseed(seed, Tower::Decoder, i);
-        backward_through(
-            &decoder.layer(i, &x, &pass, Some(supervised.window))?,
-            &upstream,
-        )?;
+        backward_through(&decoder.layer(i, &x, &pass)?, &upstream)?;
         upstream = x.grad();
     }
 

@@ -136,6 +136,8 @@ pub struct DecoderPass {
     cos: Tensor,
     sin: Tensor,
     masks: AttentionMasks,
+    /// The positions the last layer computes (all when `None`).
+    window: Option<QueryWindow>,
 }
 
 // ---------------------------------------------------------------------------
@@ -336,26 +338,21 @@ impl Attention {
         window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
         let (batch, len, _) = x.size3()?;
-        let (xq, q_len, cos_q, sin_q, mask) = match window {
-            // cos/sin `[B, 1, L, d]`, mask `[B, 1, L, Lk]`: narrowed on dim 2.
-            Some(w) => (
-                w.of(x)?,
-                w.len,
-                cos.f_narrow(2, w.start, w.len)?,
-                sin.f_narrow(2, w.start, w.len)?,
-                mask.f_narrow(2, w.start, w.len)?,
-            ),
-            None => (
-                x.shallow_clone(),
-                len,
-                cos.shallow_clone(),
-                sin.shallow_clone(),
-                mask.shallow_clone(),
-            ),
-        };
+        let queries = window.unwrap_or(QueryWindow { start: 0, len });
+        // cos/sin `[B, 1, L, d]`, mask `[B, 1, L, Lk]`: narrowed on dim 2
+        // (a view, free when the window is everything).
+        let (cos_q, sin_q, mask) = (
+            cos.f_narrow(2, queries.start, queries.len)?,
+            sin.f_narrow(2, queries.start, queries.len)?,
+            mask.f_narrow(2, queries.start, queries.len)?,
+        );
         let heads =
             |t: Tensor, l: i64, n: i64| t.f_view([batch, l, n, self.head_dim])?.f_transpose(1, 2);
-        let q = heads(self.q_proj.forward(&xq)?, q_len, self.num_heads)?;
+        let q = heads(
+            self.q_proj.forward(&queries.of(x)?)?,
+            queries.len,
+            self.num_heads,
+        )?;
         let k = heads(self.k_proj.forward(x)?, len, self.num_kv_heads)?;
         let v = heads(self.v_proj.forward(x)?, len, self.num_kv_heads)?;
         let q = apply_rope(&q, &cos_q, &sin_q)?;
@@ -376,7 +373,7 @@ impl Attention {
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_contiguous()?
-            .f_reshape([batch, q_len, -1])?;
+            .f_reshape([batch, queries.len, -1])?;
         self.o_proj.forward(&out)
     }
 }
@@ -455,9 +452,10 @@ impl DecoderLayer {
         let h = self.self_attn.forward(&h, cos, sin, mask, cache, window)?;
         let h = self.post_attention_layernorm.forward(&h)?;
         let x = match window {
-            Some(w) => w.of(x)?.f_add(&h)?,
-            None => x.f_add(&h)?,
-        };
+            Some(w) => w.of(x)?,
+            None => x.shallow_clone(),
+        }
+        .f_add(&h)?;
         let h = self.pre_feedforward_layernorm.forward(&x)?;
         let h = self.mlp.forward(&h)?;
         let h = self.post_feedforward_layernorm.forward(&h)?;
@@ -616,15 +614,21 @@ impl Gemma2Model {
     }
 
     /// What every layer of one cache-less pass shares: the rotary tables at
-    /// `position_ids` and the masks.
+    /// `position_ids`, the masks, and the window of the last layer.
     pub fn pass(
         &self,
         position_ids: &Tensor,
         masks: AttentionMasks,
         kind: Kind,
+        window: Option<QueryWindow>,
     ) -> Result<DecoderPass, TchError> {
         let (cos, sin) = self.rotary_emb.cos_sin(position_ids, kind)?;
-        Ok(DecoderPass { cos, sin, masks })
+        Ok(DecoderPass {
+            cos,
+            sin,
+            masks,
+            window,
+        })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -633,15 +637,10 @@ impl Gemma2Model {
 
     /// Decoder layer `index` on `x` without a cache; layer by layer so that
     /// training can recompute one layer at a time (gradient checkpointing).
-    /// The last layer's output covers `window` only (see [`QueryWindow`]).
-    pub fn layer(
-        &self,
-        index: usize,
-        x: &Tensor,
-        pass: &DecoderPass,
-        window: Option<QueryWindow>,
-    ) -> Result<Tensor, TchError> {
-        let window = self.window_at(index, window);
+    /// The last layer's output covers the pass's window only (see
+    /// [`QueryWindow`]).
+    pub fn layer(&self, index: usize, x: &Tensor, pass: &DecoderPass) -> Result<Tensor, TchError> {
+        let window = self.window_at(index, pass.window);
         self.layers[index].forward(x, &pass.cos, &pass.sin, &pass.masks, None, window)
     }
 

@@ -325,7 +325,7 @@ mod tests {
     }
 
     /// The fused sum is the PEFT sum, value and gradients, for 2- and 3-d
-    /// inputs, and its B gradient lands in B's own layout.
+    /// inputs.
     #[test]
     fn add_to_is_base_plus_forward_with_the_same_gradients() {
         tch::manual_seed(5);
@@ -375,7 +375,6 @@ mod tests {
             for (plain, fused) in gradients[0].iter().zip(&gradients[1]) {
                 assert!(plain.abs().max().double_value(&[]) > 0.0);
                 assert!(plain.allclose(fused, 1e-12, 1e-12, false));
-                assert_eq!(plain.stride(), fused.stride());
             }
         }
     }

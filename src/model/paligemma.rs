@@ -323,12 +323,17 @@ impl PaliGemma {
         )?)
     }
 
-    /// Positions, rotary tables and masks of a cache-less pass over `input`.
-    pub(crate) fn decoder_pass(&self, input: &ModelInput) -> Result<DecoderPass, ModelError> {
+    /// Positions, rotary tables and masks of a cache-less pass over `input`
+    /// whose last layer computes `window`.
+    pub(crate) fn decoder_pass(
+        &self,
+        input: &ModelInput,
+        window: QueryWindow,
+    ) -> Result<DecoderPass, ModelError> {
         let positions = position_ids(&input.attention_mask)?;
         Ok(self
             .language_model
-            .pass(&positions, self.masks(input)?, self.kind)?)
+            .pass(&positions, self.masks(input)?, self.kind, Some(window))?)
     }
 
     /// The decoder's normed last hidden states `[B, L, hidden]` for a batch;
@@ -337,6 +342,17 @@ impl PaliGemma {
         &self,
         input: &ModelInput,
         cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        self.hidden_states_in(input, cache, None)
+    }
+
+    /// [`hidden_states`](Self::hidden_states) at the positions of `window`
+    /// (all when `None`).
+    fn hidden_states_in(
+        &self,
+        input: &ModelInput,
+        cache: Option<&mut KvCache>,
+        window: Option<QueryWindow>,
     ) -> Result<Tensor, ModelError> {
         let embeds = self.embed_inputs(input)?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
@@ -349,7 +365,7 @@ impl PaliGemma {
         let masks = self.masks(input)?;
         Ok(self
             .language_model
-            .forward_embeds(&embeds, &positions, &masks, cache, None)?)
+            .forward_embeds(&embeds, &positions, &masks, cache, window)?)
     }
 
     /// Soft-capped logits `[B, L, vocab]` in the compute dtype.
@@ -375,14 +391,7 @@ impl PaliGemma {
         label_smoothing: f64,
     ) -> Result<LossOutput, ModelError> {
         let supervised = self.supervised(input)?;
-        let embeds = self.embed_inputs(input)?;
-        let hidden = self.language_model.forward_embeds(
-            &embeds,
-            &position_ids(&input.attention_mask)?,
-            &self.masks(input)?,
-            None,
-            Some(supervised.window),
-        )?;
+        let hidden = self.hidden_states_in(input, None, Some(supervised.window))?;
         let sum = self.head_loss(&hidden, &supervised, label_smoothing)?;
         Ok(LossOutput {
             sum,

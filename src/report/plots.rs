@@ -27,7 +27,6 @@ const PALETTE: [RGBColor; 10] = [
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Draws into a fresh SVG string; `draw` gets the whole canvas.
 /// The chart every plot draws on: its title, margins and label areas.
 fn frame<'a, 'b>(
     root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
@@ -42,6 +41,7 @@ fn frame<'a, 'b>(
     builder
 }
 
+/// Draws into a fresh SVG string; `draw` gets the whole canvas.
 fn svg(
     plot: &str,
     size: (u32, u32),

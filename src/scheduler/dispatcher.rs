@@ -414,25 +414,9 @@ impl Dispatcher<'_> {
     }
 
     fn finish(mut self) -> Summary {
-        for i in std::mem::take(&mut self.pending) {
-            // Never started this run: it resumes next time.
-            self.states[i].status = TrialStatus::Interrupted;
-            fate::end_trial(self.fanout, &self.states[i], None);
-        }
-        let (counts, failures) = fate::tally(&self.states);
-        let sweep_status = if self.interrupting {
-            SweepStatus::Interrupted
-        } else if counts.failed > 0 {
-            SweepStatus::Failed
-        } else {
-            SweepStatus::Finished
-        };
-        Summary {
-            status: sweep_status,
-            counts,
-            failures,
-            left_running: Vec::new(),
-        }
+        let pending = std::mem::take(&mut self.pending);
+        fate::interrupt_pending(&mut self.states, pending, self.fanout);
+        fate::summary(&self.states, self.interrupting, Vec::new())
     }
 }
 

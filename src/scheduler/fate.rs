@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use super::dispatcher::QueuedTrial;
-use super::event::{AttemptOutcome, Counts, SweepEvent, TrialStatus, now};
+use super::dispatcher::{QueuedTrial, Summary};
+use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialStatus, now};
 use super::sinks::{Fanout, FanoutSender};
 use super::trial_record::{self, AttemptRecord};
 
@@ -89,17 +89,10 @@ pub fn record_start(
 pub const PRUNED_REASON: &str =
     "pruned: its selection metric was worse than the median of the other trials at the same step";
 
-/// Records `end` and decides the trial's next state; true when the trial
-/// goes back to the queue.
-pub fn settle(
-    state: &mut TrialState,
-    end: &AttemptEnd,
-    retries: u32,
-    interrupting: bool,
-    fanout: &Fanout,
-) -> bool {
+/// Records how an attempt ended: in the trial's `attempts.jsonl` and as an
+/// `AttemptEnded` event. The trial's next state is [`settle`]'s.
+pub fn record_end(q: &QueuedTrial, end: &AttemptEnd, fanout: &Fanout) {
     let time = now();
-    let q = &state.queued;
     let record = AttemptRecord {
         attempt: end.attempt,
         device: end.device.clone(),
@@ -124,6 +117,18 @@ pub fn settle(
         peak_memory_bytes: end.peak_memory_bytes,
         time,
     });
+}
+
+/// Records `end` and decides the trial's next state; true when the trial
+/// goes back to the queue.
+pub fn settle(
+    state: &mut TrialState,
+    end: &AttemptEnd,
+    retries: u32,
+    interrupting: bool,
+    fanout: &Fanout,
+) -> bool {
+    record_end(&state.queued, end, fanout);
 
     let (status, requeue) = match end.outcome {
         AttemptOutcome::Finished => (TrialStatus::Finished, false),
@@ -171,9 +176,43 @@ pub fn settle(
     requeue
 }
 
-/// The trials' final counts, and (trial, reason) of each failed one. A
-/// trial that did not end this run counts as interrupted.
-pub fn tally(states: &[TrialState]) -> (Counts, Vec<(String, String)>) {
+/// Ends the trials that never started this run as interrupted (the next
+/// run, or `attach`, takes them up).
+pub fn interrupt_pending(states: &mut [TrialState], pending: Vec<usize>, fanout: &Fanout) {
+    for i in pending {
+        states[i].status = TrialStatus::Interrupted;
+        end_trial(fanout, &states[i], None);
+    }
+}
+
+/// How the sweep went: the trials' final counts, each failed one with its
+/// reason, and the sweep's status (running while Slurm jobs are
+/// `left_running`, then interrupted, failed or finished). A trial that did
+/// not end this run counts as interrupted.
+pub fn summary(
+    states: &[TrialState],
+    interrupting: bool,
+    left_running: Vec<(String, String)>,
+) -> Summary {
+    let (counts, failures) = tally(states);
+    let sweep_status = if !left_running.is_empty() {
+        SweepStatus::Running
+    } else if interrupting {
+        SweepStatus::Interrupted
+    } else if counts.failed > 0 {
+        SweepStatus::Failed
+    } else {
+        SweepStatus::Finished
+    };
+    Summary {
+        status: sweep_status,
+        counts,
+        failures,
+        left_running,
+    }
+}
+
+fn tally(states: &[TrialState]) -> (Counts, Vec<(String, String)>) {
     let mut counts = Counts::default();
     let mut failures = Vec::new();
     for state in states {

@@ -333,15 +333,6 @@ pub enum Backend {
     Slurm,
 }
 
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Slurm => "slurm",
-        }
-    }
-}
-
 /// How trials become Slurm jobs (`resources.backend = "slurm"`). Empty
 /// strings leave the option to the cluster's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

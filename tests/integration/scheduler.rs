@@ -3,11 +3,11 @@
 //! kill -9 and resume; one sweep trains real tiny checkpoints end to end.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Test, count};
+use crate::util::{Test, count, signal, spawn, trial_dirs, wait_for_steps};
 
 /// A synthetic sweep: `extra` adds tables or keys (axes, failures).
 fn synthetic(extra: &str) -> String {
@@ -93,7 +93,7 @@ fn a_synthetic_sweep_packs_trials_by_memory_and_records_everything() {
     assert_eq!(most, 2, "{intervals:?}");
 
     // The store answers show and export; TensorBoard has a run per trial.
-    let id = trial_id(&trial_dirs(&test)[0]);
+    let id = trial_id(&trial_dirs(&test, "s")[0]);
     let show = test
         .run_in(&["show", &id, "--results", "results", "--json"])
         .code(0)
@@ -153,7 +153,7 @@ fn out_of_memory_halves_the_batch_until_it_fits_and_fails_below_one() {
         "{shapes:?}"
     );
     assert!(shapes.contains(&vec![(1, 1, oom)]), "{shapes:?}");
-    let reasons: Vec<String> = trial_dirs(&test)
+    let reasons: Vec<String> = trial_dirs(&test, "s")
         .iter()
         .map(|dir| {
             let show = test
@@ -221,36 +221,8 @@ fn real_trials_refuse_made_up_devices_before_anything_starts() {
 
 /// Starts `palisweep run` in the background.
 fn spawn_run(test: &Test) -> Child {
-    Command::new(BIN)
-        .args(run_args("fake-cuda:2x80GiB"))
-        .current_dir(test.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits until `count` trials have reported at least `steps` steps.
-fn wait_for_steps(test: &Test, count: usize, steps: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let trials = test.path().join("results/s/trials");
-    loop {
-        let ready = std::fs::read_dir(&trials).map_or(0, |entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("events.jsonl"))
-                        .is_ok_and(|t| t.matches("\"event\":\"step\"").count() >= steps)
-                })
-                .count()
-        });
-        if ready >= count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "trials never got going");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let args = run_args("fake-cuda:2x80GiB");
+    spawn(test, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Processes whose command line mentions `dir` (the workers of a test).
@@ -270,26 +242,11 @@ fn processes_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn signal(child: &Child, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        signal,
-    )
-    .unwrap();
-}
-
 const LONG_SWEEP: &str = "[synthetic]\nsteps = 30\nstep_ms = 100\n\
      [sweep.axes]\n\"train.lr\" = [1e-5, 1e-4, 1e-3]\n";
 
 fn trial_id(dir: &Path) -> String {
     dir.file_name().unwrap().to_string_lossy().into_owned()
-}
-
-fn trial_dirs(test: &Test) -> Vec<PathBuf> {
-    std::fs::read_dir(test.path().join("results/s/trials"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect()
 }
 
 /// `resumed_from` of each `started` event of a trial.
@@ -307,7 +264,7 @@ fn resumed_from(dir: &Path) -> Vec<u64> {
 fn ctrl_c_checkpoints_the_workers_and_the_next_run_resumes_them() {
     let test = Test::new().spec(&synthetic(LONG_SWEEP));
     let first = spawn_run(&test);
-    wait_for_steps(&test, 2, 3);
+    wait_for_steps(&test, "s", 2, 3);
     // A second run of the same sweep is refused while this one holds it.
     run(&test, "fake-cuda:2x80GiB")
         .code(1)
@@ -332,8 +289,11 @@ fn ctrl_c_checkpoints_the_workers_and_the_next_run_resumes_them() {
     run(&test, "fake-cuda:2x80GiB")
         .code(0)
         .stdout_has("3 finished, 0 failed");
-    assert_eq!(trial_dirs(&test).len(), 3, "no duplicate trials");
-    let resumed: Vec<Vec<u64>> = trial_dirs(&test).iter().map(|d| resumed_from(d)).collect();
+    assert_eq!(trial_dirs(&test, "s").len(), 3, "no duplicate trials");
+    let resumed: Vec<Vec<u64>> = trial_dirs(&test, "s")
+        .iter()
+        .map(|d| resumed_from(d))
+        .collect();
     // Two trials resumed from their checkpoints, one started fresh.
     assert_eq!(
         resumed.iter().filter(|r| r.len() == 2 && r[1] >= 3).count(),
@@ -364,7 +324,7 @@ fn ctrl_c_checkpoints_the_workers_and_the_next_run_resumes_them() {
 fn killing_the_scheduler_stops_its_workers_and_nothing_stays_running() {
     let test = Test::new().spec(&synthetic(LONG_SWEEP));
     let mut first = spawn_run(&test);
-    wait_for_steps(&test, 2, 3);
+    wait_for_steps(&test, "s", 2, 3);
     assert!(!processes_under(test.path()).is_empty());
     signal(&first, nix::sys::signal::Signal::SIGKILL);
     first.wait().unwrap();
@@ -380,7 +340,7 @@ fn killing_the_scheduler_stops_its_workers_and_nothing_stays_running() {
     let status = status(&test);
     assert_eq!(count(&status, "running"), 0);
     assert_eq!(count(&status, "finished"), 3);
-    assert_eq!(trial_dirs(&test).len(), 3);
+    assert_eq!(trial_dirs(&test, "s").len(), 3);
 }
 
 #[test]
@@ -396,7 +356,7 @@ fn a_tiny_sweep_trains_real_checkpoints_end_to_end() {
     run(&test, "cpu:2")
         .code(0)
         .stdout_has("2 finished, 0 failed");
-    for dir in trial_dirs(&test) {
+    for dir in trial_dirs(&test, "s") {
         for adapter in ["final", "best"] {
             assert!(
                 dir.join(adapter)
@@ -418,7 +378,7 @@ fn a_tiny_sweep_trains_real_checkpoints_end_to_end() {
     let artifacts = test
         .run_in(&[
             "show",
-            &trial_id(&trial_dirs(&test)[0]),
+            &trial_id(&trial_dirs(&test, "s")[0]),
             "--results",
             "results",
             "--json",

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Test, count};
+use crate::util::{BIN, Test, count, events, jsonl, signal, spawn, trial_dirs, wait_for_steps};
 
 /// One cluster for every test: they run one at a time, so that a test
 /// that expects two jobs at once gets both GPUs.
@@ -75,17 +75,6 @@ fn synthetic(steps: u32, step_ms: u32, trials: usize) -> String {
 
 const RUN: [&str; 4] = ["run", "spec.toml", "--results", "results"];
 
-fn spawn(test: &Test, args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(test.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Asserts a finished palisweep process's exit code; its stdout.
 #[track_caller]
 fn exited(out: &std::process::Output, code: i32) -> String {
@@ -97,23 +86,6 @@ fn exited(out: &std::process::Output, code: i32) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-fn trial_dirs(test: &Test) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(test.path().join("results/sl/trials"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The last record of each attempt in `attempts.jsonl`.
@@ -129,30 +101,6 @@ fn attempts(dir: &Path) -> Vec<serde_json::Value> {
         }
     }
     by_attempt
-}
-
-fn events(dir: &Path, event: &str) -> Vec<serde_json::Value> {
-    jsonl(&dir.join("events.jsonl"))
-        .into_iter()
-        .filter(|e| e["event"] == event)
-        .collect()
-}
-
-/// Waits until every one of `trials` trial folders has `steps` steps.
-fn wait_for_steps(test: &Test, trials: usize, steps: usize) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ready = std::fs::read_dir(test.path().join("results/sl/trials")).map_or(0, |e| {
-            e.filter_map(Result::ok)
-                .filter(|e| events(&e.path(), "step").len() >= steps)
-                .count()
-        });
-        if ready >= trials {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the jobs never got going");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Jobs Slurm still has queued or running, by id.
@@ -182,14 +130,6 @@ fn status(test: &Test) -> serde_json::Value {
     crate::util::status(test, "sl")
 }
 
-fn kill(child: &Child, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        signal,
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_tiny_sweep_trains_through_slurm_end_to_end() {
     let Some(_cluster) = cluster() else {
@@ -200,7 +140,7 @@ fn a_tiny_sweep_trains_through_slurm_end_to_end() {
         "[sweep.axes]\n\"train.method\" = [\"lora\", \"qlora\"]\n",
     ));
     test.run_in(&RUN).code(0).stdout_has("2 finished, 0 failed");
-    let dirs = trial_dirs(&test);
+    let dirs = trial_dirs(&test, "sl");
     let mut visible = BTreeSet::new();
     let mut spans = Vec::new();
     for dir in &dirs {
@@ -279,7 +219,7 @@ fn a_detached_sweep_is_followed_by_attach_without_resubmitting() {
         started.elapsed() < Duration::from_secs(2),
         "--detach waited for the jobs"
     );
-    let dirs = trial_dirs(&test);
+    let dirs = trial_dirs(&test, "sl");
     let submitted = job_ids(&dirs);
     assert!(
         submitted.iter().all(|jobs| jobs.len() == 1),
@@ -325,10 +265,10 @@ fn a_killed_orchestrator_restarts_and_follows_its_jobs_losing_nothing() {
         "[synthetic]\nstep_ms = 200\n[sweep.axes]\n\"synthetic.steps\" = [8, 40]\n",
     ));
     let mut orchestrator = spawn(&test, &RUN);
-    wait_for_steps(&test, 2, 3);
-    kill(&orchestrator, nix::sys::signal::Signal::SIGKILL);
+    wait_for_steps(&test, "sl", 2, 3);
+    signal(&orchestrator, nix::sys::signal::Signal::SIGKILL);
     orchestrator.wait().unwrap();
-    let dirs = trial_dirs(&test);
+    let dirs = trial_dirs(&test, "sl");
     let submitted = job_ids(&dirs);
     // The jobs outlive their orchestrator; the short one ends meanwhile.
     let live = live_jobs();
@@ -375,8 +315,8 @@ fn a_job_cancelled_in_slurm_is_retried_and_resumes() {
     };
     let test = Test::new().spec(&synthetic(30, 150, 1));
     let orchestrator = spawn(&test, &RUN);
-    wait_for_steps(&test, 1, 5);
-    let dir = trial_dirs(&test).remove(0);
+    wait_for_steps(&test, "sl", 1, 5);
+    let dir = trial_dirs(&test, "sl").remove(0);
     let first = attempts(&dir)[0]["job"].as_str().unwrap().to_owned();
     assert!(
         Command::new("scancel")
@@ -421,10 +361,10 @@ fn ctrl_c_with_cancel_on_exit_cancels_the_jobs_and_a_rerun_resumes_them() {
             "--cancel-on-exit",
         ],
     );
-    wait_for_steps(&test, 2, 3);
-    kill(&orchestrator, nix::sys::signal::Signal::SIGINT);
+    wait_for_steps(&test, "sl", 2, 3);
+    signal(&orchestrator, nix::sys::signal::Signal::SIGINT);
     exited(&orchestrator.wait_with_output().unwrap(), 130);
-    let dirs = trial_dirs(&test);
+    let dirs = trial_dirs(&test, "sl");
     let live = live_jobs();
     for dir in &dirs {
         let attempts = attempts(dir);
@@ -453,7 +393,7 @@ fn a_partition_slurm_rejects_fails_the_sweep_before_any_job_is_submitted() {
     .code(2)
     .stderr_has("Slurm rejected the job")
     .stderr_has("invalid partition");
-    for dir in trial_dirs(&test) {
+    for dir in trial_dirs(&test, "sl") {
         assert!(
             !dir.join("attempts.jsonl").exists(),
             "{} was submitted",
@@ -483,6 +423,11 @@ fn plan_shows_the_sbatch_line_of_each_trial() {
     ] {
         assert!(line.contains(part), "{part} in {line}");
     }
-    test.run_in(&["plan", "spec.toml", "--backend", "local"])
-        .code(0);
+    // `--backend local` overrides the spec: no sbatch lines.
+    let local = test
+        .run_in(&["plan", "spec.toml", "--backend", "local", "--json"])
+        .code(0)
+        .json();
+    assert!(local["trials"][0].is_object(), "{local}");
+    assert!(local["trials"][0].get("sbatch").is_none(), "{local}");
 }

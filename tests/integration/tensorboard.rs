@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{Test, run_spec};
+use crate::util::{Test, run_spec, trial_dirs};
 
 fn python() -> Option<PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tb/bin/python");
@@ -64,8 +64,8 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let mut expectations = Vec::new();
-    for entry in std::fs::read_dir(test.path().join("results/tb/trials")).unwrap() {
-        let id = entry.unwrap().file_name().to_string_lossy().into_owned();
+    for dir in trial_dirs(&test, "tb") {
+        let id = dir.file_name().unwrap().to_string_lossy().into_owned();
         let show = test
             .run_in(&["show", &id, "--results", "results", "--json"])
             .code(0)

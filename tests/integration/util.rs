@@ -1,8 +1,9 @@
 //! A small fluent builder: files in a temp dir, run the binary there,
 //! assert on exit code, stdout and stderr.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisweep");
 
@@ -157,7 +158,6 @@ pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
     ids
 }
 
-/// `status SWEEP --results results --json`.
 /// The arguments of `palisweep run spec.toml --devices DEVICES --results
 /// results`.
 pub fn run_args(devices: &str) -> Vec<String> {
@@ -179,6 +179,7 @@ pub fn run_spec(test: &Test, devices: &str) -> Output {
     test.run_in(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// `status SWEEP --results results --json`.
 pub fn status(test: &Test, sweep: &str) -> serde_json::Value {
     test.run_in(&["status", sweep, "--results", "results", "--json"])
         .code(0)
@@ -188,4 +189,74 @@ pub fn status(test: &Test, sweep: &str) -> serde_json::Value {
 /// A sweep's count of trials in `state`, from [`status`].
 pub fn count(status: &serde_json::Value, state: &str) -> u64 {
     status["sweep"]["counts"][state].as_u64().unwrap()
+}
+
+/// Starts `palisweep ARGS` in the test folder in the background, its
+/// output piped.
+pub fn spawn(test: &Test, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(test.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `signal` to a spawned process.
+pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        signal,
+    )
+    .unwrap();
+}
+
+/// The trial folders of `sweep` under `results/`, sorted.
+pub fn trial_dirs(test: &Test, sweep: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(test.path().join("results").join(sweep).join("trials"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The lines of a JSON-lines file (none when it is missing).
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The `event` records of a trial folder's `events.jsonl`.
+pub fn events(dir: &Path, event: &str) -> Vec<serde_json::Value> {
+    jsonl(&dir.join("events.jsonl"))
+        .into_iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// Waits (up to 90 s) until `count` trial folders of `sweep` hold at least
+/// `steps` step events.
+pub fn wait_for_steps(test: &Test, sweep: &str, count: usize, steps: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let trials = test.path().join("results").join(sweep).join("trials");
+    loop {
+        let ready = std::fs::read_dir(&trials).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| events(&e.path(), "step").len() >= steps)
+                .count()
+        });
+        if ready >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "trials never got going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -40,10 +40,6 @@ impl JobInfo {
     pub fn is_terminal(&self) -> bool {
         is_terminal(&self.state)
     }
-
-    pub fn is_running(&self) -> bool {
-        matches!(self.state.as_str(), "RUNNING" | "COMPLETING")
-    }
 }
 
 pub fn is_terminal(state: &str) -> bool {

@@ -14,7 +14,7 @@ use super::client::{self, JobInfo, SlurmError};
 use super::sbatch::JobRequest;
 use super::tail::EventTail;
 use crate::scheduler::dispatcher::{QueuedTrial, Summary};
-use crate::scheduler::event::{AttemptOutcome, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::scheduler::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
 use crate::scheduler::fate::{self, AttemptEnd, TrialState, settle};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::sinks::Fanout;
@@ -317,9 +317,9 @@ impl Dispatcher<'_> {
                     job.failed = None;
                     let (attempt, id) = (job.attempt, job.id.clone());
                     let state = &mut self.states[trial];
-                    settle(state, &requeued, u32::MAX, false, self.fanout);
-                    // Slurm's own retry: it does not count against ours.
-                    state.failures = state.failures.saturating_sub(1);
+                    // Slurm's own retry: recorded, but not settled (it does
+                    // not count against ours, and the trial runs on).
+                    fate::record_end(&state.queued, &requeued, self.fanout);
                     state.status = TrialStatus::Running;
                     state.queued.next_attempt = state.queued.next_attempt.max(attempt + 1);
                     fate::record_start(
@@ -428,33 +428,15 @@ impl Dispatcher<'_> {
     }
 
     fn finish(mut self) -> Summary {
-        for i in std::mem::take(&mut self.pending) {
-            // Never submitted: the next run or attach submits it.
-            self.states[i].status = TrialStatus::Interrupted;
-            fate::end_trial(self.fanout, &self.states[i], None);
-        }
+        let pending = std::mem::take(&mut self.pending);
+        fate::interrupt_pending(&mut self.states, pending, self.fanout);
         let left_running: Vec<(String, String)> = self
             .jobs
             .iter()
             .map(|j| (self.states[j.trial].queued.info.id.clone(), j.id.clone()))
             .collect();
         // Trials still running as jobs count with the interrupted.
-        let (counts, failures) = fate::tally(&self.states);
-        let status = if !left_running.is_empty() {
-            SweepStatus::Running
-        } else if self.interrupting {
-            SweepStatus::Interrupted
-        } else if counts.failed > 0 {
-            SweepStatus::Failed
-        } else {
-            SweepStatus::Finished
-        };
-        Summary {
-            status,
-            counts,
-            failures,
-            left_running,
-        }
+        fate::summary(&self.states, self.interrupting, left_running)
     }
 }
 

@@ -167,6 +167,7 @@ impl Store {
             .map_err(at)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn, path, SCHEMA_VERSION)?;
+        schema::create_own_views(&conn).map_err(at)?;
         Ok(Store {
             conn,
             path: path.to_owned(),
@@ -194,11 +195,17 @@ impl Store {
                     source: Box::new(e),
                 });
             }
-            return Ok(Store {
-                conn: Self::connect_read_only(path)?,
-                path: path.to_owned(),
-            });
+            return Self::read_only_store(Self::connect_read_only(path)?, path);
         }
+        Self::read_only_store(conn, path)
+    }
+
+    /// A read-only store on `conn`, whose schema is current.
+    fn read_only_store(conn: Connection, path: &Path) -> Result<Self, StoreError> {
+        schema::create_own_views(&conn).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Store {
             conn,
             path: path.to_owned(),

@@ -459,10 +459,7 @@ impl Store {
         trial: &str,
     ) -> Result<Vec<MetricSummary>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            // Attempts after the trial's own (`trials.attempt`) are reruns.
-            "WITH own AS (SELECT * FROM metrics
-                           WHERE sweep = ?1 AND trial_id = ?2
-                             AND attempt <= (SELECT attempt FROM trials WHERE sweep = ?1 AND id = ?2))
+            "WITH own AS (SELECT * FROM own_metrics WHERE sweep = ?1 AND trial_id = ?2)
              SELECT name, COUNT(*), MIN(value), MAX(value),
                     (SELECT m2.step FROM own m2 WHERE m2.name = m.name
                       ORDER BY m2.attempt DESC, m2.step DESC LIMIT 1),
@@ -498,9 +495,8 @@ impl Store {
         name: &str,
     ) -> Result<Vec<MetricPoint>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT attempt, step, epoch, value, wall_time FROM metrics
+            "SELECT attempt, step, epoch, value, wall_time FROM own_metrics
              WHERE sweep = ?1 AND name = ?3 AND trial_id = ?2
-               AND attempt <= (SELECT attempt FROM trials WHERE sweep = ?1 AND id = ?2)
              ORDER BY attempt, step",
         )?;
         let rows = stmt.query_map([sweep, trial, name], |r| {
@@ -609,10 +605,9 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT t.id, COALESCE(a.attempt, t.attempt), t.status, a.outcome, a.exit_code,
                     COALESCE(a.reason, t.exit_reason)
-             FROM trials t LEFT JOIN attempts a
+             FROM trials t LEFT JOIN own_attempts a
                ON a.sweep = t.sweep AND a.trial_id = t.id
               AND a.outcome IS NOT NULL AND a.outcome NOT IN ('finished', 'stopped')
-              AND a.attempt <= t.attempt
              WHERE t.sweep = ?1 AND (t.status = 'failed' OR a.attempt IS NOT NULL)
              ORDER BY t.id, a.attempt",
         )?;
@@ -630,8 +625,8 @@ impl Store {
     }
 
     /// For the report: each trial's best and last value of `metric`, wall
-    /// time and peak memory, over its own attempts (reruns are attempts
-    /// after `trials.attempt`, and leave the trial's results alone).
+    /// time and peak memory, over its own attempts (`own_metrics`,
+    /// `own_attempts`: reruns leave the trial's results alone).
     pub fn trial_results(&self, sweep: &str, metric: &str) -> Result<Vec<TrialResult>, StoreError> {
         let agg = if higher_is_better(metric) {
             "MAX"
@@ -645,29 +640,25 @@ impl Store {
         };
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT t.id, t.params, t.status, t.device, t.batch_size,
-               (SELECT {agg}(value) FROM metrics m
+               (SELECT {agg}(value) FROM own_metrics m
+                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id),
+               (SELECT step FROM own_metrics m
                  WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
-                   AND m.attempt <= t.attempt),
-               (SELECT step FROM metrics m
-                 WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
-                   AND m.attempt <= t.attempt AND value IS NOT NULL
+                   AND value IS NOT NULL
                  ORDER BY value {order}, step LIMIT 1),
-               (SELECT value FROM metrics m
+               (SELECT value FROM own_metrics m
                  WHERE m.sweep = t.sweep AND m.name = ?2 AND m.trial_id = t.id
-                   AND m.attempt <= t.attempt
                  ORDER BY attempt DESC, step DESC LIMIT 1),
                (SELECT SUM(COALESCE(a.end,
                      (SELECT MAX(wall_time) FROM metrics m
                        WHERE m.trial_id = a.trial_id AND m.sweep = a.sweep AND m.attempt = a.attempt))
                    - a.start)
-                 FROM attempts a WHERE a.sweep = t.sweep AND a.trial_id = t.id
-                   AND a.attempt <= t.attempt),
-               MAX(COALESCE((SELECT MAX(peak_memory_bytes) FROM attempts a
-                              WHERE a.sweep = t.sweep AND a.trial_id = t.id
-                                AND a.attempt <= t.attempt), 0),
-                   COALESCE((SELECT MAX(value) FROM metrics m
+                 FROM own_attempts a WHERE a.sweep = t.sweep AND a.trial_id = t.id),
+               MAX(COALESCE((SELECT MAX(peak_memory_bytes) FROM own_attempts a
+                              WHERE a.sweep = t.sweep AND a.trial_id = t.id), 0),
+                   COALESCE((SELECT MAX(value) FROM own_metrics m
                               WHERE m.sweep = t.sweep AND m.name = 'perf/peak_memory_bytes'
-                                AND m.trial_id = t.id AND m.attempt <= t.attempt), 0))
+                                AND m.trial_id = t.id), 0))
              FROM trials t WHERE t.sweep = ?1 ORDER BY t.id"
         ))?;
         let rows = stmt.query_map([sweep, metric], |r| {
@@ -686,12 +677,6 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The parameters whose values differ between the sweep's trials
-    /// (dotted keys, sorted), for leaderboards.
-    pub fn varying_params(&self, sweep: &str) -> Result<Vec<String>, StoreError> {
-        Ok(varying_keys(&self.trials(sweep)?))
     }
 
     /// The trial's sweep, when the trial id is in exactly one.

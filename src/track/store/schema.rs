@@ -193,6 +193,24 @@ pub(super) fn get_opt_u64(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u6
         .map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
+/// Per-connection views of a trial's own attempts and their metrics. A
+/// `rerun` is recorded as an attempt after `trials.attempt` (it never moves
+/// the trial's row), so "own" is every attempt up to it; every query of a
+/// trial's results reads these, not the tables. Temporary, so they need no
+/// migration and work on read-only connections.
+pub(super) fn create_own_views(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP VIEW IF NOT EXISTS own_attempts AS
+           SELECT a.* FROM main.attempts a
+             JOIN main.trials t ON t.sweep = a.sweep AND t.id = a.trial_id
+            WHERE a.attempt <= t.attempt;
+         CREATE TEMP VIEW IF NOT EXISTS own_metrics AS
+           SELECT m.* FROM main.metrics m
+             JOIN main.trials t ON t.sweep = m.sweep AND t.id = m.trial_id
+            WHERE m.attempt <= t.attempt;",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -418,7 +418,10 @@ fn a_sweep_is_recorded_and_read_back() {
     assert_eq!(results[0].peak_memory_bytes, Some(10_000_000_000));
     assert_eq!(results[1].wall_time_s, Some(3.0 + 37.0));
     assert_eq!(results[2].best, None);
-    assert_eq!(store.varying_params("demo").unwrap(), vec!["train.lr"]);
+    assert_eq!(
+        super::query::varying_keys(&store.trials("demo").unwrap()),
+        vec!["train.lr"]
+    );
 
     let env = store.latest_environment("demo").unwrap().unwrap();
     assert_eq!(env.environment.gpu_names, vec!["NVIDIA H100"]);
