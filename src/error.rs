@@ -1,17 +1,17 @@
 //! Exit codes, decided in one place.
 
-use crate::commands::export::ExportError;
 use crate::data::annotations::DataError;
 use crate::data::loader::LoaderError;
 use crate::devices::error::DeviceError;
 use crate::devices::grammar::ParseDeviceError;
+use crate::export::ExportError;
+use crate::model::adapt::peft::PeftError;
+use crate::model::checkpoint::hub::HubError;
+use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::ConfigError;
-use crate::model::hub::HubError;
-use crate::model::image::ImageError;
-use crate::model::paligemma::ModelError;
-use crate::model::peft::PeftError;
-use crate::model::processor::ProcessorError;
-use crate::model::weights::WeightError;
+use crate::model::network::paligemma::ModelError;
+use crate::model::preprocess::image::ImageError;
+use crate::model::preprocess::processor::ProcessorError;
 use crate::plan::build::PlanError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;

@@ -1,9 +1,14 @@
 //! palisweep: declarative LoRA/QLoRA fine-tuning and hyperparameter sweeps
 //! of PaliGemma 2.
 //!
-//! `spec` (what the user declares) → `sweep` (the trials it expands to) →
-//! `plan` (estimates and placement, using `estimate` and `devices`); `model`
-//! is the network itself; `commands` wire them to the CLI.
+//! The flow (`docs/architecture.md` draws it): `spec` (what the user
+//! declares) → `sweep` (the trials it expands to) → `plan` (estimates and
+//! placement, using `estimate` and `devices`) → `scheduler` (runs each trial
+//! as a `worker` process, whose work is `train` on `model`) → `events` (the
+//! one stream the scheduler produces) → `track` (its consumers: the store,
+//! TensorBoard, progress) → `report`. `data` and `metrics` serve training and
+//! evaluation; `commands` wire everything to the CLI, and `error` maps
+//! errors to exit codes.
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -12,6 +17,8 @@ pub mod data;
 pub mod devices;
 pub mod error;
 pub mod estimate;
+pub mod events;
+pub mod export;
 pub mod layout;
 pub mod metrics;
 pub mod model;
@@ -24,6 +31,7 @@ pub mod spec;
 pub mod sweep;
 pub mod track;
 pub mod train;
+pub mod variant;
 pub mod worker;
 
 #[cfg(test)]

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
-use crate::model::adapt::tensor_shapes;
-use crate::model::config::{PaliGemmaConfig, Resolution, Size, TINY_IMAGE_TOKEN_INDEX};
-use crate::model::tiny::{self, TinyError, init_for};
-use crate::model::weights::{INDEX_FILE, SINGLE_FILE, TensorEntry, WeightError, write_safetensors};
+use crate::model::checkpoint::tensors::tensor_shapes;
+use crate::model::checkpoint::tiny::{self, TinyError, init_for};
+use crate::model::checkpoint::weights::{
+    INDEX_FILE, SINGLE_FILE, TensorEntry, WeightError, write_safetensors,
+};
+use crate::model::config::{PaliGemmaConfig, Preset};
+use crate::variant::{Resolution, Size};
 
 /// The vision position table, the one tensor whose shape follows the
 /// resolution.
@@ -43,48 +46,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-/// A random checkpoint to benchmark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Preset {
-    Tiny,
-    Small,
-    Published,
-}
-
-impl Preset {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "tiny" => Some(Self::Tiny),
-            "small" => Some(Self::Small),
-            "published" => Some(Self::Published),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tiny => "tiny",
-            Self::Small => "small",
-            Self::Published => "published",
-        }
-    }
-
-    /// The architecture. `published` keeps the real vocabulary (its
-    /// embedding and head cost what they cost) but places `<image>` where
-    /// the tiny tokenizer, which every random checkpoint ships, has it.
-    pub fn config(self, size: Size, resolution: Resolution) -> PaliGemmaConfig {
-        match self {
-            Self::Tiny => PaliGemmaConfig::tiny(size, resolution),
-            Self::Small => PaliGemmaConfig::small(size, resolution),
-            Self::Published => {
-                let mut config = PaliGemmaConfig::published(size, resolution);
-                config.image_token_index = TINY_IMAGE_TOKEN_INDEX;
-                config
-            }
-        }
     }
 }
 
@@ -244,7 +205,8 @@ fn write_published(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::paligemma::PaliGemma;
+    use crate::model::config::TINY_IMAGE_TOKEN_INDEX;
+    use crate::model::network::paligemma::PaliGemma;
 
     #[test]
     fn published_config_uses_the_tiny_tokenizers_image_token() {

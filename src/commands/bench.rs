@@ -8,16 +8,17 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use image::RgbImage;
 
-use crate::bench::checkpoint::{self, Preset};
+use crate::bench::checkpoint;
 use crate::bench::run::{BenchOptions, Modes, Report, run as bench};
 use crate::cli::BenchArgs;
 use crate::data::annotations::{Split, read_split};
-use crate::model::adapt::QuantConfig;
-use crate::model::config::{Resolution, Size};
-use crate::model::image::load_image;
-use crate::model::lora::LoraConfig;
-use crate::model::processor::Example;
+use crate::model::adapt::lora::LoraConfig;
+use crate::model::adapt::plan::QuantConfig;
+use crate::model::config::Preset;
+use crate::model::preprocess::image::load_image;
+use crate::model::preprocess::processor::Example;
 use crate::spec::schema::Method;
+use crate::variant::{Resolution, Size};
 
 use super::runtime;
 

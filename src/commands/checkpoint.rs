@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::model::config::{Resolution, Size};
-use crate::model::{hub, tiny};
+use crate::model::checkpoint::{hub, tiny};
 use crate::spec::checkpoint::CheckpointRef;
+use crate::variant::{Resolution, Size};
 
 /// `tiny` (= `tiny-3b-224`) or `tiny-<size>-<resolution>`.
 fn parse_tiny(raw: &str) -> Option<anyhow::Result<(Size, Resolution)>> {

@@ -12,8 +12,8 @@ use tch::{Device, Kind};
 use crate::cli::EvalArgs;
 use crate::data::annotations::{Split, read_split};
 use crate::metrics::task::Task;
-use crate::model::paligemma::PaliGemma;
-use crate::model::processor::Processor;
+use crate::model::network::paligemma::PaliGemma;
+use crate::model::preprocess::processor::Processor;
 use crate::train::evaluate::{EvalOptions, evaluate};
 
 use super::{checkpoint, runtime};

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::cli::FetchArgs;
 use crate::layout::ResultsRoot;
-use crate::model::{hub, tiny};
+use crate::model::checkpoint::{hub, tiny};
 use crate::spec::checkpoint::{self, CheckpointRef};
 use crate::spec::load::{Overrides, load};
 use crate::sweep::expand::expand;

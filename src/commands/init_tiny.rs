@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 
 use crate::cli::InitTinyArgs;
-use crate::model::config::{Resolution, Size};
-use crate::model::tiny;
+use crate::model::checkpoint::tiny;
+use crate::variant::{Resolution, Size};
 
 pub fn run(args: &InitTinyArgs) -> anyhow::Result<()> {
     let size: Size = args.size.parse().map_err(anyhow::Error::msg)?;

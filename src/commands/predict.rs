@@ -3,9 +3,9 @@
 
 use crate::cli::PredictArgs;
 use crate::metrics::detection::{loc_to_pixels, parse_detections};
-use crate::model::generate::generate;
-use crate::model::image::load_image;
-use crate::model::processor::Processor;
+use crate::model::network::generate::generate;
+use crate::model::preprocess::image::load_image;
+use crate::model::preprocess::processor::Processor;
 
 use super::eval::load_model;
 use super::{checkpoint, runtime};

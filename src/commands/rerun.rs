@@ -16,17 +16,18 @@ use crate::data::check::check;
 use crate::devices::detect::{self, DeviceKind};
 use crate::devices::grammar::DeviceRequest;
 use crate::error::EXIT_FAILURE;
+use crate::events::event::{AttemptOutcome, EventSink, SweepEvent, now};
 use crate::layout::{ResultsRoot, TrialDir};
-use crate::model::fingerprint::checkpoint_fingerprint;
+use crate::model::checkpoint::fingerprint::checkpoint_fingerprint;
 use crate::rerun::{
     Comparison, Current, Original, RerunError, compare, mismatches, read_original, rerun_dir,
 };
-use crate::scheduler::event::{AttemptOutcome, EventSink, SweepEvent, now};
 use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::track::store::{Store, StoreSink};
 use crate::train::determinism::CUBLAS_WORKSPACE_CONFIG;
 use crate::train::learner::{checkpoint_dir, dataset_root, spec_task};
+use crate::worker::contract::WorkerCommand;
 use crate::worker::protocol::Envelope;
 
 /// Relative tolerance on CUDA, where kernels are not bitwise deterministic
@@ -192,25 +193,23 @@ fn worker_command(
     device: &str,
     original: &Original,
 ) -> Command {
+    let worker = WorkerCommand {
+        trial_dir: dir.path().to_owned(),
+        attempt,
+        threads: original.threads.max(1).unsigned_abs(),
+        device: Some(device.to_owned()),
+        sets: vec![
+            format!("train.batch_size={}", original.batch_size),
+            format!("train.grad_accum={}", original.grad_accum),
+        ],
+        watch_stdin: false,
+        deterministic: original.on_cuda(),
+    };
     let mut command = Command::new(exe);
-    command
-        .arg("worker")
-        .arg("--trial")
-        .arg(dir.path())
-        .args(["--attempt", &attempt.to_string()])
-        .args(["--threads", &original.threads.to_string()])
-        .args(["--device", device])
-        .args([
-            "--set",
-            &format!("train.batch_size={}", original.batch_size),
-        ])
-        .args([
-            "--set",
-            &format!("train.grad_accum={}", original.grad_accum),
-        ]);
+    command.args(worker.args());
     if original.on_cuda() {
         let (key, value) = CUBLAS_WORKSPACE_CONFIG;
-        command.arg("--deterministic").env(key, value);
+        command.env(key, value);
     }
     command
 }

@@ -16,17 +16,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
+use crate::events::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::events::fanout::Fanout;
 use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
-use crate::scheduler::dispatcher::{Dispatch, Summary, dispatch};
-use crate::scheduler::dispatcher::{OpenJob, QueuedTrial};
-use crate::scheduler::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
-use crate::scheduler::progress::{ProgressMode, ProgressSink};
 use crate::scheduler::pruner::MedianPruner;
-use crate::scheduler::sinks::Fanout;
+use crate::scheduler::queue::{OpenJob, QueuedTrial, Summary};
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
@@ -34,6 +33,7 @@ use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
 use crate::sweep::expand::expand;
+use crate::track::progress::{ProgressMode, ProgressSink};
 use crate::track::store::Store;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {

@@ -3,8 +3,7 @@
 //! `DIR/events.jsonl`, progress on stderr. The scheduler runs one per trial;
 //! it is runnable by hand for debugging (`--spec` makes the trial folder).
 //!
-//! Exit codes: 0 finished, 1 failure, 2 bad spec or data, 3 out of memory,
-//! 4 stopped on request (SIGTERM, or end of stdin with `--watch-stdin`).
+//! Its exit codes are [`WorkerExit`]'s (the table in `worker/contract.rs`).
 
 use std::io::Read as _;
 use std::path::Path;
@@ -20,11 +19,9 @@ use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::sweep::expand::expand;
 use crate::train::learner::{RunContext, TrainError, train};
+use crate::worker::contract::WorkerExit;
 use crate::worker::protocol::{EventWriter, FailureKind, WorkerEvent};
 use crate::worker::synthetic::{self, SyntheticContext, SyntheticEnd};
-
-pub const EXIT_OOM: u8 = 3;
-pub const EXIT_STOPPED: u8 = 4;
 
 /// Writes `trial.toml` from a spec that expands to one trial (or the one
 /// named by `--trial-id`).
@@ -137,11 +134,11 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
                     .best
                     .map_or("-".into(), |(v, s)| format!("{v:.4} at step {s}"))
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(WorkerExit::Finished.into())
         }
         Err(TrainError::Stopped { step }) => {
             eprintln!("stopped at step {step}; the checkpoint resumes it");
-            Ok(ExitCode::from(EXIT_STOPPED))
+            Ok(WorkerExit::Stopped.into())
         }
         Err(error) => {
             let message = error.to_string();
@@ -151,7 +148,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
                 message: message.clone(),
             });
             eprintln!("error: {message}");
-            Ok(ExitCode::from(code))
+            Ok(code.into())
         }
     }
 }
@@ -182,34 +179,35 @@ fn run_synthetic(
     Ok(match synthetic::run(spec, &ctx, &mut events)? {
         SyntheticEnd::Finished { steps } => {
             eprintln!("synthetic trial finished after {steps} steps");
-            ExitCode::SUCCESS
+            WorkerExit::Finished.into()
         }
         SyntheticEnd::Stopped { step } => {
             eprintln!("stopped at step {step}; the checkpoint resumes it");
-            ExitCode::from(EXIT_STOPPED)
+            WorkerExit::Stopped.into()
         }
         SyntheticEnd::Failed { kind, message } => {
             eprintln!("error: {message}");
-            ExitCode::from(match kind {
-                FailureKind::Oom => EXIT_OOM,
-                FailureKind::Data => 2,
-                FailureKind::Other => 1,
-            })
+            match kind {
+                FailureKind::Oom => WorkerExit::OutOfMemory,
+                FailureKind::Data => WorkerExit::BadInput,
+                FailureKind::Other => WorkerExit::Failed,
+            }
+            .into()
         }
     })
 }
 
-/// Out of memory → 3, bad data or spec → 2, anything else → 1.
-fn classify(error: &TrainError) -> (FailureKind, u8) {
+/// Out of memory, bad data or spec, or anything else.
+fn classify(error: &TrainError) -> (FailureKind, WorkerExit) {
     let text = error.to_string().to_ascii_lowercase();
     if text.contains("out of memory") {
-        return (FailureKind::Oom, EXIT_OOM);
+        return (FailureKind::Oom, WorkerExit::OutOfMemory);
     }
     match error {
         TrainError::Data(_)
         | TrainError::Processor(_)
         | TrainError::Loader(_)
-        | TrainError::Input(_) => (FailureKind::Data, 2),
-        _ => (FailureKind::Other, 1),
+        | TrainError::Input(_) => (FailureKind::Data, WorkerExit::BadInput),
+        _ => (FailureKind::Other, WorkerExit::Failed),
     }
 }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::detection::parse_detections;
 use crate::metrics::task::Task;
-use crate::model::image::decode_image;
+use crate::model::preprocess::image::decode_image;
 
 use super::annotations::{DataError, Record, Split, locate, read_split_lines};
 

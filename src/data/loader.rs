@@ -13,8 +13,8 @@ use image::RgbImage;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::model::image::{ImageError, load_image};
-use crate::model::processor::{Encoded, Example, Processor, ProcessorError};
+use crate::model::preprocess::image::{ImageError, load_image};
+use crate::model::preprocess::processor::{Encoded, Example, Processor, ProcessorError};
 use crate::rng::SplitMix64;
 
 use super::annotations::Record;
@@ -163,7 +163,7 @@ mod tests {
     use super::*;
     use crate::data::annotations::{Split, read_split};
     use crate::data::synthetic::{SyntheticOptions, SyntheticTask, write};
-    use crate::model::config::{Resolution, Size};
+    use crate::variant::{Resolution, Size};
 
     #[test]
     fn the_order_depends_only_on_seed_and_epoch() {
@@ -188,7 +188,7 @@ mod tests {
         };
         write(data.path(), &options).unwrap();
         let ckpt = tempfile::tempdir().unwrap();
-        crate::model::tiny::write(ckpt.path(), Size::B3, Resolution::R224, 0).unwrap();
+        crate::model::checkpoint::tiny::write(ckpt.path(), Size::B3, Resolution::R224, 0).unwrap();
         let processor = Arc::new(Processor::from_dir(ckpt.path()).unwrap());
         let records = Arc::new(read_split(data.path(), Split::Train).unwrap());
         let loader_options = LoaderOptions {
@@ -233,7 +233,7 @@ mod tests {
         )
         .unwrap();
         let ckpt = tempfile::tempdir().unwrap();
-        crate::model::tiny::write(ckpt.path(), Size::B3, Resolution::R224, 0).unwrap();
+        crate::model::checkpoint::tiny::write(ckpt.path(), Size::B3, Resolution::R224, 0).unwrap();
         let processor = Arc::new(Processor::from_dir(ckpt.path()).unwrap());
         let records = Arc::new(read_split(data.path(), Split::Train).unwrap());
         let options = LoaderOptions {

@@ -347,7 +347,7 @@ fn final_norm(shape: &TrialShape) -> Held {
 ///   softmax backward (everything kept, plus its transient) or, when the
 ///   tower's scores dominate, at a vision layer's (the decoder's memory is
 ///   freed by then).
-/// * With checkpointing ([`crate::model::backward`]) each tower keeps
+/// * With checkpointing ([`crate::model::network::backward`]) each tower keeps
 ///   every layer's input and recomputes one layer at a time. On the CPU the
 ///   peak is the larger of the two towers' layers; the CUDA caching
 ///   allocator keeps the blocks the decoder's layers reserved (other sizes
@@ -361,7 +361,7 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
     let t = &shape.config.text_config;
     let v = &shape.config.vision_config;
     // Every decoder layer but the last computes every query; the last, the
-    // supervised window's (`model::gemma2::QueryWindow`).
+    // supervised window's (`model::network::gemma2::QueryWindow`).
     let decoder = decoder_layer(shape, shape.sequence_len());
     let last_decoder = decoder_layer(shape, u64::from(shape.suffix_tokens));
     let (decoder_layers, vision_layers) = (

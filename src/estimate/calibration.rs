@@ -5,9 +5,9 @@
 
 use serde::Deserialize;
 
-use crate::bench::checkpoint::Preset;
-use crate::model::config::{Resolution, Size};
+use crate::model::config::Preset;
 use crate::spec::schema::Method;
+use crate::variant::{Resolution, Size};
 
 use super::memory::{DeviceKind, TrialShape, estimate_memory};
 
@@ -73,7 +73,7 @@ fn check(row: &Row, device: DeviceKind) -> Checked {
     let size: Size = row.size.parse().expect("a size");
     let resolution: Resolution = row.resolution.to_string().parse().expect("a resolution");
     let config = preset.config(size, resolution);
-    let targets: Vec<String> = crate::model::lora::DEFAULT_TARGETS
+    let targets: Vec<String> = crate::model::adapt::lora::DEFAULT_TARGETS
         .map(String::from)
         .to_vec();
     let method = match row.method.as_str() {

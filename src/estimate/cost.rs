@@ -11,13 +11,14 @@
 
 use std::sync::LazyLock;
 
-use crate::model::config::{PaliGemmaConfig, Resolution, Size, Tower};
+use crate::model::config::{PaliGemmaConfig, Tower};
 use crate::spec::schema::Method;
+use crate::variant::{Resolution, Size};
 
 use super::memory::{DeviceKind, TrialShape};
 
 /// Text tokens of the normalisation example (`PaliGemma`'s 224 pretraining
-/// length, reference §1), all supervised.
+/// length, docs/model-reference.md §1), all supervised.
 pub const REFERENCE_TEXT_TOKENS: u32 = 128;
 
 /// FLOPs per weight per token.
@@ -57,7 +58,7 @@ impl Role {
 /// one recomputed forward of the decoder (and a trained vision tower) under
 /// gradient checkpointing. Independent of batch size and dtype. The last
 /// decoder layer's queries cover the supervised positions only, as the
-/// model code runs it (`model::gemma2::QueryWindow`).
+/// model code runs it (`model::network::gemma2::QueryWindow`).
 pub fn per_example_flops(shape: &TrialShape) -> f64 {
     flops(shape, true)
 }
@@ -165,7 +166,7 @@ fn flops(shape: &TrialShape, windowed: bool) -> f64 {
 
 /// Whether `module` runs on the supervised window only: every linear of the
 /// last decoder layer (`last_layer`, its name prefix) but the key and value
-/// projections, which read every position (`model::gemma2::QueryWindow`).
+/// projections, which read every position (`model::network::gemma2::QueryWindow`).
 fn reads_query_window(last_layer: &str, module: &str) -> bool {
     module
         .strip_prefix(last_layer)
@@ -212,7 +213,7 @@ fn full_training_shape(config: &PaliGemmaConfig, text_tokens: u32) -> TrialShape
 mod tests {
     use super::*;
 
-    /// Paper Table 1 (reference §10): relative training cost per example,
+    /// Paper Table 1 (docs/model-reference.md §10): relative training cost per example,
     /// 224/448/896, for 3B/10B/28B.
     const TABLE_1: [(Size, [f64; 3]); 3] = [
         (Size::B3, [1.0, 4.6, 23.5]),
@@ -220,7 +221,7 @@ mod tests {
         (Size::B28, [18.9, 63.5, 155.6]),
     ];
 
-    /// Pretraining text length: 128 at 224, 512 at 448/896 (reference §1).
+    /// Pretraining text length: 128 at 224, 512 at 448/896 (docs/model-reference.md §1).
     fn pretraining_text(resolution: Resolution) -> u32 {
         if resolution == Resolution::R224 {
             128
@@ -230,7 +231,7 @@ mod tests {
     }
 
     fn default_targets() -> Vec<String> {
-        crate::model::lora::DEFAULT_TARGETS
+        crate::model::adapt::lora::DEFAULT_TARGETS
             .map(String::from)
             .to_vec()
     }

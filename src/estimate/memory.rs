@@ -1,5 +1,5 @@
 //! Peak device memory of one training trial, computed from the architecture
-//! (reference §8 for NF4 storage) and from what autograd keeps for the
+//! (docs/model-reference.md §8 for NF4 storage) and from what autograd keeps for the
 //! backward pass of this project's model code.
 //!
 //! The activation terms count tensors, not coefficients: for each layer, the
@@ -33,15 +33,15 @@ pub const CUDA_RUNTIME_OVERHEAD: u64 = 1000 * MIB;
 pub const CPU_RUNTIME_OVERHEAD: u64 = 415 * MIB;
 
 /// Bytes per trained parameter kept by the optimiser: f32 master weight,
-/// f32 gradient, `AdamW`'s f32 `m` and `v` (reference §11).
+/// f32 gradient, `AdamW`'s f32 `m` and `v` (docs/model-reference.md §11).
 pub const TRAINABLE_STATE_BYTES: u64 = 16;
 
 /// Logits at supervised positions: the compute-dtype logits, their f32
-/// upcast for the loss, and the f32 gradient (reference §11).
+/// upcast for the loss, and the f32 gradient (docs/model-reference.md §11).
 pub const LOGITS_F32_BYTES: u64 = 4 + 4;
 
 /// NF4 double quantisation quantises the absmax constants in blocks of 256
-/// (`bitsandbytes`, reference §8).
+/// (`bitsandbytes`, docs/model-reference.md §8).
 pub const DOUBLE_QUANT_BLOCK: u64 = 256;
 
 /// What the heap keeps beyond the live heap-served tensors at the peak, in
@@ -251,7 +251,7 @@ pub fn weight_bytes(shape: &TrialShape) -> u64 {
 
 /// NF4 absmax constants of one tensor of `n` weights in blocks of `block`:
 /// an f32 per block, or with double quantisation one byte per block plus an
-/// f32 per [`DOUBLE_QUANT_BLOCK`] blocks and one f32 offset (reference §8).
+/// f32 per [`DOUBLE_QUANT_BLOCK`] blocks and one f32 offset (docs/model-reference.md §8).
 pub fn absmax_bytes(n: u64, block: u64, double_quant: bool) -> u64 {
     let blocks = n.div_ceil(block.max(1));
     if double_quant {
@@ -294,18 +294,19 @@ pub fn overhead_bytes(device: DeviceKind) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{Resolution, Size};
+    use crate::variant::{Resolution, Size};
 
     const GB: f64 = 1e9;
 
     fn default_targets() -> Vec<String> {
-        crate::model::lora::DEFAULT_TARGETS
+        crate::model::adapt::lora::DEFAULT_TARGETS
             .map(String::from)
             .to_vec()
     }
 
-    /// The maestro recipe (reference §9) on CUDA in bf16: r=8, 7 targets,
-    /// double quantisation, blocks of 64, 64 text tokens.
+    /// The maestro recipe (docs/model-reference.md §9) on CUDA in bf16: r=8,
+    /// 7 targets, blocks of 64, 64 text tokens; with double quantisation
+    /// (palisweep's default; maestro itself leaves it off, §8).
     fn shape<'a>(
         config: &'a PaliGemmaConfig,
         method: Method,
@@ -339,7 +340,7 @@ mod tests {
 
     #[test]
     fn static_weights_match_reference_table() {
-        // Reference §11: bf16, NF4 + DQ, NF4 without DQ (GB), for 3B/10B/28B.
+        // docs/model-reference.md §11: bf16, NF4 + DQ, NF4 without DQ (GB), for 3B/10B/28B.
         let table = [
             (Size::B3, 6.06, 2.45, 2.56),
             (Size::B10, 19.3, 6.35, 6.76),
@@ -365,7 +366,7 @@ mod tests {
 
     #[test]
     fn nf4_storage_is_half_a_byte_plus_constants() {
-        // Reference §8: ≈0.5159 B/param with DQ, 0.5625 without (blocks of 64).
+        // docs/model-reference.md §8: ≈0.5159 B/param with DQ, 0.5625 without (blocks of 64).
         let n = 64 * 256 * 1000;
         let with = (n / 2 + absmax_bytes(n, 64, true)) as f64 / n as f64;
         let without = (n / 2 + absmax_bytes(n, 64, false)) as f64 / n as f64;
@@ -379,7 +380,7 @@ mod tests {
     fn trainable_state_for_r8_3b() {
         let targets = default_targets();
         let config = PaliGemmaConfig::published(Size::B3, Resolution::R224);
-        // f32 compute (CPU): 16 B/param, reference §11's 0.19 GB.
+        // f32 compute (CPU): 16 B/param, docs/model-reference.md §11's 0.19 GB.
         let cpu = TrialShape {
             dtype_bytes: 4,
             device: DeviceKind::Cpu,

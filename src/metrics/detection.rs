@@ -110,7 +110,7 @@ impl fmt::Display for PixelBox {
 }
 
 /// Pixel coordinates of `bins` in a `width` × `height` image, as
-/// `bin / 1024 × size` (the HF Space parser's convention, reference §6; y bins
+/// `bin / 1024 × size` (the HF Space parser's convention, docs/model-reference.md §6; y bins
 /// scale by the height, x bins by the width). Not rounded.
 pub fn loc_to_pixels(bins: LocBox, width: u32, height: u32) -> PixelBox {
     let scale = |bin: u16, size: u32| f64::from(bin) / f64::from(LOC_BINS) * f64::from(size);

@@ -1,109 +1,12 @@
 //! Architecture configs, named like Hugging Face `config.json`, with the
 //! published `PaliGemma` 2 checkpoints and their scaled-down "tiny" twins built in.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The language-model size of a `PaliGemma` 2 checkpoint (Gemma 2 2B / 9B / 27B).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Size {
-    #[serde(rename = "3b")]
-    B3,
-    #[serde(rename = "10b")]
-    B10,
-    #[serde(rename = "28b")]
-    B28,
-}
-
-impl Size {
-    pub const ALL: [Size; 3] = [Size::B3, Size::B10, Size::B28];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Size::B3 => "3b",
-            Size::B10 => "10b",
-            Size::B28 => "28b",
-        }
-    }
-}
-
-impl std::str::FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Size::ALL
-            .into_iter()
-            .find(|size| size.as_str() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown size `{s}`: use 3b, 10b or 28b"))
-    }
-}
-
-impl std::str::FromStr for Resolution {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let px: u32 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("unknown resolution `{s}`: use 224, 448 or 896"))?;
-        Resolution::try_from(px)
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The input image side in pixels of a published checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
-pub enum Resolution {
-    R224,
-    R448,
-    R896,
-}
-
-impl Resolution {
-    pub const ALL: [Resolution; 3] = [Resolution::R224, Resolution::R448, Resolution::R896];
-
-    pub fn pixels(self) -> u32 {
-        match self {
-            Resolution::R224 => 224,
-            Resolution::R448 => 448,
-            Resolution::R896 => 896,
-        }
-    }
-}
-
-impl TryFrom<u32> for Resolution {
-    type Error = String;
-    fn try_from(px: u32) -> Result<Self, String> {
-        match px {
-            224 => Ok(Resolution::R224),
-            448 => Ok(Resolution::R448),
-            896 => Ok(Resolution::R896),
-            other => Err(format!(
-                "resolution {other} is not published: use 224, 448 or 896"
-            )),
-        }
-    }
-}
-
-impl From<Resolution> for u32 {
-    fn from(r: Resolution) -> u32 {
-        r.pixels()
-    }
-}
-
-impl fmt::Display for Resolution {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.pixels())
-    }
-}
+use crate::variant::{Resolution, Size};
 
 // ---------------------------------------------------------------------------
 // config.json structs
@@ -282,9 +185,9 @@ fn default_max_position_embeddings() -> u32 {
 // ---------------------------------------------------------------------------
 
 /// Rows of the `PaliGemma` 2 token embedding: 257152 real tokens + 64 padding
-/// rows (reference §1, from the published 3B `config.json`).
+/// rows (docs/model-reference.md §1, from the published 3B `config.json`).
 const PUBLISHED_VOCAB_SIZE: u32 = 257_216;
-/// `<image>` = 256000 Gemma pieces + 1024 `<loc>` + 128 `<seg>` (reference §1, §4).
+/// `<image>` = 256000 Gemma pieces + 1024 `<loc>` + 128 `<seg>` (docs/model-reference.md §1, §4).
 const PUBLISHED_IMAGE_TOKEN_INDEX: u32 = 257_152;
 
 /// Vocabulary of the tiny presets.
@@ -296,11 +199,12 @@ pub const TINY_IMAGE_TOKEN_INDEX: u32 = TINY_VOCAB_SIZE - 1;
 impl PaliGemmaConfig {
     /// The config of `google/paligemma2-{size}-pt-{resolution}`.
     ///
-    /// Numbers from reference §1: the `SigLIP`-So400m/14 block of
+    /// Numbers from docs/model-reference.md §1: the `SigLIP`-So400m/14 block of
     /// `convert_paligemma2_weights_to_hf.py`, `VARIANT_CONFIGS` there, the
     /// published 3B-224 `config.json`, and `big_vision` `gemma2_{2b,9b,27b}`.
-    /// The 10B/28B `vocab_size` of 257216 is assumed equal to 3B's (reference
-    /// §12.1); the parameter-count tests pin every number here.
+    /// The 10B/28B `vocab_size` of 257216 is assumed equal to 3B's
+    /// (docs/model-reference.md §12.1); the parameter-count tests pin every
+    /// number here.
     pub fn published(size: Size, resolution: Resolution) -> Self {
         let text_config = match size {
             // Gemma 2 2B.
@@ -531,7 +435,7 @@ impl PaliGemmaConfig {
 }
 
 /// A published Gemma 2 text config; the fields not passed are the same for
-/// 2B/9B/27B (reference §1 table).
+/// 2B/9B/27B (docs/model-reference.md §1 table).
 fn gemma2_published(
     hidden_size: u32,
     intermediate_size: u32,
@@ -578,7 +482,7 @@ pub enum Tower {
 /// One `nn.Linear` of the model, as PEFT and the NF4 loader see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinearModule {
-    /// Module path as in the safetensors keys (reference §5, legacy form),
+    /// Module path as in the safetensors keys (docs/model-reference.md §5, legacy form),
     /// e.g. `language_model.model.layers.3.mlp.up_proj`. PEFT target
     /// matching is by suffix, so the root prefix does not matter.
     pub name: String,
@@ -634,7 +538,7 @@ pub struct ParamCounts {
     pub final_norm: u64,
     pub total: u64,
     /// Weights of every `nn.Linear` except the tied head: the tensors `QLoRA`
-    /// quantises (reference §8).
+    /// quantises (docs/model-reference.md §8).
     pub linear_params: u64,
     /// Biases of those linears (`SigLIP` and the projector; Gemma 2 has none).
     pub linear_bias_params: u64,
@@ -799,7 +703,7 @@ impl PaliGemmaConfig {
     /// Trainable parameters of rank-`r` `LoRA` adapters on every linear whose
     /// name matches `targets` (PEFT suffix rule). Vision-tower linears count
     /// only when `include_vision`; the default 7-name list hits `SigLIP`'s
-    /// `q_proj`/`k_proj`/`v_proj` too (reference §9).
+    /// `q_proj`/`k_proj`/`v_proj` too (docs/model-reference.md §9).
     pub fn lora_params(&self, r: u32, targets: &[String], include_vision: bool) -> u64 {
         self.linear_modules()
             .iter()
@@ -810,11 +714,54 @@ impl PaliGemmaConfig {
     }
 }
 
+/// A named architecture of the random checkpoints that benchmarks and the
+/// memory calibration run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    Tiny,
+    Small,
+    Published,
+}
+
+impl Preset {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "tiny" => Some(Self::Tiny),
+            "small" => Some(Self::Small),
+            "published" => Some(Self::Published),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tiny => "tiny",
+            Self::Small => "small",
+            Self::Published => "published",
+        }
+    }
+
+    /// The architecture. `published` keeps the real vocabulary (its
+    /// embedding and head cost what they cost) but places `<image>` where
+    /// the tiny tokenizer, which every random checkpoint ships, has it.
+    pub fn config(self, size: Size, resolution: Resolution) -> PaliGemmaConfig {
+        match self {
+            Self::Tiny => PaliGemmaConfig::tiny(size, resolution),
+            Self::Small => PaliGemmaConfig::small(size, resolution),
+            Self::Published => {
+                let mut config = PaliGemmaConfig::published(size, resolution);
+                config.image_token_index = TINY_IMAGE_TOKEN_INDEX;
+                config
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Reference §1, verified by instantiating the HF configs on the meta device.
+    /// docs/model-reference.md §1, verified by instantiating the HF configs on the meta device.
     const VERIFIED_TOTALS: [(Size, [u64; 3]); 3] = [
         (Size::B3, [3_032_242_416, 3_033_127_152, 3_036_666_096]),
         (Size::B10, [9_662_638_832, 9_663_523_568, 9_667_062_512]),
@@ -822,12 +769,12 @@ mod tests {
     ];
 
     fn default_targets() -> Vec<String> {
-        crate::model::lora::DEFAULT_TARGETS
+        crate::model::adapt::lora::DEFAULT_TARGETS
             .map(String::from)
             .to_vec()
     }
 
-    /// The published 3B-224 `config.json` (reference §1), with its stale and
+    /// The published 3B-224 `config.json` (docs/model-reference.md §1), with its stale and
     /// unused keys, plus one key no version of transformers knows.
     const HF_3B_224: &str = r#"{
       "_vocab_size": 257152,
@@ -896,7 +843,7 @@ mod tests {
     #[test]
     fn published_part_counts_match_reference() {
         let c = PaliGemmaConfig::published(Size::B3, Resolution::R224).param_counts();
-        // Reference §1: vision 412.4M at 224, 416.9M at 896; projector 2.66M;
+        // docs/model-reference.md §1: vision 412.4M at 224, 416.9M at 896; projector 2.66M;
         // embedding 592.6M.
         assert_eq!(c.vision, 412_442_352);
         assert_eq!(c.projector, 2_656_512);
@@ -943,7 +890,7 @@ mod tests {
                 }
             }
         }
-        // 3B, reference §11: ≈1.26 GB of NF4 linears at 0.5159 B/param.
+        // 3B, docs/model-reference.md §11: ≈1.26 GB of NF4 linears at 0.5159 B/param.
         let c = PaliGemmaConfig::published(Size::B3, Resolution::R224).param_counts();
         assert_eq!(c.linear_params, 2_438_000_640);
         assert_eq!(c.linear_bias_params, 27 * (4 * 1152 + 4304 + 1152) + 2304);
@@ -951,7 +898,7 @@ mod tests {
 
     #[test]
     fn lora_counts_match_reference() {
-        // Reference §9: r=8 on the 7-name list (LM, vision).
+        // docs/model-reference.md §9: r=8 on the 7-name list (LM, vision).
         let expected = [
             (Size::B3, 10_383_360),
             (Size::B10, 27_009_024),

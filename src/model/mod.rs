@@ -1,20 +1,11 @@
-//! `PaliGemma` 2 on tch: configs, weights, the processor (tokenizer and
-//! images), the three towers, generation, and the built-in tiny checkpoints.
+//! `PaliGemma` 2 on tch, by concern: [`config`] (the architecture, named
+//! like Hugging Face `config.json`, shared by every part), [`network`] (the
+//! towers, the forward and backward passes, generation), [`adapt`] (`LoRA`,
+//! NF4 and the PEFT adapter format), [`checkpoint`] (reading and writing
+//! weights, the hub, fingerprints, the built-in tiny checkpoints) and
+//! [`preprocess`] (the tokenizer, images, and model inputs).
 pub mod adapt;
-pub mod backward;
+pub mod checkpoint;
 pub mod config;
-pub mod fingerprint;
-pub mod gemma2;
-pub mod generate;
-pub mod hub;
-pub mod image;
-pub mod input;
-pub mod linear;
-pub mod lora;
-pub mod nf4;
-pub mod paligemma;
-pub mod peft;
-pub mod processor;
-pub mod siglip;
-pub mod tiny;
-pub mod weights;
+pub mod network;
+pub mod preprocess;

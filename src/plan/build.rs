@@ -9,10 +9,11 @@ use crate::devices::detect::{DeviceKind, Inventory};
 use crate::devices::grammar::{format_bytes, parse_bytes};
 use crate::estimate::cost::relative_cost;
 use crate::estimate::memory::{MemoryEstimate, TrialShape, estimate_memory};
-use crate::model::config::{PaliGemmaConfig, Resolution, Size};
+use crate::model::config::PaliGemmaConfig;
 use crate::spec::checkpoint::{self, CheckpointRef, ResolvedCheckpoint};
 use crate::spec::schema::{Method, Precision, Softcap, Spec};
 use crate::sweep::expand::{Expansion, Trial, describe};
+use crate::variant::{Resolution, Size};
 
 use super::placement::{Demand, Limits, Placement, Slot, place};
 use super::text_lengths::{self, TextLengths};

@@ -110,7 +110,8 @@ impl Group {
 /// A JSON value as a table cell: strings unquoted.
 pub(crate) use crate::plan::render::value_text;
 
-/// Whether a spec key is a seed (`experiment.seed`, `train.seed`, `seed`).
+/// Whether a spec key is a seed (`experiment.seed`, the only seed key, or
+/// a bare `seed`).
 pub fn is_seed_key(key: &str) -> bool {
     key.rsplit('.').next() == Some("seed")
 }

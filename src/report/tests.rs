@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::*;
-use crate::scheduler::event::{
+use crate::events::event::{
     AttemptOutcome, Counts, Environment, SweepEvent, SweepInfo, SweepStatus, TrialInfo, TrialStatus,
 };
 use crate::track::store::StoreSink;

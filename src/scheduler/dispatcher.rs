@@ -10,71 +10,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now};
 use super::executor::{self, ExecutorEvent, Launch, RunId};
-use super::fate::{self, AttemptEnd, TrialState, settle, tail_text};
+use super::fate::{self, AttemptEnd, ExitFacts, StopCause, TrialState, settle, tail_text};
 use super::memory_probe::MemoryProbe;
 use super::pruner::MedianPruner;
-use super::sinks::Fanout;
+use super::queue::{QueuedTrial, Summary};
 use super::slots::Slots;
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
-use crate::estimate::memory::MemoryEstimate;
-use crate::layout::TrialDir;
+use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
+use crate::events::fanout::Fanout;
 use crate::plan::placement::Limits;
+use crate::worker::contract::{WorkerCommand, WorkerExit};
 use crate::worker::protocol::{FailureKind, WorkerEvent};
 
 /// How often timeouts are checked and memory is sampled.
 const TICK: Duration = Duration::from_millis(500);
-
-/// A trial to run in this sweep.
-#[derive(Clone, Debug)]
-pub struct QueuedTrial {
-    pub info: TrialInfo,
-    pub dir: TrialDir,
-    /// The estimate at `info.batch_size`.
-    pub memory: MemoryEstimate,
-    /// The batch shape the next attempt runs (after earlier back-offs).
-    pub batch_size: u32,
-    pub grad_accum: u32,
-    /// The next attempt's number (attempts count across runs).
-    pub next_attempt: u32,
-    /// A Slurm job an earlier run submitted and never saw end: followed,
-    /// not submitted again.
-    pub open_job: Option<OpenJob>,
-}
-
-/// An attempt running (or queued) as a Slurm job that no scheduler has
-/// seen end.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OpenJob {
-    pub attempt: u32,
-    pub job: String,
-    pub start: f64,
-}
-
-impl QueuedTrial {
-    /// The worker's `--set`s for the batch shape an out-of-memory back-off
-    /// chose (none while it runs the spec's).
-    pub fn backoff_sets(&self) -> Vec<String> {
-        if self.batch_size == self.info.batch_size && self.grad_accum == self.info.grad_accum {
-            return Vec::new();
-        }
-        vec![
-            format!("train.batch_size={}", self.batch_size),
-            format!("train.grad_accum={}", self.grad_accum),
-        ]
-    }
-
-    /// The estimate at the current batch size: the batch-proportional
-    /// parts scale, weights and optimiser state do not.
-    pub fn memory_now(&self) -> u64 {
-        let m = &self.memory;
-        let per_batch = m.activations + m.attention + m.logits;
-        let fixed = m.total.saturating_sub(per_batch);
-        let scale = f64::from(self.batch_size) / f64::from(self.info.batch_size.max(1));
-        fixed + (per_batch as f64 * scale) as u64
-    }
-}
 
 /// Everything the dispatcher needs; built by the `run` command.
 pub struct Dispatch {
@@ -90,27 +40,6 @@ pub struct Dispatch {
     pub exe: PathBuf,
     /// `sweep.early_stop = "median"`.
     pub pruner: Option<MedianPruner>,
-}
-
-/// How the sweep went.
-#[derive(Debug)]
-pub struct Summary {
-    pub status: SweepStatus,
-    pub counts: Counts,
-    /// (trial, reason) of each failed trial.
-    pub failures: Vec<(String, String)>,
-    /// (trial, Slurm job) of jobs left running when the orchestrator
-    /// detached (Slurm backend).
-    pub left_running: Vec<(String, String)>,
-}
-
-/// Why the scheduler stopped a worker.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum StopCause {
-    Interrupt,
-    Timeout,
-    Stall,
-    Prune,
 }
 
 struct Running {
@@ -465,15 +394,18 @@ fn start(
         (String::new(), "cpu")
     };
     env.push(("CUDA_VISIBLE_DEVICES".to_owned(), visible));
-    let sets = q.backoff_sets();
     let launch = Launch {
         run,
         exe: exe.to_owned(),
-        trial_dir: q.dir.path().to_owned(),
-        attempt: q.next_attempt,
-        sets,
-        device: worker_device.to_owned(),
-        threads,
+        command: WorkerCommand {
+            trial_dir: q.dir.path().to_owned(),
+            attempt: q.next_attempt,
+            threads,
+            device: Some(worker_device.to_owned()),
+            sets: q.backoff_sets(),
+            watch_stdin: true,
+            deterministic: false,
+        },
         env,
         log: q.dir.log(),
     };
@@ -508,36 +440,26 @@ fn visible_device(dev: &crate::devices::detect::Device) -> String {
 
 /// What the attempt's exit means, and why in words.
 fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
-    let oom = exit.code == Some(3) || matches!(r.failed, Some((FailureKind::Oom, _)));
-    let outcome = match (exit.code, r.stop) {
-        (Some(0), _) if r.finished.is_some() => AttemptOutcome::Finished,
-        (Some(2), _) => AttemptOutcome::InvalidInput,
-        _ if oom => AttemptOutcome::OutOfMemory,
-        (_, Some(StopCause::Timeout)) => AttemptOutcome::TimedOut,
-        (_, Some(StopCause::Stall)) => AttemptOutcome::Stalled,
-        (_, Some(StopCause::Prune)) => AttemptOutcome::Pruned,
-        (_, Some(StopCause::Interrupt)) | (Some(4), _) => AttemptOutcome::Stopped,
-        _ => AttemptOutcome::Crashed,
+    let worker_exit = WorkerExit::from_code(exit.code);
+    let facts = ExitFacts {
+        completed: worker_exit == Some(WorkerExit::Finished),
+        finished: r.finished.is_some(),
+        exit: worker_exit,
+        failed: r.failed.as_ref(),
+        stop: r.stop,
+        ..ExitFacts::default()
     };
-    let reason = match outcome {
-        AttemptOutcome::Finished => None,
-        AttemptOutcome::TimedOut => Some("ran past resources.trial_timeout".to_owned()),
-        AttemptOutcome::Stalled => Some("no progress within resources.stall_timeout".to_owned()),
-        AttemptOutcome::Stopped => Some("stopped".to_owned()),
-        AttemptOutcome::Pruned => Some(fate::PRUNED_REASON.to_owned()),
-        _ => Some(match (&r.failed, exit.signal) {
-            (Some((_, message)), _) => message.clone(),
-            (None, Some(signal)) => {
-                format!("killed by signal {signal}{}", tail_text(&exit.stderr_tail))
-            }
-            (None, None) => format!(
+    facts.classify(
+        || "ran past resources.trial_timeout".to_owned(),
+        || match exit.signal {
+            Some(signal) => format!("killed by signal {signal}{}", tail_text(&exit.stderr_tail)),
+            None => format!(
                 "exit code {}{}",
                 exit.code.map_or("?".into(), |c| c.to_string()),
                 tail_text(&exit.stderr_tail)
             ),
-        }),
-    };
-    (outcome, reason)
+        },
+    )
 }
 
 /// Classifies a worker's exit and settles its trial; true when the trial

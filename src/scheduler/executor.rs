@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::worker::contract::WorkerCommand;
 use crate::worker::protocol::Envelope;
 
 /// Stderr lines kept for a crash report.
@@ -28,13 +29,7 @@ pub type RunId = u64;
 pub struct Launch {
     pub run: RunId,
     pub exe: PathBuf,
-    pub trial_dir: PathBuf,
-    pub attempt: u32,
-    /// `--set key=value` overrides (the out-of-memory back-off).
-    pub sets: Vec<String>,
-    /// `--device` (`cpu`, `cuda:0`).
-    pub device: String,
-    pub threads: u32,
+    pub command: WorkerCommand,
     /// Extra environment (`CUDA_VISIBLE_DEVICES`, thread limits).
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
@@ -62,20 +57,7 @@ pub enum ExecutorEvent {
 /// Starts `launch`; returns the worker's pid (= its process group).
 pub fn spawn(launch: &Launch, tx: &UnboundedSender<ExecutorEvent>) -> std::io::Result<u32> {
     let mut command = Command::new(&launch.exe);
-    command
-        .arg("worker")
-        .arg("--trial")
-        .arg(&launch.trial_dir)
-        .arg("--attempt")
-        .arg(launch.attempt.to_string())
-        .arg("--device")
-        .arg(&launch.device)
-        .arg("--threads")
-        .arg(launch.threads.to_string())
-        .arg("--watch-stdin");
-    for set in &launch.sets {
-        command.arg("--set").arg(set);
-    }
+    command.args(launch.command.args());
     command
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())

@@ -5,10 +5,12 @@
 
 use std::path::PathBuf;
 
-use super::dispatcher::{QueuedTrial, Summary};
-use super::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialStatus, now};
-use super::sinks::{Fanout, FanoutSender};
+use super::queue::{QueuedTrial, Summary};
 use super::trial_record::{self, AttemptRecord};
+use crate::events::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::events::fanout::{Fanout, FanoutSender};
+use crate::worker::contract::WorkerExit;
+use crate::worker::protocol::FailureKind;
 
 /// A trial of this run and where it stands.
 pub struct TrialState {
@@ -88,6 +90,95 @@ pub fn record_start(
 /// Why a pruned attempt stopped (both backends).
 pub const PRUNED_REASON: &str =
     "pruned: its selection metric was worse than the median of the other trials at the same step";
+
+/// Why the scheduler stopped a worker (either backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    Interrupt,
+    Timeout,
+    Stall,
+    Prune,
+}
+
+/// What a backend knows of an ended attempt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitFacts<'a> {
+    /// The process ended well (exit 0; Slurm's `COMPLETED`).
+    pub completed: bool,
+    /// The worker sent its `finished` event.
+    pub finished: bool,
+    /// The worker's exit code, read by its contract.
+    pub exit: Option<WorkerExit>,
+    /// The worker's `failed` event.
+    pub failed: Option<&'a (FailureKind, String)>,
+    /// What the scheduler asked of it.
+    pub stop: Option<StopCause>,
+    /// What the backend itself says ended it, if anything.
+    pub backend: Option<BackendEnd>,
+}
+
+/// An end the backend itself reports (Slurm's job states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendEnd {
+    /// `OUT_OF_MEMORY`: the job's memory allocation ran out.
+    OutOfMemory,
+    /// `TIMEOUT`, `DEADLINE`: the job's time limit.
+    TimedOut,
+}
+
+impl ExitFacts<'_> {
+    /// The attempt's outcome: a finished trial, then the worker's own
+    /// verdict (bad input, out of memory), then what the scheduler asked
+    /// for, else a crash.
+    pub fn outcome(&self) -> AttemptOutcome {
+        let failed_as = |kind: FailureKind| self.failed.is_some_and(|(k, _)| *k == kind);
+        if self.completed && self.finished {
+            AttemptOutcome::Finished
+        } else if self.exit == Some(WorkerExit::BadInput) || failed_as(FailureKind::Data) {
+            AttemptOutcome::InvalidInput
+        } else if self.exit == Some(WorkerExit::OutOfMemory)
+            || failed_as(FailureKind::Oom)
+            || self.backend == Some(BackendEnd::OutOfMemory)
+        {
+            AttemptOutcome::OutOfMemory
+        } else if self.stop == Some(StopCause::Timeout)
+            || self.backend == Some(BackendEnd::TimedOut)
+        {
+            AttemptOutcome::TimedOut
+        } else if self.stop == Some(StopCause::Stall) {
+            AttemptOutcome::Stalled
+        } else if self.stop == Some(StopCause::Prune) {
+            AttemptOutcome::Pruned
+        } else if self.stop == Some(StopCause::Interrupt) || self.exit == Some(WorkerExit::Stopped)
+        {
+            AttemptOutcome::Stopped
+        } else {
+            AttemptOutcome::Crashed
+        }
+    }
+
+    /// The outcome and why, in words: `timed_out` for a timeout, the
+    /// worker's own message for a failure, else what `otherwise` says
+    /// (the backend's view of the exit).
+    pub fn classify(
+        &self,
+        timed_out: impl FnOnce() -> String,
+        otherwise: impl FnOnce() -> String,
+    ) -> (AttemptOutcome, Option<String>) {
+        let outcome = self.outcome();
+        let reason = match outcome {
+            AttemptOutcome::Finished => None,
+            AttemptOutcome::TimedOut => Some(timed_out()),
+            AttemptOutcome::Stalled => {
+                Some("no progress within resources.stall_timeout".to_owned())
+            }
+            AttemptOutcome::Stopped => Some("stopped".to_owned()),
+            AttemptOutcome::Pruned => Some(PRUNED_REASON.to_owned()),
+            _ => Some(self.failed.map_or_else(otherwise, |(_, m)| m.clone())),
+        };
+        (outcome, reason)
+    }
+}
 
 /// Records how an attempt ended: in the trial's `attempts.jsonl` and as an
 /// `AttemptEnded` event. The trial's next state is [`settle`]'s.

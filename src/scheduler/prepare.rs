@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::dispatcher::{OpenJob, QueuedTrial};
-use super::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, TrialStatus};
+use super::queue::{OpenJob, QueuedTrial};
 use super::trial_record::{self, write_atomically};
 use crate::devices::detect::{Inventory, InventorySource};
+use crate::events::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, TrialStatus};
 use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::{PlanError, PlannedTrial, SweepPlan, build};
 use crate::plan::placement::Limits;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::AttemptOutcome;
+use crate::events::event::AttemptOutcome;
 use crate::layout::TrialDir;
 use crate::worker::protocol::{Envelope, WorkerEvent};
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::config::{Resolution, Size};
+use crate::variant::{Resolution, Size};
 
 use super::schema::{Model, Variant};
 

@@ -1,13 +1,14 @@
-//! Tracking: the consumers that record a sweep (the SQLite store and the
-//! TensorBoard logs).
+//! Tracking: the consumers of a sweep's event stream (the SQLite store, the
+//! TensorBoard logs and the progress display).
 
+pub mod progress;
 pub mod store;
 pub mod tensorboard;
 
 use std::path::Path;
 
+use crate::events::event::EventSink;
 use crate::layout::ResultsRoot;
-use crate::scheduler::event::EventSink;
 
 use store::{StoreError, StoreSink};
 use tensorboard::sink::TensorBoardSink;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::model::adapt::Trainables;
-use crate::model::peft::{AdapterMeta, PeftError};
+use crate::model::adapt::peft::{AdapterMeta, PeftError};
+use crate::model::adapt::plan::Trainables;
 
 use super::optim::AdamW;
 

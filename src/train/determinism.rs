@@ -2,7 +2,8 @@
 //! on CUDA (on the CPU our kernels are deterministic already). tch has no
 //! binding for `at::globalContext().setDeterministicAlgorithms`, so build.rs
 //! compiles a three-function C++ shim (`csrc/determinism.cpp`); this module
-//! is its only caller and the crate's only `unsafe`.
+//! is its only caller. (The crate's other `unsafe` is the memory map of
+//! safetensors files in `model/checkpoint/weights.rs`.)
 //!
 //! cuBLAS also needs `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the environment
 //! before its first handle exists: whoever starts the worker sets it

@@ -9,9 +9,9 @@ use tch::{Device, Kind};
 use crate::data::annotations::Record;
 use crate::data::loader::{EpochLoader, LoaderError, LoaderOptions};
 use crate::metrics::task::{Task, TaskMetrics};
-use crate::model::generate::generate;
-use crate::model::paligemma::{ModelError, PaliGemma};
-use crate::model::processor::{Processor, ProcessorError};
+use crate::model::network::generate::generate;
+use crate::model::network::paligemma::{ModelError, PaliGemma};
+use crate::model::preprocess::processor::{Processor, ProcessorError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

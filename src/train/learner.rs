@@ -10,24 +10,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
-use crate::data::annotations::{DataError, Split};
+use crate::data::annotations::{DataError, Record, Split};
 use crate::data::check::{CheckedDataset, check};
-use crate::data::loader::{EpochLoader, LoaderError, LoaderOptions, batches_per_epoch};
+use crate::data::loader::{Batch, EpochLoader, LoaderError, LoaderOptions, batches_per_epoch};
 use crate::data::synthetic::{self, SyntheticTask};
 use crate::layout::TrialDir;
 use crate::metrics::names::is_better;
 use crate::metrics::task::Task;
-use crate::model::adapt::AdaptPlan;
-use crate::model::backward::{BackwardOptions, loss_backward};
-use crate::model::paligemma::{ModelError, PaliGemma};
-use crate::model::peft::AdapterMeta;
-use crate::model::processor::{Processor, ProcessorError};
-use crate::model::{hub, tiny};
+use crate::model::adapt::peft::AdapterMeta;
+use crate::model::adapt::plan::Trainables;
+use crate::model::checkpoint::fingerprint::checkpoint_fingerprint;
+use crate::model::checkpoint::{hub, tiny};
+use crate::model::network::backward::{BackwardOptions, loss_backward};
+use crate::model::network::paligemma::{ModelError, PaliGemma};
+use crate::model::preprocess::processor::{Processor, ProcessorError};
 use crate::spec::GENERATED_PREFIX;
 use crate::spec::checkpoint::{self as ckpt_ref, CheckpointRef};
 use crate::spec::schema::{EvalEvery, Precision, Spec};
+use crate::train::adapt_plan::adapt_plan;
 use crate::worker::protocol::{EventWriter, WorkerEvent};
 
 use super::checkpoint::{self, CheckpointError, TrainState};
@@ -127,354 +129,477 @@ fn step_seed(seed: u64, epoch: u64, batch: usize) -> i64 {
 }
 
 /// Runs (or resumes) the trial to the end.
-#[allow(clippy::too_many_lines)] // one loop, read top to bottom
 pub fn train(
     spec: &Spec,
     ctx: &RunContext,
     events: &mut EventWriter,
 ) -> Result<Outcome, TrainError> {
-    tch::set_num_threads(ctx.threads);
-    let root = dataset_root(spec, &ctx.cache)?;
-    let dataset: CheckedDataset = check(&root, spec_task(spec), spec.data.skip_invalid)?;
-    let checkpoint_path = checkpoint_dir(spec, &ctx.cache)?;
-    let kind = match (spec.train.precision, ctx.device) {
-        (Precision::Bf16, _) | (Precision::Auto, Device::Cuda(_)) => Kind::BFloat16,
-        _ => Kind::Float,
-    };
-    let plan = AdaptPlan::from_spec(spec);
-    let (model, trainables) = PaliGemma::load_adapted(
-        &checkpoint_path,
-        ctx.device,
-        kind,
-        &plan,
-        spec.experiment.seed,
-    )?;
-    let processor = Processor::from_dir(&checkpoint_path)?;
-    // data.max_prefix_tokens limits the prompt; the processor counts the
-    // image tokens, `<bos>` and `"\n"` too.
-    let prefix_limit = processor.image_seq_length() + 2 + spec.data.max_prefix_tokens as usize;
-    let processor = Arc::new(processor.with_max_prefix_tokens(prefix_limit));
+    let mut trainer = Trainer::new(spec, ctx)?;
+    trainer.resume()?;
+    trainer.announce(events)?;
+    trainer.run(events)
+}
 
-    let train_records = Arc::new(dataset.split(Split::Train).to_vec());
-    let valid_records = Arc::new(dataset.split(Split::Valid).to_vec());
-    let test_records = Arc::new(dataset.split(Split::Test).to_vec());
-    let batch_size = spec.train.batch_size as usize;
-    let accum = spec.train.grad_accum as usize;
-    let batches = batches_per_epoch(train_records.len(), batch_size);
-    let steps_per_epoch = batches.div_ceil(accum) as u64;
-    let mut total_steps = steps_per_epoch * u64::from(spec.train.epochs);
-    if let Some(max) = spec.train.max_steps {
-        total_steps = total_steps.min(max);
+/// One trial's training run, made of the steps [`train`] takes: build
+/// (data, model, optimiser), resume, announce, then the epoch loop of
+/// optimiser steps with evaluations and checkpoints, and finish.
+pub struct Trainer<'a> {
+    spec: &'a Spec,
+    ctx: &'a RunContext<'a>,
+    dataset: CheckedDataset,
+    checkpoint_path: PathBuf,
+    model: PaliGemma,
+    trainables: Trainables,
+    processor: Arc<Processor>,
+    records: BTreeMap<Split, Arc<Vec<Record>>>,
+    optimizer: AdamW,
+    schedule: LrSchedule,
+    state: TrainState,
+    kind: Kind,
+    /// Micro-batches per epoch, and per optimiser step.
+    batches: usize,
+    accum: usize,
+    total_steps: u64,
+    eval_options: EvalOptions,
+    meta: AdapterMeta,
+    last_train_loss: f64,
+}
+
+/// What one optimiser step has gathered so far: the micro-batch losses stay
+/// on the device (one read per step, not per micro-batch); throughput counts
+/// this window only.
+struct StepWindow {
+    started: Instant,
+    loss: Option<Tensor>,
+    micro: usize,
+    samples: usize,
+    tokens: i64,
+    truncated: usize,
+}
+
+impl StepWindow {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            loss: None,
+            micro: 0,
+            samples: 0,
+            tokens: 0,
+            truncated: 0,
+        }
     }
-    let schedule = LrSchedule::new(
-        spec.train.lr,
-        spec.train.schedule,
-        spec.train.warmup,
-        total_steps,
-    );
-    let mut optimizer = AdamW::new(
-        AdamWConfig {
-            weight_decay: spec.train.weight_decay,
-            ..AdamWConfig::default()
-        },
-        trainables
-            .params()
-            .iter()
-            .map(|p| (p.name.clone(), p.tensor.shallow_clone(), !p.no_decay))
-            .collect(),
-    )?;
+}
 
-    let checkpoints = ctx.trial.path().join("checkpoints");
-    let mut state = TrainState {
-        step: 0,
-        epoch: 0,
-        batches_done: 0,
-        best: None,
-        threads: ctx.threads,
-        batch_size: spec.train.batch_size,
-        grad_accum: spec.train.grad_accum,
-    };
-    if let Some(latest) = checkpoint::latest(&checkpoints) {
+impl<'a> Trainer<'a> {
+    /// Checks the dataset, loads the model with the spec's adaptation plan,
+    /// and builds the optimiser and the schedule; nothing is emitted yet.
+    pub fn new(spec: &'a Spec, ctx: &'a RunContext<'a>) -> Result<Self, TrainError> {
+        tch::set_num_threads(ctx.threads);
+        let root = dataset_root(spec, &ctx.cache)?;
+        let dataset: CheckedDataset = check(&root, spec_task(spec), spec.data.skip_invalid)?;
+        let checkpoint_path = checkpoint_dir(spec, &ctx.cache)?;
+        let kind = match (spec.train.precision, ctx.device) {
+            (Precision::Bf16, _) | (Precision::Auto, Device::Cuda(_)) => Kind::BFloat16,
+            _ => Kind::Float,
+        };
+        let (model, trainables) = PaliGemma::load_adapted(
+            &checkpoint_path,
+            ctx.device,
+            kind,
+            &adapt_plan(spec),
+            spec.experiment.seed,
+        )?;
+        let processor = Processor::from_dir(&checkpoint_path)?;
+        // data.max_prefix_tokens limits the prompt; the processor counts the
+        // image tokens, `<bos>` and `"\n"` too.
+        let prefix_limit = processor.image_seq_length() + 2 + spec.data.max_prefix_tokens as usize;
+        let processor = Arc::new(processor.with_max_prefix_tokens(prefix_limit));
+        let records: BTreeMap<Split, Arc<Vec<Record>>> = [Split::Train, Split::Valid, Split::Test]
+            .into_iter()
+            .map(|split| (split, Arc::new(dataset.split(split).to_vec())))
+            .collect();
+        let batches =
+            batches_per_epoch(records[&Split::Train].len(), spec.train.batch_size as usize);
+        let accum = spec.train.grad_accum as usize;
+        let steps_per_epoch = batches.div_ceil(accum) as u64;
+        let mut total_steps = steps_per_epoch * u64::from(spec.train.epochs);
+        if let Some(max) = spec.train.max_steps {
+            total_steps = total_steps.min(max);
+        }
+        let schedule = LrSchedule::new(
+            spec.train.lr,
+            spec.train.schedule,
+            spec.train.warmup,
+            total_steps,
+        );
+        let optimizer = AdamW::new(
+            AdamWConfig {
+                weight_decay: spec.train.weight_decay,
+                ..AdamWConfig::default()
+            },
+            trainables
+                .params()
+                .iter()
+                .map(|p| (p.name.clone(), p.tensor.shallow_clone(), !p.no_decay))
+                .collect(),
+        )?;
+        let state = TrainState {
+            step: 0,
+            epoch: 0,
+            batches_done: 0,
+            best: None,
+            threads: ctx.threads,
+            batch_size: spec.train.batch_size,
+            grad_accum: spec.train.grad_accum,
+        };
+        let meta = AdapterMeta {
+            base_model_name_or_path: Some(ckpt_ref::resolve(&spec.model).display),
+            revision: spec.model.revision.clone(),
+        };
+        let eval_options = EvalOptions {
+            batch_size: spec.eval.batch_size as usize,
+            max_suffix_tokens: spec.data.max_suffix_tokens as usize,
+            generate: spec.eval.generate,
+            max_new_tokens: spec.eval.max_new_tokens as usize,
+            device: ctx.device,
+            kind,
+        };
+        Ok(Self {
+            spec,
+            ctx,
+            dataset,
+            checkpoint_path,
+            model,
+            trainables,
+            processor,
+            records,
+            optimizer,
+            schedule,
+            state,
+            kind,
+            batches,
+            accum,
+            total_steps,
+            eval_options,
+            meta,
+            last_train_loss: f64::NAN,
+        })
+    }
+
+    fn checkpoints(&self) -> PathBuf {
+        self.ctx.trial.path().join("checkpoints")
+    }
+
+    /// Continues from the latest checkpoint, if any was made with this
+    /// batch shape.
+    pub fn resume(&mut self) -> Result<(), TrainError> {
+        let Some(latest) = checkpoint::latest(&self.checkpoints()) else {
+            return Ok(());
+        };
+        let (batch_size, grad_accum) = (self.spec.train.batch_size, self.spec.train.grad_accum);
         let saved = checkpoint::read_state(&latest)?;
         // The data position counts batches of the saved shape: after an
         // out-of-memory back-off changed it, start over rather than skip
         // the wrong examples.
         let same_shape = (saved.batch_size, saved.grad_accum) == (0, 0)
-            || (saved.batch_size, saved.grad_accum)
-                == (spec.train.batch_size, spec.train.grad_accum);
+            || (saved.batch_size, saved.grad_accum) == (batch_size, grad_accum);
         if same_shape {
-            checkpoint::restore(&latest, &trainables, &mut optimizer)?;
-            state = TrainState {
-                batch_size: spec.train.batch_size,
-                grad_accum: spec.train.grad_accum,
+            checkpoint::restore(&latest, &self.trainables, &mut self.optimizer)?;
+            self.state = TrainState {
+                batch_size,
+                grad_accum,
                 ..saved
             };
         } else {
             eprintln!(
-                "checkpoints were made with batch {} × {}; this attempt runs {} × {}: starting over",
-                saved.batch_size, saved.grad_accum, spec.train.batch_size, spec.train.grad_accum
+                "checkpoints were made with batch {} × {}; this attempt runs {batch_size} × {grad_accum}: starting over",
+                saved.batch_size, saved.grad_accum
             );
         }
+        Ok(())
     }
-    let resumed_from = state.step;
-    let total_params = model.config().param_counts().total;
-    eprintln!(
-        "trainable parameters: {} of {} ({:.3}%); {} train / {} valid / {} test examples ({} invalid lines skipped); dataset sha256 {}",
-        trainables.num_parameters(),
-        total_params,
-        100.0 * trainables.num_parameters() as f64 / total_params.max(1) as f64,
-        train_records.len(),
-        valid_records.len(),
-        test_records.len(),
-        dataset.skipped,
-        dataset.fingerprint
-    );
-    events.emit(WorkerEvent::Started {
-        trial: ctx.trial_id.clone(),
-        attempt: ctx.attempt,
-        trainable_params: trainables.num_parameters(),
-        total_steps,
-        batch_size: spec.train.batch_size,
-        grad_accum: spec.train.grad_accum,
-        threads: ctx.threads,
-        device: format!("{:?}", ctx.device),
-        dataset_fingerprint: dataset.fingerprint.clone(),
-        resumed_from,
-        skipped_lines: dataset.skipped,
-    })?;
-    events.emit(WorkerEvent::Provenance {
-        palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
-        git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
-        libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
-        checkpoint: Some(ckpt_ref::resolve(&spec.model).display),
-        checkpoint_fingerprint: crate::model::fingerprint::checkpoint_fingerprint(&checkpoint_path)
-            .ok(),
-        deterministic_algorithms: crate::train::determinism::state().algorithms,
-        cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
-        slurm_job: std::env::var("SLURM_JOB_ID").ok(),
-    })?;
 
-    let meta = AdapterMeta {
-        base_model_name_or_path: Some(ckpt_ref::resolve(&spec.model).display),
-        revision: spec.model.revision.clone(),
-    };
-    let eval_options = EvalOptions {
-        batch_size: spec.eval.batch_size as usize,
-        max_suffix_tokens: spec.data.max_suffix_tokens as usize,
-        generate: spec.eval.generate,
-        max_new_tokens: spec.eval.max_new_tokens as usize,
-        device: ctx.device,
-        kind,
-    };
-    let select = spec.eval.select.metric.clone();
-    let (select_split, select_name) = select.split_once('/').unwrap_or(("val", "loss"));
-    let eval_every = match spec.eval.every {
-        EvalEvery::Steps(n) => Some(n.max(1)),
-        EvalEvery::Named(_) => None,
-    };
-    let loader_options = LoaderOptions {
-        batch_size,
-        max_suffix_tokens: spec.data.max_suffix_tokens as usize,
-        shuffle_seed: Some(spec.experiment.seed),
-        prefetch: 2,
-    };
-    let keep = spec.resources.keep_checkpoints as usize;
-
-    // Evaluates the validation split, reports it, and keeps `best/`.
-    let evaluate_and_keep_best =
-        |state: &mut TrainState, events: &mut EventWriter| -> Result<(), TrainError> {
-            if valid_records.is_empty() {
-                return Ok(());
-            }
-            model.set_training(false);
-            let result = evaluate(
-                &model,
-                &processor,
-                &valid_records,
-                dataset.task,
-                &eval_options,
-            )?;
-            let metrics = result.named("val");
-            events.emit(WorkerEvent::Eval {
-                step: state.step,
-                epoch: state.epoch,
-                split: "valid".into(),
-                metrics: metrics.clone(),
-                truncated: result.truncated,
-            })?;
-            if select_split == "val"
-                && let Some(&value) = metrics.get(&format!("val/{select_name}"))
-                && state
-                    .best
-                    .is_none_or(|(best, _)| is_better(select_name, value, best))
-            {
-                state.best = Some((value, state.step));
-                let best_dir = ctx.trial.best_adapter();
-                checkpoint::save_model(&best_dir, &trainables, &meta)?;
-                events.emit(WorkerEvent::Checkpoint {
-                    step: state.step,
-                    path: best_dir.display().to_string(),
-                    best: true,
-                })?;
-            }
-            Ok(())
-        };
-
-    let mut last_train_loss = f64::NAN;
-    // Per optimiser step: the micro-batch losses stay on the device (one
-    // read per step, not per micro-batch); throughput counts this window only.
-    let mut window_started = Instant::now();
-    let mut window_loss: Option<tch::Tensor> = None;
-    let (mut window_micro, mut window_samples, mut window_tokens) = (0usize, 0usize, 0i64);
-    let mut window_truncated = 0usize;
-    'epochs: while state.epoch < u64::from(spec.train.epochs) && state.step < total_steps {
-        let loader = EpochLoader::start(
-            Arc::clone(&train_records),
-            Arc::clone(&processor),
-            loader_options,
-            state.epoch,
-            state.batches_done,
+    /// Tells the log and the events what runs: `started` and `provenance`.
+    pub fn announce(&self, events: &mut EventWriter) -> Result<(), TrainError> {
+        let (spec, ctx, dataset) = (self.spec, self.ctx, &self.dataset);
+        let total_params = self.model.config().param_counts().total;
+        let trainable = self.trainables.num_parameters();
+        eprintln!(
+            "trainable parameters: {trainable} of {total_params} ({:.3}%); {} train / {} valid / {} test examples ({} invalid lines skipped); dataset sha256 {}",
+            100.0 * trainable as f64 / total_params.max(1) as f64,
+            self.records[&Split::Train].len(),
+            self.records[&Split::Valid].len(),
+            self.records[&Split::Test].len(),
+            dataset.skipped,
+            dataset.fingerprint
         );
-        model.set_training(true);
-        optimizer.zero_grad();
-        for batch in loader {
-            let batch = batch?;
-            let input = batch.encoded.input.to(ctx.device, kind);
-            let options = BackwardOptions {
-                label_smoothing: spec.train.label_smoothing,
-                // Each micro-batch counts 1/accum of the step, as transformers' Trainer does.
-                grad_scale: 1.0 / accum as f64,
-                checkpointing: spec.train.gradient_checkpointing,
-                seed: step_seed(spec.experiment.seed, state.epoch, batch.index),
-            };
-            let detached = loss_backward(&model, &input, &options)?.mean()?;
-            window_loss = Some(match window_loss.take() {
-                Some(sum) => sum.f_add(&detached)?,
-                None => detached,
-            });
-            window_micro += 1;
-            window_samples += batch.records.len();
-            window_truncated += batch.encoded.truncated;
-            // Counted on the host copy of the mask: no device sync.
-            window_tokens += batch
-                .encoded
-                .input
-                .attention_mask
-                .f_sum(Kind::Int64)?
-                .f_int64_value(&[])?;
-            state.batches_done = batch.index + 1;
-            let epoch_end = state.batches_done == batches;
-            if window_micro < accum && !epoch_end {
-                continue;
-            }
-            let grad_norm = optimizer.clip_grad_norm(spec.train.max_grad_norm)?;
-            let lr = schedule.lr(state.step);
-            optimizer.step(lr)?;
-            optimizer.zero_grad();
-            state.step += 1;
-            last_train_loss = match window_loss.take() {
-                Some(sum) => sum.f_double_value(&[])? / window_micro as f64,
-                None => f64::NAN,
-            };
-            let elapsed = window_started.elapsed().as_secs_f64().max(1e-9);
-            let mut metrics = BTreeMap::from([
-                ("train/loss".to_owned(), last_train_loss),
-                ("train/lr".to_owned(), lr),
-                ("train/grad_norm".to_owned(), grad_norm),
-                (
-                    "perf/samples_per_s".to_owned(),
-                    window_samples as f64 / elapsed,
-                ),
-                (
-                    "perf/tokens_per_s".to_owned(),
-                    window_tokens as f64 / elapsed,
-                ),
-            ]);
-            if let Some(rss) = super::perf::peak_rss_bytes() {
-                metrics.insert("perf/peak_memory_bytes".to_owned(), rss as f64);
-            }
-            events.emit(WorkerEvent::Step {
-                step: state.step,
-                epoch: state.epoch,
-                metrics,
-                truncated: window_truncated,
-            })?;
-            (window_micro, window_samples, window_tokens) = (0, 0, 0);
-            window_truncated = 0;
-            window_started = Instant::now();
+        events.emit(WorkerEvent::Started {
+            trial: ctx.trial_id.clone(),
+            attempt: ctx.attempt,
+            trainable_params: trainable,
+            total_steps: self.total_steps,
+            batch_size: spec.train.batch_size,
+            grad_accum: spec.train.grad_accum,
+            threads: ctx.threads,
+            device: format!("{:?}", ctx.device),
+            dataset_fingerprint: dataset.fingerprint.clone(),
+            resumed_from: self.state.step,
+            skipped_lines: dataset.skipped,
+        })?;
+        events.emit(WorkerEvent::Provenance {
+            palisweep_version: env!("CARGO_PKG_VERSION").to_owned(),
+            git_sha: option_env!("PALISWEEP_GIT_SHA").map(str::to_owned),
+            libtorch_version: option_env!("PALISWEEP_LIBTORCH_VERSION").map(str::to_owned),
+            checkpoint: Some(ckpt_ref::resolve(&spec.model).display),
+            checkpoint_fingerprint: checkpoint_fingerprint(&self.checkpoint_path).ok(),
+            deterministic_algorithms: crate::train::determinism::state().algorithms,
+            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            slurm_job: std::env::var("SLURM_JOB_ID").ok(),
+        })?;
+        Ok(())
+    }
 
-            let step_eval = eval_every.is_some_and(|n| state.step.is_multiple_of(n));
-            if epoch_end {
-                state.epoch += 1;
-                state.batches_done = 0;
-            }
-            if step_eval || (epoch_end && eval_every.is_none()) {
-                evaluate_and_keep_best(&mut state, events)?;
-                model.set_training(true);
-            }
-            if ctx.stop_after == Some(state.step) {
-                ctx.stop.store(true, Ordering::SeqCst);
-            }
-            let stopping = ctx.stop.load(Ordering::SeqCst);
-            if epoch_end || step_eval || stopping || state.step >= total_steps {
-                let path = checkpoint::save(&checkpoints, &trainables, &optimizer, &state, keep)?;
-                events.emit(WorkerEvent::Checkpoint {
-                    step: state.step,
-                    path: path.display().to_string(),
-                    best: false,
-                })?;
-            }
-            if stopping {
-                return Err(TrainError::Stopped { step: state.step });
-            }
-            if state.step >= total_steps {
-                break 'epochs;
-            }
-            if epoch_end {
-                continue 'epochs;
+    /// The epoch loop to the last step, then [`Trainer::finish`].
+    pub fn run(mut self, events: &mut EventWriter) -> Result<Outcome, TrainError> {
+        let eval_every = match self.spec.eval.every {
+            EvalEvery::Steps(n) => Some(n.max(1)),
+            EvalEvery::Named(_) => None,
+        };
+        let loader_options = LoaderOptions {
+            batch_size: self.spec.train.batch_size as usize,
+            max_suffix_tokens: self.spec.data.max_suffix_tokens as usize,
+            shuffle_seed: Some(self.spec.experiment.seed),
+            prefetch: 2,
+        };
+        let mut window = StepWindow::new();
+        'epochs: while self.state.epoch < u64::from(self.spec.train.epochs)
+            && self.state.step < self.total_steps
+        {
+            let loader = EpochLoader::start(
+                Arc::clone(&self.records[&Split::Train]),
+                Arc::clone(&self.processor),
+                loader_options,
+                self.state.epoch,
+                self.state.batches_done,
+            );
+            self.model.set_training(true);
+            self.optimizer.zero_grad();
+            for batch in loader {
+                self.micro_step(&batch?, &mut window)?;
+                let epoch_end = self.state.batches_done == self.batches;
+                if window.micro < self.accum && !epoch_end {
+                    continue;
+                }
+                self.step(&mut window, events)?;
+                let step_eval = eval_every.is_some_and(|n| self.state.step.is_multiple_of(n));
+                if epoch_end {
+                    self.state.epoch += 1;
+                    self.state.batches_done = 0;
+                }
+                if step_eval || (epoch_end && eval_every.is_none()) {
+                    self.evaluate_and_emit(Split::Valid, events)?;
+                    self.model.set_training(true);
+                }
+                if self.ctx.stop_after == Some(self.state.step) {
+                    self.ctx.stop.store(true, Ordering::SeqCst);
+                }
+                let stopping = self.ctx.stop.load(Ordering::SeqCst);
+                if epoch_end || step_eval || stopping || self.state.step >= self.total_steps {
+                    self.checkpoint(events)?;
+                }
+                if stopping {
+                    return Err(TrainError::Stopped {
+                        step: self.state.step,
+                    });
+                }
+                if self.state.step >= self.total_steps {
+                    break 'epochs;
+                }
+                if epoch_end {
+                    continue 'epochs;
+                }
             }
         }
+        self.finish(events)
     }
-    if state.best.is_none() {
-        evaluate_and_keep_best(&mut state, events)?;
-    }
-    checkpoint::save_model(&ctx.trial.final_adapter(), &trainables, &meta)?;
-    events.emit(WorkerEvent::Checkpoint {
-        step: state.step,
-        path: ctx.trial.final_adapter().display().to_string(),
-        best: false,
-    })?;
 
-    // The best checkpoint (by eval.select) is the one scored on test.
-    if !test_records.is_empty() {
-        let best_dir = ctx.trial.best_adapter();
-        if checkpoint::params_file(&best_dir).is_file() {
-            checkpoint::load_params(&trainables, &checkpoint::params_file(&best_dir))?;
+    /// Forward and backward of one micro-batch; its gradients add up until
+    /// the optimiser step.
+    fn micro_step(&mut self, batch: &Batch, window: &mut StepWindow) -> Result<(), TrainError> {
+        let spec = self.spec;
+        let input = batch.encoded.input.to(self.ctx.device, self.kind);
+        let options = BackwardOptions {
+            label_smoothing: spec.train.label_smoothing,
+            // Each micro-batch counts 1/accum of the step, as transformers' Trainer does.
+            grad_scale: 1.0 / self.accum as f64,
+            checkpointing: spec.train.gradient_checkpointing,
+            seed: step_seed(spec.experiment.seed, self.state.epoch, batch.index),
+        };
+        let detached = loss_backward(&self.model, &input, &options)?.mean()?;
+        window.loss = Some(match window.loss.take() {
+            Some(sum) => sum.f_add(&detached)?,
+            None => detached,
+        });
+        window.micro += 1;
+        window.samples += batch.records.len();
+        window.truncated += batch.encoded.truncated;
+        // Counted on the host copy of the mask: no device sync.
+        window.tokens += batch
+            .encoded
+            .input
+            .attention_mask
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
+        self.state.batches_done = batch.index + 1;
+        Ok(())
+    }
+
+    /// Clips, steps the optimiser at the schedule's rate, and reports the
+    /// step's metrics; the window starts over.
+    fn step(
+        &mut self,
+        window: &mut StepWindow,
+        events: &mut EventWriter,
+    ) -> Result<(), TrainError> {
+        let grad_norm = self
+            .optimizer
+            .clip_grad_norm(self.spec.train.max_grad_norm)?;
+        let lr = self.schedule.lr(self.state.step);
+        self.optimizer.step(lr)?;
+        self.optimizer.zero_grad();
+        self.state.step += 1;
+        self.last_train_loss = match window.loss.take() {
+            Some(sum) => sum.f_double_value(&[])? / window.micro as f64,
+            None => f64::NAN,
+        };
+        let elapsed = window.started.elapsed().as_secs_f64().max(1e-9);
+        let mut metrics = BTreeMap::from([
+            ("train/loss".to_owned(), self.last_train_loss),
+            ("train/lr".to_owned(), lr),
+            ("train/grad_norm".to_owned(), grad_norm),
+            (
+                "perf/samples_per_s".to_owned(),
+                window.samples as f64 / elapsed,
+            ),
+            (
+                "perf/tokens_per_s".to_owned(),
+                window.tokens as f64 / elapsed,
+            ),
+        ]);
+        if let Some(rss) = super::perf::peak_rss_bytes() {
+            metrics.insert("perf/peak_memory_bytes".to_owned(), rss as f64);
         }
-        model.set_training(false);
-        let result = evaluate(
-            &model,
-            &processor,
-            &test_records,
-            dataset.task,
-            &eval_options,
-        )?;
-        let metrics = result.named("test");
-        events.emit(WorkerEvent::Eval {
-            step: state.step,
-            epoch: state.epoch,
-            split: "test".into(),
+        events.emit(WorkerEvent::Step {
+            step: self.state.step,
+            epoch: self.state.epoch,
             metrics,
+            truncated: window.truncated,
+        })?;
+        *window = StepWindow::new();
+        Ok(())
+    }
+
+    /// Evaluates `split` (validation or test) with the current weights and
+    /// reports it; on validation, keeps `best/` when the selection metric
+    /// improved. An empty split is skipped.
+    fn evaluate_and_emit(
+        &mut self,
+        split: Split,
+        events: &mut EventWriter,
+    ) -> Result<(), TrainError> {
+        let records = &self.records[&split];
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (prefix, name) = match split {
+            Split::Test => ("test", "test"),
+            _ => ("val", "valid"),
+        };
+        self.model.set_training(false);
+        let result = evaluate(
+            &self.model,
+            &self.processor,
+            records,
+            self.dataset.task,
+            &self.eval_options,
+        )?;
+        let metrics = result.named(prefix);
+        events.emit(WorkerEvent::Eval {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            split: name.into(),
+            metrics: metrics.clone(),
             truncated: result.truncated,
         })?;
+        let select = &self.spec.eval.select.metric;
+        let (select_split, select_name) = select.split_once('/').unwrap_or(("val", "loss"));
+        if split == Split::Valid
+            && select_split == "val"
+            && let Some(&value) = metrics.get(&format!("val/{select_name}"))
+            && self
+                .state
+                .best
+                .is_none_or(|(best, _)| is_better(select_name, value, best))
+        {
+            self.state.best = Some((value, self.state.step));
+            let best_dir = self.ctx.trial.best_adapter();
+            checkpoint::save_model(&best_dir, &self.trainables, &self.meta)?;
+            events.emit(WorkerEvent::Checkpoint {
+                step: self.state.step,
+                path: best_dir.display().to_string(),
+                best: true,
+            })?;
+        }
+        Ok(())
     }
-    events.emit(WorkerEvent::Finished {
-        step: state.step,
-        best_metric: state.best.map(|(v, _)| v),
-    })?;
-    Ok(Outcome {
-        steps: state.step,
-        best: state.best,
-        last_train_loss,
-    })
+
+    /// Saves the resumable checkpoint (weights, optimiser, position).
+    fn checkpoint(&self, events: &mut EventWriter) -> Result<(), TrainError> {
+        let keep = self.spec.resources.keep_checkpoints as usize;
+        let path = checkpoint::save(
+            &self.checkpoints(),
+            &self.trainables,
+            &self.optimizer,
+            &self.state,
+            keep,
+        )?;
+        events.emit(WorkerEvent::Checkpoint {
+            step: self.state.step,
+            path: path.display().to_string(),
+            best: false,
+        })?;
+        Ok(())
+    }
+
+    /// After the last step: a validation if none chose a best yet, the
+    /// `final/` adapter, the best checkpoint scored on test, `finished`.
+    fn finish(mut self, events: &mut EventWriter) -> Result<Outcome, TrainError> {
+        if self.state.best.is_none() {
+            self.evaluate_and_emit(Split::Valid, events)?;
+        }
+        let final_dir = self.ctx.trial.final_adapter();
+        checkpoint::save_model(&final_dir, &self.trainables, &self.meta)?;
+        events.emit(WorkerEvent::Checkpoint {
+            step: self.state.step,
+            path: final_dir.display().to_string(),
+            best: false,
+        })?;
+        // The best checkpoint (by eval.select) is the one scored on test.
+        if !self.records[&Split::Test].is_empty() {
+            let best = checkpoint::params_file(&self.ctx.trial.best_adapter());
+            if best.is_file() {
+                checkpoint::load_params(&self.trainables, &best)?;
+            }
+            self.evaluate_and_emit(Split::Test, events)?;
+        }
+        events.emit(WorkerEvent::Finished {
+            step: self.state.step,
+            best_metric: self.state.best.map(|(v, _)| v),
+        })?;
+        Ok(Outcome {
+            steps: self.state.step,
+            best: self.state.best,
+            last_train_loss: self.last_train_loss,
+        })
+    }
 }

@@ -1,4 +1,5 @@
 //! Training: the pieces the worker's loop is built from, and the loop.
+pub mod adapt_plan;
 pub mod checkpoint;
 pub mod determinism;
 pub mod evaluate;

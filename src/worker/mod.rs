@@ -1,3 +1,4 @@
 //! The `palisweep worker` side: what runs one trial and reports on it.
+pub mod contract;
 pub mod protocol;
 pub mod synthetic;

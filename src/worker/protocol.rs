@@ -58,7 +58,7 @@ pub enum WorkerEvent {
         /// `tiny-3b-224`, a folder).
         #[serde(default)]
         checkpoint: Option<String>,
-        /// sha256 of the checkpoint's files (see `model::fingerprint`).
+        /// sha256 of the checkpoint's files (see `model::checkpoint::fingerprint`).
         #[serde(default)]
         checkpoint_fingerprint: Option<String>,
         /// torch's deterministic algorithms were on (as libtorch reported).
@@ -79,7 +79,7 @@ pub enum WorkerEvent {
         epoch: u64,
         metrics: BTreeMap<String, f64>,
         /// Training examples of this step whose suffix was cut at
-        /// `train.max_suffix_tokens`.
+        /// `data.max_suffix_tokens`.
         #[serde(default)]
         truncated: usize,
     },

@@ -13,12 +13,15 @@ use tokio::sync::mpsc;
 use super::client::{self, JobInfo, SlurmError};
 use super::sbatch::JobRequest;
 use super::tail::EventTail;
-use crate::scheduler::dispatcher::{QueuedTrial, Summary};
-use crate::scheduler::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
-use crate::scheduler::fate::{self, AttemptEnd, TrialState, settle};
+use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
+use crate::events::fanout::Fanout;
+use crate::scheduler::fate::{
+    self, AttemptEnd, BackendEnd, ExitFacts, StopCause, TrialState, settle,
+};
 use crate::scheduler::pruner::MedianPruner;
-use crate::scheduler::sinks::Fanout;
+use crate::scheduler::queue::{QueuedTrial, Summary};
 use crate::spec::schema::Slurm;
+use crate::worker::contract::WorkerExit;
 use crate::worker::protocol::{FailureKind, WorkerEvent};
 
 /// The device label Slurm attempts are recorded with.
@@ -48,13 +51,6 @@ pub struct SlurmDispatch {
     /// Submit and return (`run --detach`).
     pub detach: bool,
     pub on_interrupt: OnInterrupt,
-}
-
-/// Why the orchestrator cancelled a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StopCause {
-    Interrupt,
-    Prune,
 }
 
 struct Job {
@@ -463,28 +459,29 @@ fn ask_cancel(jobs: usize) -> bool {
     )
 }
 
-/// What an ended job means, with Slurm's reason in words.
+/// What the job's end means, and why in words: Slurm's accounting when
+/// it has some, else the trial folder's events alone.
 fn classify(
     job: &Job,
     info: Option<&JobInfo>,
     log: &std::path::Path,
 ) -> (AttemptOutcome, Option<String>) {
+    let mut facts = ExitFacts {
+        finished: job.finished.is_some(),
+        failed: job.failed.as_ref(),
+        stop: job.stop,
+        ..ExitFacts::default()
+    };
     let Some(info) = info else {
         // Slurm has forgotten the job (no accounting): its files decide.
-        return match (job.finished, &job.failed) {
-            (Some(_), _) => (AttemptOutcome::Finished, None),
-            (None, Some((FailureKind::Oom, m))) => (AttemptOutcome::OutOfMemory, Some(m.clone())),
-            (None, Some((FailureKind::Data, m))) => (AttemptOutcome::InvalidInput, Some(m.clone())),
-            (None, Some((FailureKind::Other, m))) => (AttemptOutcome::Crashed, Some(m.clone())),
-            (None, None) => (
-                AttemptOutcome::Crashed,
-                Some(format!(
-                    "Slurm no longer knows job {} and it left no result; see {}",
-                    job.id,
-                    log.display()
-                )),
-            ),
-        };
+        facts.completed = true;
+        return facts.classify(String::new, || {
+            format!(
+                "Slurm no longer knows job {} and it left no result; see {}",
+                job.id,
+                log.display()
+            )
+        });
     };
     let slurm_says = |what: &str| {
         format!(
@@ -492,41 +489,30 @@ fn classify(
             job.id, info.state, info.reason
         )
     };
-    let code = info.exit_code;
-    let oom = code == Some(3)
-        || matches!(job.failed, Some((FailureKind::Oom, _)))
-        || info.state == "OUT_OF_MEMORY";
-    let outcome = match (info.state.as_str(), job.stop) {
-        ("COMPLETED", _) if job.finished.is_some() => AttemptOutcome::Finished,
-        (_, Some(StopCause::Prune)) => AttemptOutcome::Pruned,
-        (_, Some(StopCause::Interrupt)) => AttemptOutcome::Stopped,
-        _ if code == Some(2) => AttemptOutcome::InvalidInput,
-        _ if oom => AttemptOutcome::OutOfMemory,
-        ("TIMEOUT" | "DEADLINE", _) => AttemptOutcome::TimedOut,
-        _ => AttemptOutcome::Crashed,
+    facts.completed = info.state == "COMPLETED";
+    // A worker stopped by a signal palisweep did not send (scancel from
+    // outside, preemption) exits as stopped: that is the job's loss, not a stop.
+    facts.exit = WorkerExit::from_code(info.exit_code).filter(|e| *e != WorkerExit::Stopped);
+    facts.backend = match info.state.as_str() {
+        "OUT_OF_MEMORY" => Some(BackendEnd::OutOfMemory),
+        "TIMEOUT" | "DEADLINE" => Some(BackendEnd::TimedOut),
+        _ => None,
     };
-    let reason = match outcome {
-        AttemptOutcome::Finished => None,
-        AttemptOutcome::Stopped => Some("stopped".to_owned()),
-        AttemptOutcome::Pruned => Some(fate::PRUNED_REASON.to_owned()),
-        AttemptOutcome::TimedOut => Some(slurm_says("ran past its time limit (slurm.time)")),
-        _ => Some(match (&job.failed, info.state.as_str()) {
-            (Some((_, message)), _) => message.clone(),
-            (None, "CANCELLED") => slurm_says("was cancelled outside palisweep"),
-            (None, "PREEMPTED") => slurm_says("was preempted"),
-            (None, "NODE_FAIL" | "BOOT_FAIL") => slurm_says("lost its node"),
-            (None, "OUT_OF_MEMORY") => {
-                slurm_says("ran out of its memory allocation (slurm.mem_per_trial)")
-            }
-            (None, _) => slurm_says(&format!(
+    facts.classify(
+        || slurm_says("ran past its time limit (slurm.time)"),
+        || match info.state.as_str() {
+            "CANCELLED" => slurm_says("was cancelled outside palisweep"),
+            "PREEMPTED" => slurm_says("was preempted"),
+            "NODE_FAIL" | "BOOT_FAIL" => slurm_says("lost its node"),
+            "OUT_OF_MEMORY" => slurm_says("ran out of its memory allocation (slurm.mem_per_trial)"),
+            _ => slurm_says(&format!(
                 "failed with exit code {}{}",
-                code.map_or("?".into(), |c| c.to_string()),
+                info.exit_code.map_or("?".into(), |c| c.to_string()),
                 info.signal
                     .map_or(String::new(), |s| format!(", signal {s}"))
             )),
-        }),
-    };
-    (outcome, reason)
+        },
+    )
 }
 
 #[cfg(test)]

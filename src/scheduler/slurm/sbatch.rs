@@ -3,12 +3,12 @@
 //! `exec`s the worker so that Slurm's signals (scancel, the time limit,
 //! preemption) reach it directly and its exit code is the job's.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::devices::grammar::parse_bytes;
 use crate::layout::TrialDir;
 use crate::spec::schema::Slurm;
+use crate::worker::contract::{WorkerCommand, shell_quote};
 
 /// What a job is made from.
 #[derive(Clone, Debug)]
@@ -86,19 +86,27 @@ impl JobRequest<'_> {
     /// failure) runs it again: `SLURM_RESTART_COUNT` numbers that run as
     /// the next attempt, and the worker resumes from its checkpoint.
     pub fn script(&self) -> String {
-        let mut worker = format!(
-            "exec {} worker --trial {} --attempt \"$(({} + ${{SLURM_RESTART_COUNT:-0}}))\" --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\"",
-            quote(&self.exe.display().to_string()),
-            quote(&self.dir.path().display().to_string()),
-            self.attempt,
-            self.slurm.cpus_per_trial,
-        );
-        if self.slurm.device != "auto" {
-            let _ = write!(worker, " --device {}", quote(&self.slurm.device));
-        }
-        for set in self.sets {
-            let _ = write!(worker, " --set {}", quote(set));
-        }
+        let command = WorkerCommand {
+            trial_dir: self.dir.path().to_owned(),
+            attempt: self.attempt,
+            threads: self.slurm.cpus_per_trial,
+            device: (self.slurm.device != "auto").then(|| self.slurm.device.clone()),
+            sets: self.sets.to_vec(),
+            watch_stdin: false,
+            deterministic: false,
+        };
+        // A requeued job is the next attempt; Slurm gives the CPUs it granted.
+        let worker = command.shell_line(self.exe, |flag| match flag {
+            "--attempt" => Some(format!(
+                "\"$(({} + ${{SLURM_RESTART_COUNT:-0}}))\"",
+                self.attempt
+            )),
+            "--threads" => Some(format!(
+                "\"${{SLURM_CPUS_PER_TASK:-{}}}\"",
+                self.slurm.cpus_per_trial
+            )),
+            _ => None,
+        });
         format!(
             "#!/bin/sh\n\
              # palisweep sweep {sweep}, trial {trial}, attempt {attempt} (written by `palisweep run`)\n\
@@ -118,24 +126,11 @@ impl JobRequest<'_> {
         let mut line = String::from("sbatch");
         for arg in self.sbatch_args() {
             line.push(' ');
-            line.push_str(&quote(&arg));
+            line.push_str(&shell_quote(&arg));
         }
         line.push(' ');
-        line.push_str(&quote(&self.script_path().display().to_string()));
+        line.push_str(&shell_quote(&self.script_path().display().to_string()));
         line
-    }
-}
-
-/// Single-quotes `text` for sh when it needs it.
-fn quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,%@+".contains(c));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 

@@ -61,6 +61,15 @@ pub use scrub::{REDACTED, redact_json, redact_text};
 pub use sink::StoreSink;
 pub use views::{LsView, ShowView, StatusView};
 
+// The fan-out moves each consumer to a thread of its own, and `status`
+// reads from a blocking task: both types must be `Send` (checked when the
+// crate compiles).
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<StoreSink>();
+    assert_send::<Store>();
+};
+
 /// How long a connection waits for another one's lock before failing.
 /// Writes are short batches, so this is only reached when something hangs.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);

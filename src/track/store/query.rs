@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::schema::{get_opt_u64, get_u64};
 use super::{Store, StoreError};
+use crate::events::event::Environment;
 use crate::metrics::names::higher_is_better;
-use crate::scheduler::event::Environment;
 
 /// Trials by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

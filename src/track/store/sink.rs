@@ -11,7 +11,7 @@ use rusqlite::{Transaction, TransactionBehavior, params};
 use super::schema::Uint;
 use super::scrub::{redact_json, redact_text};
 use super::{Store, StoreError};
-use crate::scheduler::event::{
+use crate::events::event::{
     AttemptOutcome, EventSink, SinkError, SweepEvent, SweepInfo, TrialInfo, TrialStatus,
 };
 use crate::worker::protocol::{Envelope, FailureKind, WorkerEvent};
@@ -311,7 +311,7 @@ fn sweep_started(tx: &Transaction<'_>, sweep: &SweepInfo, time: f64) -> Result<(
 fn environment_row(
     tx: &Transaction<'_>,
     sweep: &str,
-    env: &crate::scheduler::event::Environment,
+    env: &crate::events::event::Environment,
     resumed: bool,
     time: f64,
 ) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::Digest as _;
 
 use super::*;
-use crate::scheduler::event::{
+use crate::events::event::{
     AttemptOutcome, Counts, EventSink, SweepEvent, SweepInfo, SweepStatus, TrialInfo, TrialStatus,
 };
 use crate::worker::protocol::{Envelope, FailureKind, PROTOCOL_VERSION, WorkerEvent};
@@ -40,7 +40,7 @@ pub(super) fn sweep_started(name: &str, time: f64) -> SweepEvent {
             axes: vec!["train.lr".into()],
             select_metric: "val/field_f1".into(),
         }),
-        environment: Box::new(crate::scheduler::event::Environment {
+        environment: Box::new(crate::events::event::Environment {
             palisweep_version: "0.1.0".into(),
             git_sha: Some("abc123".into()),
             libtorch_version: Some("2.9.0".into()),
@@ -350,13 +350,6 @@ fn ingest(path: &Path, events: &[SweepEvent], batch: usize) -> StoreSink {
     }
     sink.close().unwrap();
     sink
-}
-
-#[test]
-fn the_sink_can_move_to_its_thread() {
-    fn send<T: Send + 'static>() {}
-    send::<StoreSink>();
-    send::<Store>();
 }
 
 #[test]

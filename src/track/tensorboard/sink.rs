@@ -26,8 +26,8 @@ use super::hparams::{
 };
 use super::read;
 use super::summary::Event;
+use crate::events::event::{EventSink, SinkError, SweepEvent, TrialStatus, now};
 use crate::layout::ResultsRoot;
-use crate::scheduler::event::{EventSink, SinkError, SweepEvent, TrialStatus, now};
 use crate::worker::protocol::{Envelope, WorkerEvent};
 
 const NAME: &str = "tensorboard";

@@ -10,7 +10,7 @@ use super::files;
 use super::hparams::{DataType, Domain, Experiment, HParamValue, PluginData, SessionStart, Status};
 use super::read::{self, Scalar};
 use super::sink::TensorBoardSink;
-use crate::scheduler::event::{
+use crate::events::event::{
     AttemptOutcome, Counts, Environment, EventSink, SweepEvent, SweepInfo, SweepStatus, TrialInfo,
     TrialStatus,
 };

@@ -17,8 +17,8 @@ use serde_json::Value;
 use tch::Tensor;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::model::image::pixel_values;
-use crate::model::input::ModelInput;
+use crate::model::preprocess::image::pixel_values;
+use crate::model::preprocess::input::ModelInput;
 
 /// The label value the loss ignores.
 const IGNORE_INDEX: i64 = -100;
@@ -177,7 +177,7 @@ impl Default for TokenNames {
 #[derive(Debug, Clone)]
 pub struct Example {
     /// The image, already converted to RGB (see
-    /// [`crate::model::image::load_image`]).
+    /// [`crate::model::preprocess::image::load_image`]).
     pub image: RgbImage,
     /// The prompt, without image tokens, `<bos>` or trailing `"\n"`.
     pub prefix: String,
@@ -736,7 +736,7 @@ fn check_preprocessing(pre: &Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::image::load_image;
+    use crate::model::preprocess::image::load_image;
 
     fn root() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,5 +1,5 @@
-//! `LoRA` as PEFT computes it (reference §9): the low-rank branch a
-//! [`Linear`](super::linear::Linear) adds to its frozen base,
+//! `LoRA` as PEFT computes it (docs/model-reference.md §9): the low-rank branch a
+//! [`Linear`](crate::model::network::linear::Linear) adds to its frozen base,
 //! `y = base(x) + (dropout(x)·Aᵀ·Bᵀ)·scaling`.
 //!
 //! * A `[r, in]` starts as kaiming-uniform with `a = √5`, i.e.
@@ -58,7 +58,7 @@ pub enum LoraTargets {
     /// PEFT `target_modules` as a list: suffix matching on module names.
     Names(Vec<String>),
     /// Exactly these modules (internal names, see
-    /// [`peft::internal_module`](super::peft::internal_module)), each with
+    /// [`peft::internal_module`](crate::model::adapt::peft::internal_module)), each with
     /// its own rank and alpha: what a stored adapter holds.
     Modules(BTreeMap<String, LoraRank>),
 }

@@ -2,8 +2,8 @@
 //! `[out, in]` (`PyTorch` layout), plus what fine-tuning adds to it.
 //!
 //! [`Linear::new`] has the constructor shape of a plain `nn.Linear` loaded
-//! through a [`WeightPath`]; when the path carries an
-//! [`AdaptContext`](super::adapt::AdaptContext), the plan decides for this
+//! through a [`LayerPath`]; when the path carries an
+//! [`AdaptContext`](crate::model::adapt::plan::AdaptContext), the plan decides for this
 //! module:
 //! * a frozen dense base (a plain tensor without grad), or a frozen NF4 base
 //!   quantised while loading and dequantised per forward to the input dtype
@@ -14,9 +14,10 @@
 
 use tch::{Kind, TchError, Tensor};
 
-use super::lora::LoraBranch;
-use super::nf4::Nf4Tensor;
-use super::weights::{WeightError, WeightPath};
+use crate::model::adapt::lora::LoraBranch;
+use crate::model::adapt::nf4::Nf4Tensor;
+use crate::model::checkpoint::weights::WeightError;
+use crate::model::network::layer_path::LayerPath;
 
 /// The frozen (or fully trained) weight.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ impl Linear {
     /// Loads `weight` `[out, in]` (and `bias` `[out]`) under `path` and
     /// applies the path's adaptation plan, if any.
     pub fn new(
-        path: &WeightPath,
+        path: &LayerPath,
         in_features: i64,
         out_features: i64,
         bias: bool,
@@ -67,7 +68,7 @@ impl Linear {
                 let nf4 = Nf4Tensor::quantize(&weight, quant.block_size, quant.double_quant)
                     .map_err(|source| WeightError::Quantize {
                         name: path.name("weight"),
-                        source,
+                        source: Box::new(source),
                     })?;
                 drop(weight);
                 ctx.record_quantized(nf4.numel().unsigned_abs(), nf4.storage_bytes());

@@ -9,7 +9,7 @@
 //! of the weights.
 //!
 //! Two name conventions are accepted and normalised to one internal naming,
-//! the hub's legacy on-disk names (reference §5):
+//! the hub's legacy on-disk names (docs/model-reference.md §5):
 //! * legacy: `language_model.model.*`, `multi_modal_projector.linear.*`,
 //!   `vision_tower.vision_model.*`, optional `language_model.lm_head.weight`;
 //! * transformers 5 `save_pretrained`: vision keys as `vision_tower.*` without
@@ -30,9 +30,6 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use tch::{Device, Kind, TchError, Tensor};
-
-use super::adapt::AdaptContext;
-use super::nf4::Nf4Error;
 
 /// Single-file checkpoint name.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -87,7 +84,10 @@ pub enum WeightError {
     Tch { name: String, source: TchError },
     /// Quantising a weight to NF4 while loading failed (not the file's fault).
     #[error("cannot quantise `{name}` to NF4: {source}")]
-    Quantize { name: String, source: Nf4Error },
+    Quantize {
+        name: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Formats a list of paths as `a, b, c`.
@@ -319,17 +319,6 @@ impl Weights {
         WeightPath {
             weights: self,
             prefix: String::new(),
-            adapt: None,
-        }
-    }
-
-    /// The root path of a model built for fine-tuning: every layer loaded
-    /// through it follows `ctx`'s plan (trainable tensors, `LoRA`, NF4).
-    pub fn adapted_root<'a>(&'a self, ctx: &'a AdaptContext) -> WeightPath<'a> {
-        WeightPath {
-            weights: self,
-            prefix: String::new(),
-            adapt: Some(ctx),
         }
     }
 
@@ -477,7 +466,6 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 pub struct WeightPath<'a> {
     weights: &'a Weights,
     prefix: String,
-    adapt: Option<&'a AdaptContext>,
 }
 
 impl fmt::Debug for WeightPath<'_> {
@@ -493,18 +481,12 @@ impl<'a> WeightPath<'a> {
         WeightPath {
             weights: self.weights,
             prefix: self.name(&segment.to_string()),
-            adapt: self.adapt,
         }
     }
 
     /// The full internal name of this path (the module name).
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// The adaptation plan the model is built with, if any.
-    pub fn adapt(&self) -> Option<&'a AdaptContext> {
-        self.adapt
     }
 
     /// The full internal name of `name` under this path.
@@ -517,17 +499,9 @@ impl<'a> WeightPath<'a> {
     }
 
     /// Loads `name` under this path, checking its shape, as the compute
-    /// dtype on the target device. With an adaptation plan that trains this
-    /// tensor, it comes back as a trainable variable.
+    /// dtype on the target device.
     pub fn get(&self, name: &str, expected_shape: &[i64]) -> Result<Tensor, WeightError> {
-        let full = self.name(name);
-        let tensor = self.weights.load(&full, expected_shape)?;
-        match self.adapt {
-            Some(ctx) => ctx
-                .tensor(&full, tensor)
-                .map_err(|source| WeightError::Tch { name: full, source }),
-            None => Ok(tensor),
-        }
+        self.weights.load(&self.name(name), expected_shape)
     }
 
     /// The stored shape of `name`, for sizes the config does not fix (the

@@ -1,5 +1,5 @@
 //! Greedy decoding with a key/value cache, as transformers' `generate`
-//! does it for `PaliGemma` (reference §7):
+//! does it for `PaliGemma` (docs/model-reference.md §7):
 //!
 //! 1. prefill: one pass over the prompts (images, `<bos>`, prompt, `\n`;
 //!    token type 0, so the prompt is one bidirectional block), storing every
@@ -15,9 +15,9 @@
 
 use tch::{Kind, Tensor};
 
-use super::gemma2::AttentionMasks;
-use super::input::ModelInput;
-use super::paligemma::{ModelError, PaliGemma};
+use crate::model::network::gemma2::AttentionMasks;
+use crate::model::network::paligemma::{ModelError, PaliGemma};
+use crate::model::preprocess::input::ModelInput;
 
 /// Greedy generation of up to `max_new_tokens` ids per prompt row. Stops a
 /// row at the first id in `eos_ids` (not included in its output) and the
@@ -140,7 +140,7 @@ fn generate_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::paligemma::test_util::{
+    use crate::model::network::paligemma::test_util::{
         batch, golden_dir, golden_input, golden_valid_pixels, golden_values, random_checkpoint,
     };
     use tch::Device;

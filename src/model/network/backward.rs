@@ -17,8 +17,8 @@
 
 use tch::{TchError, Tensor};
 
-use super::input::ModelInput;
-use super::paligemma::{LossOutput, ModelError, PaliGemma};
+use crate::model::network::paligemma::{LossOutput, ModelError, PaliGemma};
+use crate::model::preprocess::input::ModelInput;
 use crate::rng::SplitMix64;
 
 /// How [`loss_backward`] runs.
@@ -235,9 +235,9 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
-    use crate::model::adapt::{AdaptPlan, PROJECTOR_MODULE, Trainables};
-    use crate::model::lora::LoraConfig;
-    use crate::model::paligemma::test_util::{golden_dir, golden_train_batch};
+    use crate::model::adapt::lora::LoraConfig;
+    use crate::model::adapt::plan::{AdaptPlan, PROJECTOR_MODULE, Trainables};
+    use crate::model::network::paligemma::test_util::{golden_dir, golden_train_batch};
 
     fn lora(dropout: f64) -> AdaptPlan {
         AdaptPlan::lora(LoraConfig {
@@ -319,7 +319,7 @@ mod tests {
     /// Dropout draws from torch's process-wide generator, which tests on
     /// other threads reseed: tests that depend on its draws run alone.
     fn alone(test: &str) -> bool {
-        crate::test_support::alone(&format!("model::backward::tests::{test}"))
+        crate::test_support::alone(&format!("model::network::backward::tests::{test}"))
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::event::{AttemptOutcome, EventSink, SinkError, SweepEvent, TrialStatus};
+use crate::events::event::{AttemptOutcome, EventSink, SinkError, SweepEvent, TrialStatus};
 use crate::worker::protocol::WorkerEvent;
 
 /// Plain mode prints a trial's step at most this often.

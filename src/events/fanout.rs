@@ -5,7 +5,7 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use super::event::{EventSink, SinkError, SweepEvent};
+use crate::events::event::{EventSink, SinkError, SweepEvent};
 
 /// Most events handed to a consumer in one call.
 const MAX_BATCH: usize = 4096;
@@ -111,7 +111,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::scheduler::event::{Counts, SweepStatus};
+    use crate::events::event::{Counts, SweepStatus};
 
     struct Collect(Arc<Mutex<Vec<usize>>>, bool);
 

@@ -1,6 +1,6 @@
 //! The `SigLIP` vision tower of `PaliGemma` 2 (`SiglipVisionModel` without
 //! the pooling head), as transformers 5.24 `modeling_siglip.py` computes it,
-//! reference §2.1.
+//! docs/model-reference.md §2.1.
 //!
 //! Config ([`VisionConfig`], HF names) → private layer structs named like
 //! their weight-path segments → the public [`SiglipVisionModel`], built from
@@ -8,9 +8,10 @@
 
 use tch::{Kind, TchError, Tensor};
 
-use super::config::VisionConfig;
-use super::linear::Linear;
-use super::weights::{WeightError, WeightPath};
+use crate::model::checkpoint::weights::WeightError;
+use crate::model::config::VisionConfig;
+use crate::model::network::layer_path::LayerPath;
+use crate::model::network::linear::Linear;
 
 /// How the encoder computes attention (no mask, no soft-cap).
 ///
@@ -38,7 +39,7 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(path: &WeightPath, size: i64, eps: f64) -> Result<Self, WeightError> {
+    fn new(path: &LayerPath, size: i64, eps: f64) -> Result<Self, WeightError> {
         Ok(Self {
             weight: path.get("weight", &[size])?,
             bias: path.get("bias", &[size])?,
@@ -69,7 +70,7 @@ struct Conv2d {
 }
 
 impl Embeddings {
-    fn new(cfg: &VisionConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &VisionConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let (h, c, p) = (
             i64::from(cfg.hidden_size),
             i64::from(cfg.num_channels),
@@ -119,7 +120,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &VisionConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let h = i64::from(cfg.hidden_size);
         let num_heads = i64::from(cfg.num_attention_heads);
         let head_dim = h / num_heads;
@@ -179,7 +180,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &VisionConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &VisionConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let (h, i) = (i64::from(cfg.hidden_size), i64::from(cfg.intermediate_size));
         Ok(Self {
             fc1: Linear::new(&path.pp("fc1"), h, i, true)?,
@@ -201,7 +202,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &VisionConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let (h, eps) = (i64::from(cfg.hidden_size), cfg.layer_norm_eps);
         Ok(Self {
             layer_norm1: LayerNorm::new(&path.pp("layer_norm1"), h, eps)?,
@@ -234,7 +235,7 @@ pub struct SiglipVisionModel {
 
 impl SiglipVisionModel {
     /// Loads the tower from `path` (the `vision_tower.vision_model` level).
-    pub fn new(cfg: &VisionConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    pub fn new(cfg: &VisionConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let layers_path = path.pp("encoder").pp("layers");
         Ok(Self {
             embeddings: Embeddings::new(cfg, &path.pp("embeddings"))?,

@@ -1,6 +1,6 @@
 //! Gemma 2, the language model of `PaliGemma` 2, as transformers 5.24
 //! `modeling_gemma2.py` computes it (eager attention: soft-capping rules out
-//! the fused kernel), reference §2.3.
+//! the fused kernel), docs/model-reference.md §2.3.
 //!
 //! Layout follows candle: the config ([`TextConfig`], HF names) → private
 //! layer structs whose fields are named like their weight-path segments →
@@ -13,9 +13,10 @@
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::config::TextConfig;
-use super::linear::Linear;
-use super::weights::{WeightError, WeightPath};
+use crate::model::checkpoint::weights::WeightError;
+use crate::model::config::TextConfig;
+use crate::model::network::layer_path::LayerPath;
+use crate::model::network::linear::Linear;
 
 // ---------------------------------------------------------------------------
 // Building blocks shared with `siglip.rs` and `paligemma.rs`
@@ -54,7 +55,7 @@ pub struct AttentionMasks {
 }
 
 impl AttentionMasks {
-    /// The transformers 5 prefix-LM masks (reference §3) for queries at
+    /// The transformers 5 prefix-LM masks (docs/model-reference.md §3) for queries at
     /// sequence indices `q_start..q_start + q_len` over keys `0..Lk`:
     /// `allowed = (causal [∧ k > q − window] ∨ (tt[q] = 0 ∧ tt[k] = 0)) ∧
     /// key_mask[k]`. `key_mask` `[B, Lk]` is the attention mask of every key
@@ -157,7 +158,7 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn new(path: &WeightPath, size: i64, eps: f64) -> Result<Self, WeightError> {
+    fn new(path: &LayerPath, size: i64, eps: f64) -> Result<Self, WeightError> {
         let weight = path.get("weight", &[size])?;
         let scale = if weight.requires_grad() {
             None
@@ -305,7 +306,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &TextConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let h = i64::from(cfg.hidden_size);
         let (nh, nkv, hd) = (
             i64::from(cfg.num_attention_heads),
@@ -387,7 +388,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    fn new(cfg: &TextConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let (h, i) = (i64::from(cfg.hidden_size), i64::from(cfg.intermediate_size));
         Ok(Self {
             gate_proj: Linear::new(&path.pp("gate_proj"), h, i, false)?,
@@ -416,7 +417,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, path: &WeightPath, index: usize) -> Result<Self, WeightError> {
+    fn new(cfg: &TextConfig, path: &LayerPath, index: usize) -> Result<Self, WeightError> {
         let (h, eps) = (i64::from(cfg.hidden_size), cfg.rms_norm_eps);
         Ok(Self {
             self_attn: Attention::new(cfg, &path.pp("self_attn"))?,
@@ -490,8 +491,8 @@ pub struct Gemma2Model {
 impl Gemma2Model {
     /// Loads the decoder from `path` (the `language_model` level). The
     /// vocabulary size is the embedding's row count, not `cfg.vocab_size`
-    /// (reference §1).
-    pub fn new(cfg: &TextConfig, path: &WeightPath) -> Result<Self, WeightError> {
+    /// (docs/model-reference.md §1).
+    pub fn new(cfg: &TextConfig, path: &LayerPath) -> Result<Self, WeightError> {
         let model = path.pp("model");
         let h = i64::from(cfg.hidden_size);
         let embed_shape = model.pp("embed_tokens").shape("weight")?;

@@ -10,13 +10,14 @@ use tch::{Kind, Tensor};
 
 use crate::rng::SplitMix64;
 
-use super::adapt::tensor_shapes;
-use super::config::{PaliGemmaConfig, Resolution, Size};
+use crate::model::checkpoint::tensors::tensor_shapes;
+use crate::model::config::PaliGemmaConfig;
+use crate::variant::{Resolution, Size};
 
-const TOKENIZER_JSON: &str = include_str!("../../assets/tiny-tokenizer/tokenizer.json");
-const TOKENIZER_CONFIG: &str = include_str!("../../assets/tiny-tokenizer/tokenizer_config.json");
+const TOKENIZER_JSON: &str = include_str!("../../../assets/tiny-tokenizer/tokenizer.json");
+const TOKENIZER_CONFIG: &str = include_str!("../../../assets/tiny-tokenizer/tokenizer_config.json");
 const SPECIAL_TOKENS_MAP: &str =
-    include_str!("../../assets/tiny-tokenizer/special_tokens_map.json");
+    include_str!("../../../assets/tiny-tokenizer/special_tokens_map.json");
 
 /// Standard deviation of biases and norm weights (transformers'
 /// `initializer_range`).

@@ -10,7 +10,7 @@
 //! save see only that store.
 //!
 //! Module names inside the crate are the internal (hub legacy) ones that
-//! [`WeightPath`](super::weights::WeightPath) uses:
+//! [`WeightPath`](crate::model::checkpoint::weights::WeightPath) uses:
 //! `language_model.model.layers.{i}.…`, `vision_tower.vision_model.…`,
 //! `multi_modal_projector.linear`.
 
@@ -22,10 +22,10 @@ use std::sync::atomic::AtomicBool;
 use tch::nn::VarStore;
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::config::PaliGemmaConfig;
-use super::lora::{LoraBranch, LoraConfig, LoraRank, LoraTargets, peft_suffix_match};
-use super::peft::{self, PeftAdapter, PeftError};
-use crate::spec::schema::{Method, Spec};
+use crate::model::adapt::lora::{LoraBranch, LoraConfig, LoraRank, LoraTargets, peft_suffix_match};
+use crate::model::adapt::peft::{self, PeftAdapter, PeftError};
+use crate::model::checkpoint::tensors::tensor_shapes;
+use crate::model::config::PaliGemmaConfig;
 
 /// `VarStore` group of the parameters `AdamW` decays.
 pub const DECAY_GROUP: usize = 0;
@@ -72,12 +72,23 @@ impl Part {
     }
 }
 
+/// How a checkpoint is fine-tuned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdaptMethod {
+    /// `LoRA` on a frozen dense base.
+    Lora,
+    /// `LoRA` on a frozen NF4 base.
+    Qlora,
+    /// Every tensor trained.
+    Full,
+}
+
 /// How to adapt a checkpoint for fine-tuning (from the spec's `train.method`,
 /// `[lora]`, `[qlora]`, `model.freeze_vision` and `model.train_projector`),
 /// or how to rebuild a stored adapter ([`AdaptPlan::from_adapter`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdaptPlan {
-    pub method: Method,
+    pub method: AdaptMethod,
     /// Used by `lora` and `qlora`.
     pub lora: LoraConfig,
     /// Used by `qlora`.
@@ -111,7 +122,7 @@ impl AdaptPlan {
     /// `LoRA` with `lora` on a frozen dense base.
     pub fn lora(lora: LoraConfig) -> Self {
         Self {
-            method: Method::Lora,
+            method: AdaptMethod::Lora,
             lora,
             quant: QuantConfig::default(),
             freeze_vision: false,
@@ -123,7 +134,7 @@ impl AdaptPlan {
     /// `LoRA` on an NF4 base.
     pub fn qlora(lora: LoraConfig, quant: QuantConfig) -> Self {
         Self {
-            method: Method::Qlora,
+            method: AdaptMethod::Qlora,
             quant,
             ..Self::lora(lora)
         }
@@ -132,35 +143,8 @@ impl AdaptPlan {
     /// Every tensor trainable.
     pub fn full() -> Self {
         Self {
-            method: Method::Full,
+            method: AdaptMethod::Full,
             ..Self::lora(LoraConfig::new(8, 16.0))
-        }
-    }
-
-    /// The plan of a resolved experiment spec.
-    pub fn from_spec(spec: &Spec) -> Self {
-        let lora = LoraConfig {
-            r: i64::from(spec.lora.r),
-            alpha: spec.lora.alpha,
-            dropout: spec.lora.dropout,
-            rslora: spec.lora.rslora,
-            targets: LoraTargets::Names(spec.lora.targets.clone()),
-        };
-        let quant = QuantConfig {
-            block_size: i64::from(spec.qlora.block_size),
-            double_quant: spec.qlora.double_quant,
-        };
-        Self {
-            method: spec.train.method,
-            lora,
-            quant,
-            freeze_vision: spec.model.freeze_vision,
-            modules_to_save: if spec.model.train_projector {
-                vec![PROJECTOR_MODULE.to_owned()]
-            } else {
-                Vec::new()
-            },
-            saved_tensors: BTreeSet::new(),
         }
     }
 
@@ -174,7 +158,7 @@ impl AdaptPlan {
             .collect();
         let config = &adapter.config;
         Self {
-            method: Method::Lora,
+            method: AdaptMethod::Lora,
             lora: LoraConfig {
                 r: i64::from(config.r),
                 alpha: config.lora_alpha,
@@ -194,7 +178,7 @@ impl AdaptPlan {
         if self.freeze_vision && Part::of(name) == Part::Vision {
             return false;
         }
-        if self.method == Method::Full || self.saved_tensors.contains(name) {
+        if self.method == AdaptMethod::Full || self.saved_tensors.contains(name) {
             return true;
         }
         // Any enclosing module listed in `modules_to_save`.
@@ -213,10 +197,10 @@ impl AdaptPlan {
             quantize: None,
             lora: None,
         };
-        if self.method == Method::Full || self.tensor_trainable(&format!("{module}.weight")) {
+        if self.method == AdaptMethod::Full || self.tensor_trainable(&format!("{module}.weight")) {
             return frozen;
         }
-        let quantize = (self.method == Method::Qlora).then_some(self.quant);
+        let quantize = (self.method == AdaptMethod::Qlora).then_some(self.quant);
         let lora = if self.freeze_vision && Part::of(module) == Part::Vision {
             None
         } else {
@@ -224,87 +208,6 @@ impl AdaptPlan {
         };
         LinearPlan { quantize, lora }
     }
-}
-
-/// Every tensor of a `PaliGemma` checkpoint (internal names) with its shape,
-/// from the config alone (the tied head excluded).
-#[allow(clippy::many_single_char_names)] // the usual dimension names
-pub fn tensor_shapes(cfg: &PaliGemmaConfig) -> Vec<(String, Vec<i64>)> {
-    let v = &cfg.vision_config;
-    let t = &cfg.text_config;
-    let (vh, vi) = (i64::from(v.hidden_size), i64::from(v.intermediate_size));
-    let (p, c) = (i64::from(v.patch_size), i64::from(v.num_channels));
-    let n = i64::from(cfg.num_image_tokens());
-    let (h, i) = (i64::from(t.hidden_size), i64::from(t.intermediate_size));
-    let (q, kv) = (
-        i64::from(t.num_attention_heads * t.head_dim),
-        i64::from(t.num_key_value_heads * t.head_dim),
-    );
-    let mut out = Vec::new();
-    let mut add = |name: String, shape: Vec<i64>| out.push((name, shape));
-    let vp = "vision_tower.vision_model";
-    add(
-        format!("{vp}.embeddings.patch_embedding.weight"),
-        vec![vh, c, p, p],
-    );
-    add(format!("{vp}.embeddings.patch_embedding.bias"), vec![vh]);
-    add(
-        format!("{vp}.embeddings.position_embedding.weight"),
-        vec![n, vh],
-    );
-    for layer in 0..v.num_hidden_layers {
-        let lp = format!("{vp}.encoder.layers.{layer}");
-        for ln in ["layer_norm1", "layer_norm2"] {
-            add(format!("{lp}.{ln}.weight"), vec![vh]);
-            add(format!("{lp}.{ln}.bias"), vec![vh]);
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            add(format!("{lp}.self_attn.{proj}.weight"), vec![vh, vh]);
-            add(format!("{lp}.self_attn.{proj}.bias"), vec![vh]);
-        }
-        add(format!("{lp}.mlp.fc1.weight"), vec![vi, vh]);
-        add(format!("{lp}.mlp.fc1.bias"), vec![vi]);
-        add(format!("{lp}.mlp.fc2.weight"), vec![vh, vi]);
-        add(format!("{lp}.mlp.fc2.bias"), vec![vh]);
-    }
-    add(format!("{vp}.post_layernorm.weight"), vec![vh]);
-    add(format!("{vp}.post_layernorm.bias"), vec![vh]);
-    let proj = i64::from(cfg.projection_dim);
-    add("multi_modal_projector.linear.weight".into(), vec![proj, vh]);
-    add("multi_modal_projector.linear.bias".into(), vec![proj]);
-    let lm = "language_model.model";
-    add(
-        format!("{lm}.embed_tokens.weight"),
-        vec![i64::from(t.vocab_size), h],
-    );
-    for layer in 0..t.num_hidden_layers {
-        let lp = format!("{lm}.layers.{layer}");
-        let attn = [
-            ("q_proj", vec![q, h], q),
-            ("k_proj", vec![kv, h], kv),
-            ("v_proj", vec![kv, h], kv),
-            ("o_proj", vec![h, q], h),
-        ];
-        for (proj, shape, out_features) in attn {
-            add(format!("{lp}.self_attn.{proj}.weight"), shape);
-            if t.attention_bias {
-                add(format!("{lp}.self_attn.{proj}.bias"), vec![out_features]);
-            }
-        }
-        add(format!("{lp}.mlp.gate_proj.weight"), vec![i, h]);
-        add(format!("{lp}.mlp.up_proj.weight"), vec![i, h]);
-        add(format!("{lp}.mlp.down_proj.weight"), vec![h, i]);
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            add(format!("{lp}.{norm}.weight"), vec![h]);
-        }
-    }
-    add(format!("{lm}.norm.weight"), vec![h]);
-    out
 }
 
 /// Trainable parameters of `plan` on a model of `cfg`, counted from the
@@ -478,7 +381,7 @@ impl Trainables {
     /// The adapter as PEFT would save it (values shared, not copied); an
     /// error for `full`, which has no adapter.
     pub fn to_adapter(&self, meta: &peft::AdapterMeta) -> Result<PeftAdapter, PeftError> {
-        if self.plan.method == Method::Full {
+        if self.plan.method == AdaptMethod::Full {
             return Err(PeftError::NotAnAdapter);
         }
         Ok(peft::adapter_from_parts(
@@ -549,7 +452,7 @@ fn copy_into(dst: &Tensor, src: &Tensor, name: &str) -> Result<(), PeftError> {
 }
 
 /// The model-building side of a plan: carried by
-/// [`WeightPath`](super::weights::WeightPath) while the layers load, it
+/// [`WeightPath`](crate::model::checkpoint::weights::WeightPath) while the layers load, it
 /// decides per tensor and per linear, and collects the trainable variables.
 #[derive(Debug)]
 pub struct AdaptContext {
@@ -711,9 +614,9 @@ impl AdaptContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{Resolution, Size};
+    use crate::variant::{Resolution, Size};
 
-    fn plan(method: Method, freeze_vision: bool, train_projector: bool) -> AdaptPlan {
+    fn plan(method: AdaptMethod, freeze_vision: bool, train_projector: bool) -> AdaptPlan {
         AdaptPlan {
             method,
             freeze_vision,
@@ -728,40 +631,40 @@ mod tests {
 
     #[test]
     fn trainable_parameters_of_the_published_models() {
-        // Reference §9: r=8, the 7 default names, vision included.
+        // docs/model-reference.md §9: r=8, the 7 default names, vision included.
         for (size, expected) in [
             (Size::B3, 11_876_352),
             (Size::B10, 28_502_016),
             (Size::B28, 58_583_040),
         ] {
             let cfg = PaliGemmaConfig::published(size, Resolution::R224);
-            let p = plan(Method::Lora, false, false);
+            let p = plan(AdaptMethod::Lora, false, false);
             assert_eq!(trainable_parameters(&cfg, &p), expected, "{size}");
             // QLoRA trains the same adapters.
-            let q = plan(Method::Qlora, false, false);
+            let q = plan(AdaptMethod::Qlora, false, false);
             assert_eq!(trainable_parameters(&cfg, &q), expected, "{size}");
             // Frozen vision drops SigLIP's q/k/v adapters.
-            let frozen = plan(Method::Lora, true, false);
+            let frozen = plan(AdaptMethod::Lora, true, false);
             assert_eq!(
                 trainable_parameters(&cfg, &frozen),
                 expected - 1_492_992,
                 "{size}"
             );
             // The projector in full: weight + bias.
-            let projector = plan(Method::Lora, false, true);
+            let projector = plan(AdaptMethod::Lora, false, true);
             let h = u64::from(cfg.projection_dim);
             assert_eq!(
                 trainable_parameters(&cfg, &projector),
                 expected + 1152 * h + h,
                 "{size}"
             );
-            let full = plan(Method::Full, false, false);
+            let full = plan(AdaptMethod::Full, false, false);
             assert_eq!(
                 trainable_parameters(&cfg, &full),
                 cfg.param_counts().total,
                 "{size}"
             );
-            let full_frozen = plan(Method::Full, true, false);
+            let full_frozen = plan(AdaptMethod::Full, true, false);
             assert_eq!(
                 trainable_parameters(&cfg, &full_frozen),
                 cfg.param_counts().total - cfg.param_counts().vision,
@@ -788,14 +691,14 @@ mod tests {
         let projector = "multi_modal_projector.linear";
         let rank = Some(LoraRank { r: 8, alpha: 16.0 });
 
-        let p = plan(Method::Lora, false, false);
+        let p = plan(AdaptMethod::Lora, false, false);
         assert_eq!(p.linear(q).lora, rank);
         assert_eq!(p.linear(vq).lora, rank);
         assert_eq!(p.linear(fc1).lora, None);
         assert_eq!(p.linear(q).quantize, None);
         assert!(!p.tensor_trainable(&format!("{projector}.weight")));
 
-        let p = plan(Method::Qlora, true, true);
+        let p = plan(AdaptMethod::Qlora, true, true);
         assert_eq!(p.linear(vq).lora, None);
         assert!(p.linear(vq).quantize.is_some());
         assert!(p.linear(fc1).quantize.is_some());
@@ -811,7 +714,7 @@ mod tests {
         assert!(p.tensor_trainable(&format!("{projector}.bias")));
         assert!(!p.tensor_trainable("vision_tower.vision_model.post_layernorm.weight"));
 
-        let p = plan(Method::Full, false, false);
+        let p = plan(AdaptMethod::Full, false, false);
         assert!(p.tensor_trainable("language_model.model.norm.weight"));
         assert_eq!(p.linear(q).lora, None);
     }
@@ -834,10 +737,10 @@ mod tests {
     // Adapted golden models
     // -----------------------------------------------------------------------
 
-    use crate::model::nf4::Nf4Tensor;
-    use crate::model::paligemma::PaliGemma;
-    use crate::model::paligemma::test_util::{golden_dir, golden_train_batch};
-    use crate::model::peft::{self, AdapterMeta, PeftAdapter};
+    use crate::model::adapt::nf4::Nf4Tensor;
+    use crate::model::adapt::peft::{self, AdapterMeta, PeftAdapter};
+    use crate::model::network::paligemma::PaliGemma;
+    use crate::model::network::paligemma::test_util::{golden_dir, golden_train_batch};
 
     fn base_dir() -> std::path::PathBuf {
         golden_dir().join("checkpoints/f32")
@@ -933,7 +836,7 @@ mod tests {
             base_model_name_or_path: Some("tests/golden/checkpoints/f32".into()),
             revision: None,
         };
-        for (method, projector) in [(Method::Lora, false), (Method::Lora, true)] {
+        for (method, projector) in [(AdaptMethod::Lora, false), (AdaptMethod::Lora, true)] {
             let plan = AdaptPlan {
                 method,
                 modules_to_save: if projector {
@@ -1091,14 +994,18 @@ mod tests {
             .filter(|m| !m.tied)
             .map(|m| {
                 let name = format!("{}.weight", m.name);
-                let w = crate::model::weights::Weights::open(&base_dir(), Device::Cpu, Kind::Float)
-                    .unwrap()
-                    .root()
-                    .get(
-                        &name,
-                        &[m.out_features.cast_signed(), m.in_features.cast_signed()],
-                    )
-                    .unwrap();
+                let w = crate::model::checkpoint::weights::Weights::open(
+                    &base_dir(),
+                    Device::Cpu,
+                    Kind::Float,
+                )
+                .unwrap()
+                .root()
+                .get(
+                    &name,
+                    &[m.out_features.cast_signed(), m.in_features.cast_signed()],
+                )
+                .unwrap();
                 let q = Nf4Tensor::quantize(&w, 64, true).unwrap();
                 (name, q.dequantize(Kind::Float).unwrap())
             })

@@ -1,5 +1,5 @@
 //! NF4 weight storage for QLoRA, bit-compatible with bitsandbytes
-//! (`quantize_4bit(quant_type="nf4")`, reference §8).
+//! (`quantize_4bit(quant_type="nf4")`, docs/model-reference.md §8).
 //!
 //! * The weight is flattened row-major and cut into blocks of `block_size`
 //!   elements (a trailing partial block gets its own absmax). Per block,

@@ -1,4 +1,4 @@
-//! PEFT `LoRA` adapters on disk (reference §9), as PEFT 0.21 writes and
+//! PEFT `LoRA` adapters on disk (docs/model-reference.md §9), as PEFT 0.21 writes and
 //! reads them for transformers 5.24:
 //!
 //! * `adapter_config.json`: PEFT's `LoraConfig` (sorted keys, every field it
@@ -27,9 +27,9 @@ use safetensors::tensor::{Dtype, SafeTensorError};
 use serde_json::{Value, json};
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::adapt::AdaptPlan;
-use super::lora::{LoraRank, LoraTargets, lora_scaling, peft_suffix_match};
-use super::weights::{self, TensorEntry, WeightError, Weights};
+use crate::model::adapt::lora::{LoraRank, LoraTargets, lora_scaling, peft_suffix_match};
+use crate::model::adapt::plan::AdaptPlan;
+use crate::model::checkpoint::weights::{self, TensorEntry, WeightError, Weights};
 
 /// The adapter's config file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -879,7 +879,7 @@ mod tests {
 
     #[test]
     fn written_config_matches_peft_s_field_for_field() {
-        use crate::model::lora::LoraConfig;
+        use crate::model::adapt::lora::LoraConfig;
         let cases = [("peft-default", false), ("peft-rslora-projector", true)];
         for (name, projector) in cases {
             let peft_text = std::fs::read_to_string(fixture(name).join(ADAPTER_CONFIG)).unwrap();
@@ -955,8 +955,8 @@ mod tests {
     // The adapters applied to the golden model
     // -----------------------------------------------------------------------
 
-    use crate::model::paligemma::test_util::{golden_dir, golden_train_batch};
-    use crate::model::paligemma::{ModelError, PaliGemma};
+    use crate::model::network::paligemma::test_util::{golden_dir, golden_train_batch};
+    use crate::model::network::paligemma::{ModelError, PaliGemma};
 
     fn adapter_values() -> &'static Value {
         static VALUES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
