@@ -40,7 +40,7 @@ fn every_example_spec_plans() {
 }
 
 #[test]
-fn the_demo_runs_on_cpu_with_tiny_checkpoints() {
+fn the_demo_plans_every_trial_on_cpu_with_tiny_checkpoints() {
     let out = std::process::Command::new(BIN)
         .args(["plan", "--json"])
         .arg(repo_root().join("experiments/demo.toml"))
@@ -52,7 +52,9 @@ fn the_demo_runs_on_cpu_with_tiny_checkpoints() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for trial in json["trials"].as_array().unwrap() {
+    let trials = json["trials"].as_array().unwrap();
+    assert!(!trials.is_empty(), "the demo plans no trial");
+    for trial in trials {
         assert!(trial["checkpoint"].as_str().unwrap().starts_with("tiny-"));
         assert!(trial["device"].as_str().unwrap().starts_with("cpu:"));
     }

@@ -3,6 +3,7 @@
 mod util;
 
 mod adapters;
+mod architecture;
 mod bench;
 mod expansion;
 mod experiments;

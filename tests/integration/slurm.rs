@@ -42,7 +42,8 @@ fn answers() -> bool {
     eprintln!(
         "Slurm tests did NOT run: no Slurm cluster answers here. As root, \
          `eval \"$(scripts/slurm/test-cluster.sh start)\"` starts a one-node test cluster \
-         (scripts/test.sh does it when run as root)."
+         (scripts/test.sh does it when run as root, and sets PALISWEEP_REQUIRE_SLURM=1, \
+         which makes a missing cluster an error)."
     );
     false
 }

@@ -22,7 +22,10 @@ fn python() -> Option<PathBuf> {
         "PALISWEEP_REQUIRE_TENSORBOARD is set but {} is missing: run scripts/tensorboard/setup.sh",
         python.display()
     );
-    eprintln!("tensorboard test not run: no .venv-tb (scripts/tensorboard/setup.sh makes it)");
+    eprintln!(
+        "tensorboard test not run: no .venv-tb (scripts/tensorboard/setup.sh makes it), and \
+         PALISWEEP_REQUIRE_TENSORBOARD (scripts/test.sh sets it; it makes this an error) is not set"
+    );
     None
 }
 
