@@ -7,6 +7,7 @@ use std::path::PathBuf;
 fn main() {
     git_sha();
     println!("cargo::rustc-check-cfg=cfg(palisweep_determinism)");
+    println!("cargo::rustc-check-cfg=cfg(palisweep_kernels)");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -24,7 +25,7 @@ fn main() {
     {
         println!("cargo:rustc-env=PALISWEEP_LIBTORCH_VERSION={version}");
     }
-    determinism_shim(&libtorch);
+    cpp_shims(&libtorch);
     // Resolve the .venv/libtorch link so the rpath names the real folder.
     let lib = libtorch.canonicalize().unwrap_or(libtorch).join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -39,23 +40,34 @@ fn main() {
     // own libraries find them through their $ORIGIN rpaths, so nothing more is needed.
 }
 
-/// tch exposes no switch for torch's deterministic algorithms, which
-/// `rerun` needs on CUDA: a few lines of C++ over `at::globalContext()`,
-/// compiled against the same headers tch's own shim uses.
-fn determinism_shim(libtorch: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc/determinism.cpp");
+/// What tch cannot express, in a few hundred lines of C++ compiled against
+/// the same headers tch's own shim uses: torch's deterministic-algorithm
+/// switches, which `rerun` needs on CUDA (`csrc/determinism.cpp`), and the
+/// custom autograd functions of memory-efficient attention and the NF4
+/// linear layer (`csrc/kernels.cpp`).
+fn cpp_shims(libtorch: &std::path::Path) {
     let include = libtorch.join("include");
-    cc::Build::new()
-        .cpp(true)
-        .std("c++17")
-        .file("csrc/determinism.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-deprecated-declarations")
-        .warnings(false)
-        .compile("palisweep_determinism");
-    println!("cargo:rustc-cfg=palisweep_determinism");
+    for (file, lib, cfg) in [
+        (
+            "csrc/determinism.cpp",
+            "palisweep_determinism",
+            "palisweep_determinism",
+        ),
+        ("csrc/kernels.cpp", "palisweep_kernels", "palisweep_kernels"),
+    ] {
+        println!("cargo:rerun-if-changed={file}");
+        cc::Build::new()
+            .cpp(true)
+            .std("c++17")
+            .file(file)
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag_if_supported("-Wno-unused-parameter")
+            .flag_if_supported("-Wno-deprecated-declarations")
+            .warnings(false)
+            .compile(lib);
+        println!("cargo:rustc-cfg={cfg}");
+    }
 }
 
 /// The commit the binary was built from, when built from a git checkout.

@@ -129,6 +129,9 @@ pub struct BenchArgs {
     /// Recompute each layer in the backward instead of keeping activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// How attention is computed (as `model.attention` in a spec).
+    #[arg(long, default_value = "memory_efficient", value_parser = ["memory_efficient", "eager"])]
+    pub attention: String,
     /// `train`, `forward` (evaluation) or `both` (forward first).
     #[arg(long, default_value = "both", value_parser = ["both", "train", "forward"])]
     pub mode: String,

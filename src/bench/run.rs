@@ -19,6 +19,7 @@ use crate::estimate::cost::per_example_flops;
 use crate::estimate::memory::{TrialShape, estimate_memory};
 use crate::model::adapt::lora::{LoraConfig, LoraTargets};
 use crate::model::adapt::plan::{AdaptPlan, QuantConfig, Trainables};
+use crate::model::network::attention::AttentionMode;
 use crate::model::network::backward::{BackwardOptions, loss_backward};
 use crate::model::network::paligemma::{ModelError, PaliGemma};
 use crate::model::preprocess::input::ModelInput;
@@ -65,6 +66,7 @@ pub struct BenchOptions {
     pub checkpoint: PathBuf,
     pub method: Method,
     pub gradient_checkpointing: bool,
+    pub attention: AttentionMode,
     pub modes: Modes,
     pub warmup: usize,
     pub steps: usize,
@@ -87,6 +89,8 @@ pub struct Report {
     pub mode: &'static str,
     pub method: &'static str,
     pub gradient_checkpointing: bool,
+    /// `memory_efficient` or `eager`.
+    pub attention: &'static str,
     pub checkpoint: String,
     pub device: String,
     /// GPU product name (CUDA only).
@@ -279,13 +283,14 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
         _ => None,
     };
     let plan = plan(options)?;
-    let (model, trainables) = PaliGemma::load_adapted(
+    let (mut model, trainables) = PaliGemma::load_adapted(
         &options.checkpoint,
         options.device,
         options.kind,
         &plan,
         options.seed,
     )?;
+    model.set_attention(options.attention);
     let processor = Processor::from_dir(&options.checkpoint)?;
     let encoded = processor.encode_training(examples, usize::MAX)?;
     if let Some(path) = &options.dump_batch {
@@ -310,6 +315,10 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
         mode: "forward",
         method: options.method.as_str(),
         gradient_checkpointing: options.gradient_checkpointing,
+        attention: match options.attention {
+            AttentionMode::Eager => "eager",
+            AttentionMode::MemoryEfficient => "memory_efficient",
+        },
         checkpoint: options.checkpoint.display().to_string(),
         device: format!("{:?}", options.device),
         gpu: sampler.as_ref().map(|s| s.name.clone()),

@@ -15,6 +15,7 @@ use crate::data::annotations::{Split, read_split};
 use crate::model::adapt::lora::LoraConfig;
 use crate::model::adapt::plan::QuantConfig;
 use crate::model::config::Preset;
+use crate::model::network::attention::AttentionMode;
 use crate::model::preprocess::image::load_image;
 use crate::model::preprocess::processor::Example;
 use crate::spec::schema::Method;
@@ -79,10 +80,11 @@ fn print_row(r: &Report) {
         _ => String::new(),
     };
     println!(
-        "{:<7} {} {}batch {} × {} tokens on {} ({}, {} threads): {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, {:.2} TFLOP/s{mfu}, peak RSS {:.0} MiB{gpu}{estimate}",
+        "{:<7} {} {}{}batch {} × {} tokens on {} ({}, {} threads): {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, {:.2} TFLOP/s{mfu}, peak RSS {:.0} MiB{gpu}{estimate}",
         r.mode,
         r.method,
         if r.gradient_checkpointing { "+gc " } else { "" },
+        if r.attention == "eager" { "eager " } else { "" },
         r.batch,
         r.seq_len,
         r.device,
@@ -129,6 +131,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         checkpoint: dir.clone(),
         method,
         gradient_checkpointing: args.gradient_checkpointing,
+        attention: if args.attention == "eager" {
+            AttentionMode::Eager
+        } else {
+            AttentionMode::MemoryEfficient
+        },
         modes,
         warmup: args.warmup,
         steps: args.steps,

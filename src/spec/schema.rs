@@ -76,6 +76,18 @@ pub struct Model {
     pub attn_logit_softcapping: Option<Softcap>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<Softcap>,
+    pub attention: Attention,
+}
+
+/// How attention is computed (`model.attention`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    /// Keeps no `[B, heads, L, L]` tensor for the backward pass.
+    #[default]
+    MemoryEfficient,
+    /// transformers' eager path, op for op (the reference).
+    Eager,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

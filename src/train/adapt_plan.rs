@@ -1,12 +1,14 @@
-//! The adaptation plan of a resolved spec: `train.method`, `[lora]`,
-//! `[qlora]`, `model.freeze_vision` and `model.train_projector`, in the
-//! model's own terms (the model knows nothing of specs).
+//! The adaptation plan of a resolved spec (`train.method`, `[lora]`,
+//! `[qlora]`, `model.freeze_vision` and `model.train_projector`) and its
+//! attention (`model.attention`), in the model's own terms (the model knows
+//! nothing of specs).
 
 use std::collections::BTreeSet;
 
 use crate::model::adapt::lora::{LoraConfig, LoraTargets};
 use crate::model::adapt::plan::{AdaptMethod, AdaptPlan, PROJECTOR_MODULE, QuantConfig};
-use crate::spec::schema::{Method, Spec};
+use crate::model::network::attention::AttentionMode;
+use crate::spec::schema::{Attention, Method, Spec};
 
 /// The plan of a resolved experiment spec.
 pub fn adapt_plan(spec: &Spec) -> AdaptPlan {
@@ -32,6 +34,14 @@ pub fn adapt_plan(spec: &Spec) -> AdaptPlan {
             Vec::new()
         },
         saved_tensors: BTreeSet::new(),
+    }
+}
+
+/// The model's attention for `model.attention`.
+pub fn attention_mode(spec: &Spec) -> AttentionMode {
+    match spec.model.attention {
+        Attention::MemoryEfficient => AttentionMode::MemoryEfficient,
+        Attention::Eager => AttentionMode::Eager,
     }
 }
 
@@ -65,5 +75,8 @@ mod tests {
         assert_eq!(plan.quant.block_size, 32);
         spec.model.train_projector = false;
         assert!(adapt_plan(&spec).modules_to_save.is_empty());
+        assert_eq!(attention_mode(&spec), AttentionMode::MemoryEfficient);
+        spec.model.attention = Attention::Eager;
+        assert_eq!(attention_mode(&spec), AttentionMode::Eager);
     }
 }

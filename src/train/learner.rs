@@ -29,7 +29,7 @@ use crate::model::preprocess::processor::{Processor, ProcessorError};
 use crate::spec::GENERATED_PREFIX;
 use crate::spec::checkpoint::{self as ckpt_ref, CheckpointRef};
 use crate::spec::schema::{EvalEvery, Precision, Spec};
-use crate::train::adapt_plan::adapt_plan;
+use crate::train::adapt_plan::{adapt_plan, attention_mode};
 use crate::worker::protocol::{EventWriter, WorkerEvent};
 
 use super::checkpoint::{self, CheckpointError, TrainState};
@@ -202,13 +202,14 @@ impl<'a> Trainer<'a> {
             (Precision::Bf16, _) | (Precision::Auto, Device::Cuda(_)) => Kind::BFloat16,
             _ => Kind::Float,
         };
-        let (model, trainables) = PaliGemma::load_adapted(
+        let (mut model, trainables) = PaliGemma::load_adapted(
             &checkpoint_path,
             ctx.device,
             kind,
             &adapt_plan(spec),
             spec.experiment.seed,
         )?;
+        model.set_attention(attention_mode(spec));
         let processor = Processor::from_dir(&checkpoint_path)?;
         // data.max_prefix_tokens limits the prompt; the processor counts the
         // image tokens, `<bos>` and `"\n"` too.

@@ -73,10 +73,30 @@ pub enum Nf4Error {
     BlockSize(i64),
     #[error("cannot quantise an empty tensor (shape {0:?})")]
     Empty(Vec<i64>),
+    #[error("the NF4 linear kernel takes a 2-d weight, not one of shape {0:?}")]
+    NotAMatrix(Vec<i64>),
     #[error("inconsistent NF4 parts: {0}")]
     Parts(String),
     #[error(transparent)]
     Torch(#[from] TchError),
+}
+
+/// What the NF4 linear kernel (`model::network::kernels::nf4_linear`)
+/// dequantises from ([`Nf4Tensor::kernel_inputs`]).
+#[derive(Debug)]
+pub struct Nf4Inputs {
+    /// u8 `[ceil(rows · cols / 2)]`.
+    pub packed: Tensor,
+    /// f32 `[256, 2]`: byte → its two code values.
+    pub byte_lut: Tensor,
+    /// f32 `[blocks]`, or u8 codes into `dynamic_map` (double quantisation).
+    pub absmax: Tensor,
+    /// With double quantisation: f32 `[256]` map, nested absmax and offset.
+    pub double: Option<(Tensor, Tensor, f32)>,
+    pub nested_block: i64,
+    pub rows: i64,
+    pub cols: i64,
+    pub block: i64,
 }
 
 /// Per-block scales of an [`Nf4Tensor`].
@@ -289,6 +309,36 @@ impl Nf4Tensor {
             out
         } else {
             out.f_to_kind(kind)?
+        })
+    }
+
+    /// What the NF4 linear kernel dequantises from (shallow copies), for a
+    /// 2-d weight `[rows, cols]`.
+    pub fn kernel_inputs(&self) -> Result<Nf4Inputs, Nf4Error> {
+        let &[rows, cols] = self.shape.as_slice() else {
+            return Err(Nf4Error::NotAMatrix(self.shape.clone()));
+        };
+        let tables = tables(self.packed.device())?;
+        let (absmax, double) = match &self.absmax {
+            Absmax::Plain(a) => (a.shallow_clone(), None),
+            Absmax::Double {
+                codes,
+                nested_absmax,
+                offset,
+            } => (
+                codes.shallow_clone(),
+                Some((tables.dynamic_map, nested_absmax.shallow_clone(), *offset)),
+            ),
+        };
+        Ok(Nf4Inputs {
+            packed: self.packed.shallow_clone(),
+            byte_lut: tables.byte_lut,
+            absmax,
+            double,
+            nested_block: NESTED_BLOCK_SIZE,
+            rows,
+            cols,
+            block: self.block_size,
         })
     }
 

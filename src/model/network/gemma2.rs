@@ -1,6 +1,8 @@
 //! Gemma 2, the language model of `PaliGemma` 2, as transformers 5.24
-//! `modeling_gemma2.py` computes it (eager attention: soft-capping rules out
-//! the fused kernel), docs/model-reference.md §2.3.
+//! `modeling_gemma2.py` computes it (its eager attention: soft-capping rules
+//! out torch's fused kernels), docs/model-reference.md §2.3. The same ops
+//! also run over chunks of queries in a custom autograd function that keeps
+//! no `[B, heads, Lq, Lk]` tensor ([`AttentionMode`]).
 //!
 //! Layout follows candle: the config ([`TextConfig`], HF names) → private
 //! layer structs whose fields are named like their weight-path segments →
@@ -11,10 +13,14 @@
 //! Every projection is a [`Linear`], the one linear type of all towers
 //! (frozen, NF4, `LoRA` or trainable, as the adaptation plan decides).
 
+use std::cell::OnceCell;
+
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::TextConfig;
+use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows};
+use crate::model::network::kernels::{self, MaskInputs};
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
 
@@ -44,14 +50,21 @@ fn soft_cap(x: &Tensor, cap: Option<f64>) -> Result<Tensor, TchError> {
 // Masks
 // ---------------------------------------------------------------------------
 
-/// The additive attention masks of one forward pass, `[B, 1, Lq, Lk]` in the
-/// compute dtype: 0 where a query may attend, `finfo.min` elsewhere.
+/// The attention masks of one forward pass: the compact inputs (each `[B,
+/// Lk]`) that the memory-efficient path rebuilds chunk by chunk, and, built
+/// on first use by the eager path, the additive masks `[B, 1, Lq, Lk]` in the
+/// compute dtype (0 where a query may attend, `finfo.min` elsewhere).
 #[derive(Debug)]
 pub struct AttentionMasks {
-    /// Odd (global) layers.
-    pub full: Tensor,
-    /// Even (sliding-window) layers.
-    pub sliding: Tensor,
+    key_mask: Tensor,
+    /// `token_type_ids == 0`: the bidirectional prefix block.
+    prefix: Option<Tensor>,
+    q_start: i64,
+    q_len: i64,
+    sliding_window: i64,
+    kind: Kind,
+    /// (global layers, sliding-window layers), eager only.
+    dense: OnceCell<(Tensor, Tensor)>,
 }
 
 impl AttentionMasks {
@@ -70,23 +83,56 @@ impl AttentionMasks {
         kind: Kind,
     ) -> Result<Self, TchError> {
         Ok(Self {
-            full: prefix_lm_mask(key_mask, token_type_ids, q_start, q_len, None, kind)?,
-            sliding: prefix_lm_mask(
-                key_mask,
-                token_type_ids,
-                q_start,
-                q_len,
-                Some(sliding_window),
-                kind,
-            )?,
+            key_mask: key_mask.shallow_clone(),
+            prefix: token_type_ids.map(|tt| tt.f_eq(0)).transpose()?,
+            q_start,
+            q_len,
+            sliding_window,
+            kind,
+            dense: OnceCell::new(),
         })
+    }
+
+    /// The additive mask of the global (`sliding = false`) or the
+    /// sliding-window layers, `[B, 1, Lq, Lk]`.
+    pub fn dense(&self, sliding: bool) -> Result<&Tensor, TchError> {
+        if self.dense.get().is_none() {
+            let mask = |window| {
+                prefix_lm_mask(
+                    &self.key_mask,
+                    self.prefix.as_ref(),
+                    self.q_start,
+                    self.q_len,
+                    window,
+                    self.kind,
+                )
+            };
+            let _ = self
+                .dense
+                .set((mask(None)?, mask(Some(self.sliding_window))?));
+        }
+        let (full, window) = self.dense.get().expect("set above");
+        Ok(if sliding { window } else { full })
+    }
+
+    /// The compact inputs of the chunked kernel, for queries from
+    /// `q_offset` on within this pass.
+    fn inputs(&self, sliding: bool, q_offset: i64) -> MaskInputs<'_> {
+        MaskInputs {
+            key_mask: &self.key_mask,
+            prefix: self.prefix.as_ref(),
+            q_start: self.q_start + q_offset,
+            window: sliding.then_some(self.sliding_window),
+            masked: dtype_min(self.kind),
+        }
     }
 }
 
-/// One additive prefix-LM mask `[B, 1, Lq, Lk]`; see [`AttentionMasks::new`].
+/// One additive prefix-LM mask `[B, 1, Lq, Lk]`; see [`AttentionMasks::new`]
+/// (`prefix` is `token_type_ids == 0`).
 pub fn prefix_lm_mask(
     key_mask: &Tensor,
-    token_type_ids: Option<&Tensor>,
+    prefix: Option<&Tensor>,
     q_start: i64,
     q_len: i64,
     sliding_window: Option<i64>,
@@ -102,8 +148,7 @@ pub fn prefix_lm_mask(
         allowed = allowed.f_logical_and(&k.f_gt_tensor(&q.f_sub_scalar(window)?)?)?;
     }
     let mut allowed = allowed.f_unsqueeze(0)?;
-    if let Some(tt) = token_type_ids {
-        let prefix = tt.f_eq(0)?;
+    if let Some(prefix) = prefix {
         let q_prefix = prefix.f_narrow(1, q_start, q_len)?.f_unsqueeze(2)?;
         let k_prefix = prefix.f_unsqueeze(1)?;
         allowed = allowed.f_logical_or(&q_prefix.f_logical_and(&k_prefix)?)?;
@@ -303,10 +348,13 @@ struct Attention {
     /// `query_pre_attn_scalar^-0.5` (not `head_dim^-0.5` in general).
     scaling: f64,
     softcap: Option<f64>,
+    /// Even layer indices use the sliding-window mask.
+    is_sliding: bool,
+    implementation: AttentionImpl,
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, path: &LayerPath) -> Result<Self, WeightError> {
+    fn new(cfg: &TextConfig, path: &LayerPath, index: usize) -> Result<Self, WeightError> {
         let h = i64::from(cfg.hidden_size);
         let (nh, nkv, hd) = (
             i64::from(cfg.num_attention_heads),
@@ -324,6 +372,8 @@ impl Attention {
             head_dim: hd,
             scaling: f64::from(cfg.query_pre_attn_scalar).powf(-0.5),
             softcap: cfg.attn_logit_softcapping,
+            is_sliding: index.is_multiple_of(2),
+            implementation: AttentionMode::default().decoder(),
         })
     }
 
@@ -334,18 +384,17 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        masks: &AttentionMasks,
         cache: Option<(&mut LayerCache, i64)>,
         window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
         let (batch, len, _) = x.size3()?;
         let queries = window.unwrap_or(QueryWindow { start: 0, len });
-        // cos/sin `[B, 1, L, d]`, mask `[B, 1, L, Lk]`: narrowed on dim 2
-        // (a view, free when the window is everything).
-        let (cos_q, sin_q, mask) = (
+        // cos/sin `[B, 1, L, d]`: narrowed on dim 2 (a view, free when the
+        // window is everything).
+        let (cos_q, sin_q) = (
             cos.f_narrow(2, queries.start, queries.len)?,
             sin.f_narrow(2, queries.start, queries.len)?,
-            mask.f_narrow(2, queries.start, queries.len)?,
         );
         let heads =
             |t: Tensor, l: i64, n: i64| t.f_view([batch, l, n, self.head_dim])?.f_transpose(1, 2);
@@ -362,16 +411,35 @@ impl Attention {
             Some((cache, offset)) => cache.update(&k, &v, offset)?,
             None => (k, v),
         };
-        let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
-        let scores = q
-            .f_matmul(&k.f_transpose(2, 3)?)?
-            .f_mul_scalar(self.scaling)?;
-        let scores = soft_cap(&scores, self.softcap)?.f_add(&mask)?;
-        let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
-        let out = probs
-            .f_matmul(&v)?
+        let out = match self.implementation {
+            AttentionImpl::Eager => {
+                let mask = masks
+                    .dense(self.is_sliding)?
+                    .f_narrow(2, queries.start, queries.len)?;
+                let n_rep = self.num_heads / self.num_kv_heads;
+                let k = repeat_kv(&k, n_rep)?;
+                let v = repeat_kv(&v, n_rep)?;
+                let scores = q
+                    .f_matmul(&k.f_transpose(2, 3)?)?
+                    .f_mul_scalar(self.scaling)?;
+                let scores = soft_cap(&scores, self.softcap)?.f_add(&mask)?;
+                let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+                probs.f_matmul(&v)?
+            }
+            AttentionImpl::Chunked | AttentionImpl::Sdpa => {
+                let k_len = k.size()[2];
+                kernels::chunked_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(&masks.inputs(self.is_sliding, queries.start)),
+                    self.scaling,
+                    self.softcap,
+                    chunk_rows(batch, self.num_heads, queries.len, k_len),
+                )?
+            }
+        };
+        let out = out
             .f_transpose(1, 2)?
             .f_contiguous()?
             .f_reshape([batch, queries.len, -1])?;
@@ -412,15 +480,13 @@ struct DecoderLayer {
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
     post_feedforward_layernorm: RmsNorm,
-    /// Even layer indices use the sliding-window mask.
-    is_sliding: bool,
 }
 
 impl DecoderLayer {
     fn new(cfg: &TextConfig, path: &LayerPath, index: usize) -> Result<Self, WeightError> {
         let (h, eps) = (i64::from(cfg.hidden_size), cfg.rms_norm_eps);
         Ok(Self {
-            self_attn: Attention::new(cfg, &path.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, &path.pp("self_attn"), index)?,
             mlp: Mlp::new(cfg, &path.pp("mlp"))?,
             input_layernorm: RmsNorm::new(&path.pp("input_layernorm"), h, eps)?,
             post_attention_layernorm: RmsNorm::new(&path.pp("post_attention_layernorm"), h, eps)?,
@@ -430,7 +496,6 @@ impl DecoderLayer {
                 h,
                 eps,
             )?,
-            is_sliding: index.is_multiple_of(2),
         })
     }
 
@@ -444,13 +509,8 @@ impl DecoderLayer {
         cache: Option<(&mut LayerCache, i64)>,
         window: Option<QueryWindow>,
     ) -> Result<Tensor, TchError> {
-        let mask = if self.is_sliding {
-            &masks.sliding
-        } else {
-            &masks.full
-        };
         let h = self.input_layernorm.forward(x)?;
-        let h = self.self_attn.forward(&h, cos, sin, mask, cache, window)?;
+        let h = self.self_attn.forward(&h, cos, sin, masks, cache, window)?;
         let h = self.post_attention_layernorm.forward(&h)?;
         let x = match window {
             Some(w) => w.of(x)?,
@@ -531,6 +591,13 @@ impl Gemma2Model {
             sliding_window: i64::from(cfg.sliding_window),
             final_logit_softcapping: cfg.final_logit_softcapping,
         })
+    }
+
+    /// How every layer computes attention.
+    pub fn set_attention(&mut self, implementation: AttentionImpl) {
+        for layer in &mut self.layers {
+            layer.self_attn.implementation = implementation;
+        }
     }
 
     /// Rows of the token embedding (257216 for the published checkpoints).
@@ -686,7 +753,7 @@ mod tests {
         // Row 1: 1 left pad, 4 prefix tokens, 1 suffix token.
         let am = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1]).view([2, 6]);
         let tt = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1]).view([2, 6]);
-        let full = prefix_lm_mask(&am, Some(&tt), 0, 6, None, Kind::Float).unwrap();
+        let full = prefix_lm_mask(&am, Some(&tt.eq(0)), 0, 6, None, Kind::Float).unwrap();
         assert_eq!(full.size(), [2, 1, 6, 6]);
         let a = allowed(&full);
         assert_eq!(a[0][0], [1, 1, 1, 0, 0, 0]); // prefix sees the prefix
@@ -696,13 +763,13 @@ mod tests {
         assert_eq!(a[1][1], [0, 1, 1, 1, 1, 0]); // left pad key hidden
         assert_eq!(a[1][5], [0, 1, 1, 1, 1, 1]);
         // Sliding window 2: the prefix block is ORed after the window.
-        let sliding = prefix_lm_mask(&am, Some(&tt), 0, 6, Some(2), Kind::Float).unwrap();
+        let sliding = prefix_lm_mask(&am, Some(&tt.eq(0)), 0, 6, Some(2), Kind::Float).unwrap();
         let s = allowed(&sliding);
         assert_eq!(s[0][0], [1, 1, 1, 0, 0, 0]);
         assert_eq!(s[0][4], [0, 0, 0, 1, 1, 0]);
         assert_eq!(s[1][5], [0, 0, 0, 0, 1, 1]);
         // Masked value is finfo.min of the dtype.
-        let bf = prefix_lm_mask(&am, Some(&tt), 0, 6, None, Kind::BFloat16).unwrap();
+        let bf = prefix_lm_mask(&am, Some(&tt.eq(0)), 0, 6, None, Kind::BFloat16).unwrap();
         assert_eq!(bf.kind(), Kind::BFloat16);
         let masked = bf.to_kind(Kind::Float).double_value(&[0, 0, 0, 5]);
         assert_eq!(masked.to_bits(), dtype_min(Kind::BFloat16).to_bits());

@@ -17,6 +17,7 @@ use tch::{Kind, TchError, Tensor};
 use crate::model::adapt::lora::LoraBranch;
 use crate::model::adapt::nf4::Nf4Tensor;
 use crate::model::checkpoint::weights::WeightError;
+use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
 
 /// The frozen (or fully trained) weight.
@@ -96,6 +97,18 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let base = match &self.base {
             Base::Dense(w) => x.f_linear(w, self.bias.as_ref())?,
+            // With autograd recording (the input needs its gradient), the
+            // kernel keeps only the packed weight for the backward pass.
+            Base::Nf4(q) if x.requires_grad() && kernels::available() => {
+                let bias = match &self.bias {
+                    Some(b) => Some(b.f_to_kind(x.kind())?),
+                    None => None,
+                };
+                let inputs = q
+                    .kernel_inputs()
+                    .map_err(|e| TchError::Torch(format!("NF4 weight of `{}`: {e}", self.name)))?;
+                kernels::nf4_linear(x, &inputs, bias.as_ref())?
+            }
             Base::Nf4(q) => {
                 let w = q
                     .dequantize(x.kind())

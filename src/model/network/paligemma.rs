@@ -23,12 +23,13 @@ use crate::model::adapt::peft::{PeftAdapter, PeftError};
 use crate::model::adapt::plan::{AdaptContext, AdaptPlan, Trainables};
 use crate::model::checkpoint::weights::{WeightError, Weights};
 use crate::model::config::{ConfigError, PaliGemmaConfig};
+use crate::model::network::attention::{AttentionImpl, AttentionMode};
 use crate::model::network::gemma2::{
     AttentionMasks, DecoderPass, Gemma2Model, KvCache, QueryWindow,
 };
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
-use crate::model::network::siglip::{SiglipVisionModel, VisionAttention};
+use crate::model::network::siglip::SiglipVisionModel;
 use crate::model::preprocess::input::ModelInput;
 
 /// Labels equal to this are not supervised (transformers' `ignore_index`).
@@ -219,8 +220,15 @@ impl PaliGemma {
         self.freeze_vision
     }
 
-    /// Chooses `SigLIP`'s attention kernel (eager, the exact one, by default).
-    pub fn set_vision_attention(&mut self, attention: VisionAttention) {
+    /// How both towers compute attention (memory-efficient by default;
+    /// see [`AttentionMode`]).
+    pub fn set_attention(&mut self, mode: AttentionMode) {
+        self.vision_tower.set_attention(mode.vision(self.device));
+        self.language_model.set_attention(mode.decoder());
+    }
+
+    /// Chooses `SigLIP`'s attention kernel alone.
+    pub fn set_vision_attention(&mut self, attention: AttentionImpl) {
         self.vision_tower.set_attention(attention);
     }
 
@@ -829,8 +837,9 @@ mod tests {
         let cfg = random_checkpoint(dir.path(), 13);
         let mut model = PaliGemma::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
         let input = batch(&cfg, &[(3, 3)], 1);
+        model.set_vision_attention(AttentionImpl::Eager);
         let eager = tch::no_grad(|| model.image_features(&input.pixel_values)).unwrap();
-        model.set_vision_attention(VisionAttention::Fused);
+        model.set_vision_attention(AttentionImpl::Sdpa);
         let fused = tch::no_grad(|| model.image_features(&input.pixel_values)).unwrap();
         let diff = max_abs_diff(&fused, &eager);
         assert!(diff < 1e-5, "{diff}");
@@ -887,12 +896,14 @@ mod tests {
         loss: f64,
     }
 
-    fn golden_diffs(variant: &str, kind: Kind) -> GoldenDiff {
-        golden_diffs_on(variant, kind, Device::Cpu)
-    }
-
-    fn golden_diffs_on(variant: &str, kind: Kind, device: Device) -> GoldenDiff {
-        let model = golden_model_on(variant, kind, device);
+    fn golden_diffs_on(
+        variant: &str,
+        kind: Kind,
+        device: Device,
+        attention: AttentionMode,
+    ) -> GoldenDiff {
+        let mut model = golden_model_on(variant, kind, device);
+        model.set_attention(attention);
         let input = test_util::golden_train_batch().to(device, Kind::Float);
         let golden = &test_util::golden_values()["variants"][variant];
         let logits = tch::no_grad(|| model.forward(&input)).unwrap();
@@ -934,7 +945,11 @@ mod tests {
     }
 
     fn assert_f32_parity(variant: &str) {
-        let d = golden_diffs(variant, Kind::Float);
+        assert_f32_parity_with(variant, AttentionMode::default());
+    }
+
+    fn assert_f32_parity_with(variant: &str, attention: AttentionMode) {
+        let d = golden_diffs_on(variant, Kind::Float, Device::Cpu, attention);
         assert!(
             d.logits < 1e-4 && d.loss < 1e-4,
             "{variant}: {:e} {:e}",
@@ -954,7 +969,11 @@ mod tests {
     /// 1.3e-4 on the loss. A real bug (mask, cap, scale, `RoPE`) moves the
     /// loss by more: using the fused `SigLIP` attention alone gives 3.6e-3.
     fn assert_bf16_parity(variant: &str) {
-        let d = golden_diffs(variant, Kind::BFloat16);
+        assert_bf16_parity_with(variant, AttentionMode::default());
+    }
+
+    fn assert_bf16_parity_with(variant: &str, attention: AttentionMode) {
+        let d = golden_diffs_on(variant, Kind::BFloat16, Device::Cpu, attention);
         assert!(
             d.logits_ulps <= 1.0 && d.loss < 2e-3,
             "{variant}: {:e} ({} ulps), loss {:e}",
@@ -969,6 +988,13 @@ mod tests {
         assert_f32_parity("f32");
     }
 
+    /// The eager path, the reference the memory-efficient one is held to.
+    #[test]
+    fn golden_eager_logits_and_loss() {
+        assert_f32_parity_with("f32", AttentionMode::Eager);
+        assert_bf16_parity_with("bf16", AttentionMode::Eager);
+    }
+
     /// Runs where CUDA is present (f32: cuBLAS keeps full f32 by default, no
     /// TF32), and passes trivially elsewhere.
     #[test]
@@ -977,7 +1003,12 @@ mod tests {
             eprintln!("no CUDA device: skipped");
             return;
         }
-        let d = golden_diffs_on("f32", Kind::Float, Device::Cuda(0));
+        let d = golden_diffs_on(
+            "f32",
+            Kind::Float,
+            Device::Cuda(0),
+            AttentionMode::default(),
+        );
         assert!(
             d.logits < 1e-4 && d.loss < 1e-4,
             "{:e} {:e}",

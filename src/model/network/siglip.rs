@@ -5,30 +5,25 @@
 //! Config ([`VisionConfig`], HF names) → private layer structs named like
 //! their weight-path segments → the public [`SiglipVisionModel`], built from
 //! the `vision_tower.vision_model` subtree.
+//!
+//! Attention ([`AttentionImpl`]): `Eager` is transformers' `eager` path
+//! (`softmax(q·kᵀ·scale)` in f32, cast back, `·v`), bit-identical to
+//! transformers 5.24 on the golden fixtures in f32 and bf16; `Chunked` runs
+//! the same ops over chunks of queries (`csrc/kernels.cpp`); `Sdpa` is
+//! torch's `scaled_dot_product_attention` (what transformers' `sdpa` calls),
+//! which never materialises the scores but does not round the probabilities
+//! to the compute dtype, so it is not exact: on the golden batch it moves
+//! f32 logits by 1.1e-5 and bf16 logits by up to 0.31 (2–3 bf16 ulps). It is
+//! the memory-efficient choice on CUDA only.
 
 use tch::{Kind, TchError, Tensor};
 
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::VisionConfig;
+use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows};
+use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
-
-/// How the encoder computes attention (no mask, no soft-cap).
-///
-/// [`Eager`](Self::Eager), the default, is transformers' `eager` path
-/// (`softmax(q·kᵀ·scale)` in f32, cast back, `·v`): bit-identical to
-/// transformers 5.24 on the golden fixtures, in f32 and bf16.
-/// [`Fused`](Self::Fused) is torch's `scaled_dot_product_attention` (what
-/// transformers' `sdpa` calls): it never materialises the `[B, heads, N, N]`
-/// scores, but does not round the probabilities to the compute dtype, so it
-/// is not exact: on the golden batch it moves f32 logits by 1.1e-5 and bf16
-/// logits by up to 0.31 (2–3 bf16 ulps), more than the 1e-5 budget.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum VisionAttention {
-    #[default]
-    Eager,
-    Fused,
-}
 
 /// `nn.LayerNorm` over the last dim, with weight and bias.
 #[derive(Debug)]
@@ -135,7 +130,7 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: VisionAttention) -> Result<Tensor, TchError> {
+    fn forward(&self, x: &Tensor, mode: AttentionImpl) -> Result<Tensor, TchError> {
         let (batch, len, _) = x.size3()?;
         let heads = |t: Tensor| {
             t.f_view([batch, len, self.num_heads, self.head_dim])?
@@ -145,7 +140,7 @@ impl Attention {
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
         let out = match mode {
-            VisionAttention::Fused => Tensor::f_scaled_dot_product_attention(
+            AttentionImpl::Sdpa => Tensor::f_scaled_dot_product_attention(
                 &q,
                 &k,
                 &v,
@@ -155,7 +150,7 @@ impl Attention {
                 self.scale,
                 false,
             )?,
-            VisionAttention::Eager => {
+            AttentionImpl::Eager => {
                 let scores = q
                     .f_matmul(&k.f_transpose(-1, -2)?)?
                     .f_mul_scalar(self.scale)?;
@@ -164,6 +159,15 @@ impl Attention {
                     .f_to_kind(q.kind())?
                     .f_matmul(&v)?
             }
+            AttentionImpl::Chunked => kernels::chunked_attention(
+                &q,
+                &k,
+                &v,
+                None,
+                self.scale,
+                None,
+                chunk_rows(batch, self.num_heads, len, len),
+            )?,
         };
         let out = out
             .f_transpose(1, 2)?
@@ -212,7 +216,7 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: VisionAttention) -> Result<Tensor, TchError> {
+    fn forward(&self, x: &Tensor, mode: AttentionImpl) -> Result<Tensor, TchError> {
         let h = self
             .self_attn
             .forward(&self.layer_norm1.forward(x)?, mode)?;
@@ -230,7 +234,7 @@ pub struct SiglipVisionModel {
     /// `encoder.layers.*`
     layers: Vec<EncoderLayer>,
     post_layernorm: LayerNorm,
-    attention: VisionAttention,
+    attention: AttentionImpl,
 }
 
 impl SiglipVisionModel {
@@ -247,12 +251,12 @@ impl SiglipVisionModel {
                 i64::from(cfg.hidden_size),
                 cfg.layer_norm_eps,
             )?,
-            attention: VisionAttention::default(),
+            attention: AttentionMode::default().vision(path.device()),
         })
     }
 
-    /// Chooses the attention implementation (eager by default).
-    pub fn set_attention(&mut self, attention: VisionAttention) {
+    /// Chooses the attention implementation (memory-efficient by default).
+    pub fn set_attention(&mut self, attention: AttentionImpl) {
         self.attention = attention;
     }
 

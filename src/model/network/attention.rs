@@ -1,0 +1,103 @@
+//! How attention is computed, in both towers (`model.attention`).
+//!
+//! `Eager` is transformers' eager path, op for op: the reference the golden
+//! tests pin. It keeps the `[B, heads, Lq, Lk]` scores and probabilities of
+//! every layer for the backward pass. `MemoryEfficient` (the default) keeps
+//! none: the decoder runs the same ops over chunks of queries in a custom
+//! autograd function whose backward recomputes each chunk
+//! (`csrc/kernels.cpp`); `SigLIP` (no mask, no soft-cap) uses torch's fused
+//! `scaled_dot_product_attention` on CUDA and the same chunked function on
+//! the CPU, where the fused kernel rounds differently from transformers'
+//! eager path (see `siglip.rs`).
+
+use tch::Device;
+
+use crate::model::network::kernels;
+
+/// The user's choice (`model.attention`). Without the C++ kernels (a build
+/// without libtorch's headers), memory-efficient falls back to eager on the
+/// CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionMode {
+    /// transformers' eager path (reference, fallback).
+    Eager,
+    /// No `[B, heads, Lq, Lk]` tensor kept for the backward pass.
+    #[default]
+    MemoryEfficient,
+}
+
+/// How one tower computes its attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    Eager,
+    /// Query chunks through `csrc/kernels.cpp`.
+    Chunked,
+    /// torch's fused `scaled_dot_product_attention` (no mask, no soft-cap).
+    Sdpa,
+}
+
+impl AttentionMode {
+    /// The decoder's implementation: soft-capping rules out torch's fused
+    /// kernels, so memory-efficient means chunked.
+    pub fn decoder(self) -> AttentionImpl {
+        match self {
+            AttentionMode::MemoryEfficient if kernels::available() => AttentionImpl::Chunked,
+            _ => AttentionImpl::Eager,
+        }
+    }
+
+    /// The vision tower's implementation on `device`.
+    pub fn vision(self, device: Device) -> AttentionImpl {
+        match (self, device) {
+            (AttentionMode::Eager, _) => AttentionImpl::Eager,
+            (AttentionMode::MemoryEfficient, Device::Cuda(_)) => AttentionImpl::Sdpa,
+            (AttentionMode::MemoryEfficient, _) => self.decoder(),
+        }
+    }
+}
+
+/// Scores a chunk of queries may hold (elements over batch and heads): at
+/// most ~400 MB of transient tensors in f32 per chunk (scores, soft-cap,
+/// mask, probabilities and their gradients), 16 Mi elements.
+pub const CHUNK_ELEMENTS: i64 = 1 << 24;
+
+/// Query rows per chunk for `batch × heads` rows of `k_len` keys.
+pub fn chunk_rows(batch: i64, heads: i64, q_len: i64, k_len: i64) -> i64 {
+    (CHUNK_ELEMENTS / (batch * heads * k_len).max(1)).clamp(1, q_len.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_bound_the_scores_and_cover_short_sequences_at_once() {
+        assert_eq!(chunk_rows(1, 8, 300, 300), 300);
+        let rows = chunk_rows(4, 8, 4160, 4160);
+        assert!(
+            rows * 4 * 8 * 4160 <= CHUNK_ELEMENTS && rows >= 100,
+            "{rows}"
+        );
+        assert_eq!(chunk_rows(1 << 20, 1 << 10, 10, 1 << 10), 1);
+    }
+
+    #[test]
+    fn the_decoder_never_takes_the_fused_kernel() {
+        assert_eq!(
+            AttentionMode::MemoryEfficient.decoder(),
+            AttentionImpl::Chunked
+        );
+        assert_eq!(
+            AttentionMode::MemoryEfficient.vision(Device::Cuda(0)),
+            AttentionImpl::Sdpa
+        );
+        assert_eq!(
+            AttentionMode::MemoryEfficient.vision(Device::Cpu),
+            AttentionImpl::Chunked
+        );
+        assert_eq!(
+            AttentionMode::Eager.vision(Device::Cuda(0)),
+            AttentionImpl::Eager
+        );
+    }
+}
