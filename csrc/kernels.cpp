@@ -12,11 +12,19 @@
 //   and backward and dequantises again for the input gradient, as
 //   bitsandbytes' MatMul4Bit does; the dequantisation runs the same ops as
 //   Nf4Tensor::dequantize in src/model/adapt/nf4.rs.
+// * the optimiser's step, gradient clipping and zero-grad as torch's
+//   multi-tensor (_foreach_*) ops: a fixed number of operations per step,
+//   whatever the number of trained tensors (on CUDA each is one kernel over
+//   all tensors), with the element arithmetic of the per-tensor loop in
+//   src/train/optim.rs that they replace.
+// * a counter of the ATen operations a thread dispatches (top level only),
+//   for tests that hold the optimiser to that fixed number.
 //
 // Every entry point catches C++ exceptions: it returns 0, or 1 with the
 // message kept for palisweep_kernel_error().
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -263,6 +271,107 @@ struct Nf4Linear : public torch::autograd::Function<Nf4Linear> {
   }
 };
 
+// ---------------------------------------------------------------------------
+// Optimiser
+// ---------------------------------------------------------------------------
+
+std::vector<at::Tensor> tensors(at::Tensor** list, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(*list[i]);
+  }
+  return out;
+}
+
+// AdamW with decoupled weight decay, on the tensors whose gradient is
+// defined: the ops of AdamW::step's former per-tensor loop, each over every
+// tensor at once.
+void adamw_step(at::Tensor** values, at::Tensor** masters, at::Tensor** exp_avg,
+                at::Tensor** exp_avg_sq, const uint8_t* decay, int64_t n,
+                double lr, double beta1, double beta2, double eps,
+                double weight_decay, double bias1, double bias2) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> weights, grads, m, v, decayed, copy_to, copy_from;
+  for (int64_t i = 0; i < n; ++i) {
+    auto grad = values[i]->grad();
+    if (!grad.defined()) {
+      continue;
+    }
+    // bf16 gradients (full fine-tuning on CUDA) update an f32 master.
+    grads.push_back(grad.scalar_type() == at::kFloat ? grad : grad.to(at::kFloat));
+    auto weight = masters[i] != nullptr ? *masters[i] : *values[i];
+    weights.push_back(weight);
+    m.push_back(*exp_avg[i]);
+    v.push_back(*exp_avg_sq[i]);
+    if (decay[i] != 0 && weight_decay > 0) {
+      decayed.push_back(weight);
+    }
+    if (masters[i] != nullptr) {
+      copy_to.push_back(*values[i]);
+      copy_from.push_back(*masters[i]);
+    }
+  }
+  if (weights.empty()) {
+    return;
+  }
+  if (!decayed.empty()) {
+    at::_foreach_mul_(decayed, 1.0 - lr * weight_decay);
+  }
+  at::_foreach_mul_(m, beta1);
+  at::_foreach_add_(m, at::_foreach_mul(grads, 1.0 - beta1));
+  at::_foreach_mul_(v, beta2);
+  at::_foreach_add_(v, at::_foreach_mul(at::_foreach_mul(grads, grads), 1.0 - beta2));
+  auto denom = at::_foreach_div(v, bias2);
+  at::_foreach_sqrt_(denom);
+  at::_foreach_add_(denom, eps);
+  auto update = at::_foreach_div(m, denom);
+  at::_foreach_mul_(update, lr / bias1);
+  at::_foreach_sub_(weights, update);
+  if (!copy_to.empty()) {
+    at::_foreach_copy_(copy_to, copy_from);
+  }
+}
+
+// The global L2 norm of the defined gradients (each summed in f64), read
+// once; scales them to max_norm when it is positive and exceeded.
+double clip_grad_norm(at::Tensor** values, int64_t n, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (int64_t i = 0; i < n; ++i) {
+    auto grad = values[i]->grad();
+    if (grad.defined()) {
+      grads.push_back(grad);
+    }
+  }
+  if (grads.empty()) {
+    return 0.0;
+  }
+  auto norms = at::_foreach_norm(grads, 2, at::kDouble);
+  auto norm = at::stack(norms).square().sum().sqrt().item<double>();
+  if (max_norm > 0 && norm > max_norm) {
+    at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
+  }
+  return norm;
+}
+
+// ---------------------------------------------------------------------------
+// Operation counter
+// ---------------------------------------------------------------------------
+
+thread_local int64_t op_count = 0;
+thread_local int64_t op_depth = 0;
+thread_local std::optional<at::CallbackHandle> op_counter;
+
+std::unique_ptr<at::ObserverContext> op_started(const at::RecordFunction&) {
+  if (op_depth++ == 0) {
+    ++op_count;
+  }
+  return nullptr;
+}
+
+void op_ended(const at::RecordFunction&, at::ObserverContext*) { --op_depth; }
+
 std::optional<at::Tensor> optional(at::Tensor* t) {
   return t == nullptr ? std::nullopt : std::optional<at::Tensor>(*t);
 }
@@ -270,6 +379,69 @@ std::optional<at::Tensor> optional(at::Tensor* t) {
 }  // namespace
 
 extern "C" {
+
+// The optimiser (see above): arrays of n tensor pointers; masters[i] null
+// for an f32 parameter; decay[i] 0 or 1.
+int palisweep_adamw_step(at::Tensor** values, at::Tensor** masters,
+                         at::Tensor** exp_avg, at::Tensor** exp_avg_sq,
+                         const uint8_t* decay, int64_t n, double lr, double beta1,
+                         double beta2, double eps, double weight_decay,
+                         double bias1, double bias2) {
+  try {
+    adamw_step(values, masters, exp_avg, exp_avg_sq, decay, n, lr, beta1, beta2,
+               eps, weight_decay, bias1, bias2);
+    return 0;
+  } catch (const std::exception& e) {
+    kernel_error = e.what();
+    return 1;
+  }
+}
+
+int palisweep_clip_grad_norm(at::Tensor** values, int64_t n, double max_norm,
+                             double* norm) {
+  try {
+    *norm = clip_grad_norm(values, n, max_norm);
+    return 0;
+  } catch (const std::exception& e) {
+    kernel_error = e.what();
+    return 1;
+  }
+}
+
+// Drops every gradient (PyTorch's `set_to_none`): no kernel at all; the next
+// backward writes fresh gradients instead of adding to zeros.
+int palisweep_zero_grad(at::Tensor** values, int64_t n) {
+  try {
+    for (int64_t i = 0; i < n; ++i) {
+      values[i]->mutable_grad().reset();
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    kernel_error = e.what();
+    return 1;
+  }
+}
+
+// Starts counting the ATen operations this thread dispatches (nested ones,
+// which a composite op runs inside, not counted).
+void palisweep_count_ops_start(void) {
+  op_count = 0;
+  op_depth = 0;
+  if (!op_counter) {
+    op_counter = at::addThreadLocalCallback(
+        at::RecordFunctionCallback(op_started, op_ended)
+            .scopes({at::RecordScope::FUNCTION}));
+  }
+}
+
+// Stops counting; the count since the start.
+int64_t palisweep_count_ops_stop(void) {
+  if (op_counter) {
+    at::removeCallback(*op_counter);
+    op_counter.reset();
+  }
+  return op_count;
+}
 
 // The message of the last failure on this thread.
 const char* palisweep_kernel_error(void) { return kernel_error.c_str(); }

@@ -435,7 +435,7 @@ fn train_loop(
     let mut micro: i64 = 0;
     let seed = i64::from_ne_bytes(options.seed.to_ne_bytes()) & i64::MAX;
     time_steps(options.warmup, options.steps, options.device, || {
-        optimizer.zero_grad();
+        optimizer.zero_grad()?;
         let backward = BackwardOptions {
             label_smoothing: 0.0,
             grad_scale: 1.0,

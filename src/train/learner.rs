@@ -384,7 +384,7 @@ impl<'a> Trainer<'a> {
                 self.state.batches_done,
             );
             self.model.set_training(true);
-            self.optimizer.zero_grad();
+            self.optimizer.zero_grad()?;
             for batch in loader {
                 self.micro_step(&batch?, &mut window)?;
                 let epoch_end = self.state.batches_done == self.batches;
@@ -467,7 +467,7 @@ impl<'a> Trainer<'a> {
             .clip_grad_norm(self.spec.train.max_grad_norm)?;
         let lr = self.schedule.lr(self.state.step);
         self.optimizer.step(lr)?;
-        self.optimizer.zero_grad();
+        self.optimizer.zero_grad()?;
         self.state.step += 1;
         self.last_train_loss = match window.loss.take() {
             Some(sum) => sum.f_double_value(&[])? / window.micro as f64,

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod determinism;
 pub mod evaluate;
 pub mod learner;
+pub mod multi_tensor;
 pub mod optim;
 pub mod perf;
 pub mod schedule;

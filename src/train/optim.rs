@@ -11,6 +11,8 @@ use std::path::Path;
 
 use tch::{Kind, TchError, Tensor};
 
+use super::multi_tensor::{self, AdamWStep, StepTensor};
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
     pub beta1: f64,
@@ -89,92 +91,52 @@ impl AdamW {
         self.step
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut grad = p.value.grad();
-            if grad.defined() {
-                let _ = grad.f_zero_();
-            }
-        }
+    /// Drops every gradient (`set_to_none`).
+    pub fn zero_grad(&mut self) -> Result<(), TchError> {
+        let values: Vec<&Tensor> = self.params.iter().map(|p| &p.value).collect();
+        multi_tensor::zero_grad(&values)
     }
 
     /// The global L2 norm of the gradients, after clipping them to
     /// `max_norm` when it is positive (`clip_grad_norm_` semantics: the
-    /// returned norm is the one before clipping).
+    /// returned norm is the one before clipping). Each tensor's sum of
+    /// squares is taken in f64; the total is read once per step.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TchError> {
-        // Summed on the device, read once: one sync per step, not per tensor.
-        let mut sum_sq: Option<Tensor> = None;
-        for p in &self.params {
-            let grad = p.value.grad();
-            if grad.defined() {
-                let sq = grad
-                    .f_to_kind(Kind::Double)?
-                    .f_square()?
-                    .f_sum(Kind::Double)?;
-                sum_sq = Some(match sum_sq.take() {
-                    Some(total) => total.f_add(&sq)?,
-                    None => sq,
-                });
-            }
-        }
-        let norm = match sum_sq {
-            Some(total) => total.f_double_value(&[])?.sqrt(),
-            None => 0.0,
-        };
-        if max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            for p in &self.params {
-                let mut grad = p.value.grad();
-                if grad.defined() {
-                    let _ = grad.f_mul_scalar_(scale)?;
-                }
-            }
-        }
-        Ok(norm)
+        let values: Vec<&Tensor> = self.params.iter().map(|p| &p.value).collect();
+        multi_tensor::clip_grad_norm(&values, max_norm)
     }
 
-    /// One update at learning rate `lr`.
+    /// One update at learning rate `lr`, over every tensor at once
+    /// ([`multi_tensor::adamw_step`]): `w ← w·(1 − lr·wd)` (decaying tensors),
+    /// `m ← β₁m + (1 − β₁)g`, `v ← β₂v + (1 − β₂)g²`,
+    /// `w ← w − (lr/(1 − β₁ᵗ))·m/(√(v/(1 − β₂ᵗ)) + ε)`, on the f32 master of
+    /// a lower-precision tensor, then cast into it.
     pub fn step(&mut self, lr: f64) -> Result<(), TchError> {
         self.step += 1;
         let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2 = 1.0 - c.beta2.powi(self.step as i32);
-        tch::no_grad(|| -> Result<(), TchError> {
-            for p in &mut self.params {
-                let grad = p.value.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let grad = grad.f_to_kind(Kind::Float)?;
-                let mut weight = p
-                    .master
-                    .as_ref()
-                    .map_or_else(|| p.value.shallow_clone(), Tensor::shallow_clone);
-                if p.decay && c.weight_decay > 0.0 {
-                    let _ = weight.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
-                }
-                let _ = p
-                    .exp_avg
-                    .f_mul_scalar_(c.beta1)?
-                    .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
-                let _ = p
-                    .exp_avg_sq
-                    .f_mul_scalar_(c.beta2)?
-                    .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-                let denom = p
-                    .exp_avg_sq
-                    .f_div_scalar(bias2)?
-                    .f_sqrt()?
-                    .f_add_scalar(c.eps)?;
-                let update = p.exp_avg.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
-                let _ = weight.f_sub_(&update)?;
-                if p.master.is_some() {
-                    p.value.f_copy_(&weight)?;
-                }
-            }
-            Ok(())
-        })
+        let tensors: Vec<StepTensor> = self
+            .params
+            .iter()
+            .map(|p| StepTensor {
+                value: &p.value,
+                master: p.master.as_ref(),
+                exp_avg: &p.exp_avg,
+                exp_avg_sq: &p.exp_avg_sq,
+                decay: p.decay,
+            })
+            .collect();
+        multi_tensor::adamw_step(
+            &tensors,
+            AdamWStep {
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                bias1: 1.0 - c.beta1.powi(self.step as i32),
+                bias2: 1.0 - c.beta2.powi(self.step as i32),
+            },
+        )
     }
 
     /// Saves the moments and the step count (safetensors; names
@@ -239,7 +201,7 @@ mod tests {
         let mut expected = [1.0_f64, -2.0];
         let (mut m, mut v) = ([0.0_f64; 2], [0.0_f64; 2]);
         for t in 1..=2 {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             w.square().sum(Kind::Float).backward();
             opt.step(lr).unwrap();
             for i in 0..2 {
@@ -271,7 +233,7 @@ mod tests {
         )
         .unwrap();
         for _ in 0..100 {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             w.to_kind(Kind::Float).sum(Kind::Float).backward(); // gradient 1
             opt.step(1e-4).unwrap(); // each update is below bf16's spacing at 1.0
         }
@@ -333,10 +295,162 @@ mod tests {
         assert_eq!(second.step_count(), 1);
         // One more identical step on both must agree exactly.
         for (opt, w) in [(&mut first, &a), (&mut second, &b)] {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             w.square().sum(Kind::Float).backward();
             opt.step(0.1).unwrap();
         }
         assert!(a.equal(&b));
+    }
+
+    /// The per-tensor loop the multi-tensor step replaced, written out: the
+    /// reference it must equal bit for bit.
+    fn reference_step(params: &[(Tensor, Tensor, Tensor, bool)], step: i32, lr: f64, wd: f64) {
+        let (b1, b2, eps) = (0.9_f64, 0.999_f64, 1e-8);
+        let (bias1, bias2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+        tch::no_grad(|| {
+            for (w, m, v, decay) in params {
+                let grad = w.grad();
+                let mut w = w.shallow_clone();
+                if *decay {
+                    let _ = w.f_mul_scalar_(1.0 - lr * wd).unwrap();
+                }
+                let (mut m, mut v) = (m.shallow_clone(), v.shallow_clone());
+                let _ = m
+                    .f_mul_scalar_(b1)
+                    .unwrap()
+                    .f_add_(&grad.f_mul_scalar(1.0 - b1).unwrap());
+                let g2 = grad.f_square().unwrap().f_mul_scalar(1.0 - b2).unwrap();
+                let _ = v.f_mul_scalar_(b2).unwrap().f_add_(&g2);
+                let denom = v
+                    .f_div_scalar(bias2)
+                    .unwrap()
+                    .f_sqrt()
+                    .unwrap()
+                    .f_add_scalar(eps)
+                    .unwrap();
+                let update = m.f_div(&denom).unwrap().f_mul_scalar(lr / bias1).unwrap();
+                let _ = w.f_sub_(&update).unwrap();
+            }
+        });
+    }
+
+    fn tensors(count: usize, seed: i64) -> Vec<Tensor> {
+        tch::manual_seed(seed);
+        (0..count)
+            .map(|i| {
+                let len = 3 + i64::try_from(i % 5).unwrap();
+                Tensor::randn([len, 2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true)
+            })
+            .collect()
+    }
+
+    /// Three steps with decaying and non-decaying tensors, gradients
+    /// accumulated over two micro-batches: weights equal the per-tensor
+    /// loop's bit for bit (resume and rerun stay exact).
+    #[test]
+    fn the_multi_tensor_step_equals_the_per_tensor_loop_bit_for_bit() {
+        let (ours, theirs) = (tensors(7, 1), tensors(7, 1));
+        let config = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let named = |ts: &[Tensor]| {
+            ts.iter()
+                .enumerate()
+                .map(|(i, t)| (format!("p{i}"), t.shallow_clone(), i % 3 != 0))
+                .collect()
+        };
+        let mut opt = AdamW::new(config, named(&ours)).unwrap();
+        let state: Vec<_> = theirs
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                (
+                    w.shallow_clone(),
+                    w.zeros_like(),
+                    w.zeros_like(),
+                    i % 3 != 0,
+                )
+            })
+            .collect();
+        let loss = |ts: &[Tensor], k: f64| {
+            ts.iter()
+                .map(|t| (t * t * k).sin().sum(Kind::Float))
+                .fold(Tensor::from(0f32), |a, b| a + b)
+        };
+        for step in 1..=3 {
+            opt.zero_grad().unwrap();
+            for w in &theirs {
+                w.shallow_clone().zero_grad();
+            }
+            for k in [1.0, 0.5] {
+                loss(&ours, k).backward();
+                loss(&theirs, k).backward();
+            }
+            let norm = opt.clip_grad_norm(1e9).unwrap();
+            assert!(norm > 0.0);
+            opt.step(0.01).unwrap();
+            reference_step(&state, step, 0.01, 0.1);
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!(a.equal(b), "step {step}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The operations one step issues (zero-grad, clipping, update) do not
+    /// grow with the number of trained tensors.
+    #[test]
+    fn a_step_issues_a_fixed_number_of_operations() {
+        let count = |n: usize| {
+            let ts = tensors(n, 2);
+            let named = ts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("p{i}"), t.shallow_clone(), i % 2 == 0))
+                .collect();
+            let config = AdamWConfig {
+                weight_decay: 0.1,
+                ..AdamWConfig::default()
+            };
+            let mut opt = AdamW::new(config, named).unwrap();
+            for t in &ts {
+                (t * 3.0).sum(Kind::Float).backward();
+            }
+            let ((), ops) = multi_tensor::count_ops(|| {
+                opt.clip_grad_norm(1e-3).unwrap();
+                opt.step(0.01).unwrap();
+                opt.zero_grad().unwrap();
+            });
+            assert!(
+                ts.iter().all(|t| !t.grad().defined()),
+                "zero_grad left a gradient"
+            );
+            ops
+        };
+        let (few, many) = (count(4), count(64));
+        // The per-tensor loop it replaced, for the record: its update alone
+        // grows with the number of tensors.
+        let loop_ops = |n: usize| {
+            let ts = tensors(n, 3);
+            let state: Vec<_> = ts
+                .iter()
+                .map(|w| (w.shallow_clone(), w.zeros_like(), w.zeros_like(), true))
+                .collect();
+            for t in &ts {
+                (t * 3.0).sum(Kind::Float).backward();
+            }
+            multi_tensor::count_ops(|| reference_step(&state, 1, 0.01, 0.1)).1
+        };
+        let (loop_few, loop_many) = (loop_ops(4), loop_ops(64));
+        eprintln!(
+            "operations per step: {few} (4 tensors), {many} (64 tensors); \
+             the per-tensor update: {loop_few} and {loop_many}"
+        );
+        assert!(
+            loop_many > loop_few,
+            "the counter sees no per-tensor operation"
+        );
+        assert!(few > 0, "no operation counted");
+        assert_eq!(few, many, "4 tensors: {few} operations; 64 tensors: {many}");
     }
 }

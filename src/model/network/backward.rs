@@ -301,8 +301,11 @@ mod tests {
         let (reference_loss, reference) = gradients(&model, &trainables, false);
         let (loss, checkpointed) = gradients(&model, &trainables, true);
         assert!(reference_loss.is_finite());
+        // 1e-5: MKL picks its thread count per call under load (its dynamic
+        // threading), which moves a sum's last bits: measured 2e-6 on a
+        // busy 2-core VM, 0 on a quiet one.
         assert!(
-            (reference_loss - loss).abs() <= 1e-6 * reference_loss.abs(),
+            (reference_loss - loss).abs() <= 1e-5 * reference_loss.abs(),
             "{reference_loss} vs {loss}"
         );
         assert!(!reference.is_empty());
