@@ -3,11 +3,11 @@
 //
 // * attention that keeps no [B, H, Lq, Lk] tensor for the backward pass:
 //   the forward runs over chunks of queries without autograd and saves only
-//   q, k, v and the compact mask inputs; the backward recomputes each chunk
-//   with autograd on and takes its gradients. Each chunk runs exactly the
-//   ops of the eager path in src/model/network/{gemma2,siglip}.rs (scale,
-//   soft-cap, additive prefix-LM mask, f32 softmax cast back, ·v), so a row
-//   sees the same arithmetic as there.
+//   q, k and v (and a reference to the pass's mask); the backward
+//   recomputes each chunk's probabilities and runs the eager backward on
+//   them. Each chunk runs the ops of the eager path in
+//   src/model/network/{gemma2,siglip}.rs (scale, soft-cap, prefix-LM mask,
+//   f32 softmax cast back, ·v), so a row sees the same arithmetic as there.
 // * an NF4 linear layer that keeps only the packed weight between forward
 //   and backward and dequantises again for the input gradient, as
 //   bitsandbytes' MatMul4Bit does; the dequantisation runs the same ops as
@@ -43,87 +43,72 @@ thread_local std::string kernel_error;
 // Attention
 // ---------------------------------------------------------------------------
 
-// The additive mask of queries q0..q0+c (sequence indices q_start + q0 …)
-// over every key, [B, 1, c, Lk]: gemma2.rs's prefix_lm_mask, chunk by chunk.
-// Undefined when the attention has no mask (SigLIP).
-at::Tensor chunk_mask(const at::Tensor& key_mask, const at::Tensor& prefix,
-                      int64_t q_start, int64_t window, double masked,
-                      int64_t q0, int64_t c, int64_t k_len,
-                      at::ScalarType kind) {
-  if (!key_mask.defined()) {
-    return at::Tensor();
-  }
-  auto device = key_mask.device();
-  auto longs = at::TensorOptions().dtype(at::kLong).device(device);
-  auto q = at::arange(q_start + q0, q_start + q0 + c, longs).unsqueeze(1);
-  auto k = at::arange(k_len, longs).unsqueeze(0);
-  auto allowed = k.le(q);
-  if (window > 0) {
-    allowed = allowed.logical_and(k.gt(q.sub(window)));
-  }
-  allowed = allowed.unsqueeze(0);
-  if (prefix.defined()) {
-    auto q_prefix = prefix.narrow(1, q_start + q0, c).unsqueeze(2);
-    auto k_prefix = prefix.unsqueeze(1);
-    allowed = allowed.logical_or(q_prefix.logical_and(k_prefix));
-  }
-  allowed = allowed.logical_and(key_mask.ne(0).unsqueeze(1));
-  auto batch = key_mask.size(0);
-  return at::zeros({batch, c, k_len}, at::TensorOptions().dtype(kind).device(device))
-      .masked_fill(allowed.logical_not(), masked)
-      .unsqueeze(1);
+// Grouped-query attention without repeating k and v: query head h uses kv
+// head h / n_rep (gemma2.rs's repeat_kv), so the queries of one kv head are
+// stacked into one matrix, [B, Hkv, n_rep·c, D], and multiply its keys
+// once. The key and value gradients then come out summed over the group.
+at::Tensor group_queries(const at::Tensor& x, int64_t kv_heads) {
+  auto b = x.size(0), h = x.size(1), c = x.size(2), d = x.size(3);
+  return x.reshape({b, kv_heads, (h / kv_heads) * c, d});
 }
 
-// One chunk of the eager computation.
-at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k,
-                          const at::Tensor& v, const at::Tensor& mask,
-                          double scaling, double softcap) {
-  auto scores = at::matmul(q, k.transpose(-1, -2)).mul(scaling);
+at::Tensor ungroup(const at::Tensor& x, int64_t heads) {
+  auto b = x.size(0), kv = x.size(1), rows = x.size(2), d = x.size(3);
+  return x.reshape({b, heads, rows * kv / heads, d});
+}
+
+// What one chunk's forward keeps for its backward.
+struct ChunkScores {
+  at::Tensor capped;  // tanh(s/cap), in the compute dtype (undefined: no cap)
+  at::Tensor probs;   // the f32 softmax
+};
+
+// One chunk of the eager computation up to the probabilities: q [B, Hq, c,
+// D] over k [B, Hkv, Lk, D]; `blocked` [B, 1, c, Lk] (bool, may be
+// undefined) is where the additive mask holds finfo.min. Adding finfo.min
+// to a finite score gives finfo.min, which is what masked_fill writes.
+ChunkScores chunk_scores(const at::Tensor& q, const at::Tensor& k,
+                         const at::Tensor& blocked, double scaling,
+                         double softcap, double masked) {
+  auto heads = q.size(1);
+  auto scores = ungroup(at::matmul(group_queries(q, k.size(1)), k.transpose(-1, -2)), heads)
+                    .mul(scaling);
+  ChunkScores out;
   if (softcap > 0) {
-    scores = scores.div(softcap).tanh().mul(softcap);
+    out.capped = scores.div(softcap).tanh();
+    scores = out.capped.mul(softcap);
   }
-  if (mask.defined()) {
-    scores = scores.add(mask);
+  if (blocked.defined()) {
+    scores.masked_fill_(blocked, masked);
   }
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  return at::matmul(probs, v);
+  out.probs = at::softmax(scores, -1, at::kFloat);
+  return out;
 }
 
-// gemma2.rs's repeat_kv: kv head h serves query heads h·n … h·n + n − 1.
-at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
-  if (n_rep == 1) {
-    return x;
-  }
-  auto b = x.size(0), kv = x.size(1), l = x.size(2), d = x.size(3);
-  return x.unsqueeze(2).expand({b, kv, n_rep, l, d}).reshape({b, kv * n_rep, l, d});
+// probs (cast to the compute dtype) · v, grouped.
+at::Tensor chunk_output(const at::Tensor& probs, const at::Tensor& v) {
+  auto heads = probs.size(1);
+  auto p = group_queries(probs.to(v.scalar_type()), v.size(1));
+  return ungroup(at::matmul(p, v), heads);
 }
 
 struct ChunkedAttention : public torch::autograd::Function<ChunkedAttention> {
   static variable_list forward(AutogradContext* ctx, at::Tensor q, at::Tensor k,
-                               at::Tensor v, std::optional<at::Tensor> key_mask_in,
-                               std::optional<at::Tensor> prefix_in, int64_t q_start,
-                               int64_t window, double scaling, double softcap,
-                               double masked, int64_t chunk) {
-    auto key_mask = key_mask_in.value_or(at::Tensor());
-    auto prefix = prefix_in.value_or(at::Tensor());
-    auto n_rep = q.size(1) / k.size(1);
-    auto k_rep = repeat_kv(k, n_rep);
-    auto v_rep = repeat_kv(v, n_rep);
-    auto q_len = q.size(2), k_len = k.size(2);
+                               at::Tensor v, std::optional<at::Tensor> blocked_in,
+                               double scaling, double softcap, double masked,
+                               int64_t chunk) {
+    auto blocked = blocked_in.value_or(at::Tensor());
+    auto q_len = q.size(2);
     std::vector<at::Tensor> outs;
     for (int64_t q0 = 0; q0 < q_len; q0 += chunk) {
       auto c = std::min(chunk, q_len - q0);
-      auto mask = chunk_mask(key_mask, prefix, q_start, window, masked, q0, c,
-                             k_len, q.scalar_type());
-      outs.push_back(attention_core(q.narrow(2, q0, c), k_rep, v_rep, mask,
-                                    scaling, softcap));
+      auto rows = blocked.defined() ? blocked.narrow(2, q0, c) : at::Tensor();
+      auto scores = chunk_scores(q.narrow(2, q0, c), k, rows, scaling, softcap, masked);
+      outs.push_back(chunk_output(scores.probs, v));
     }
     ctx->save_for_backward({q, k, v});
-    // Inputs without gradients: kept as plain values (possibly undefined).
-    ctx->saved_data["key_mask"] = key_mask;
-    ctx->saved_data["prefix"] = prefix;
-    ctx->saved_data["q_start"] = q_start;
-    ctx->saved_data["window"] = window;
+    // The mask is no autograd input: kept as a plain value (maybe undefined).
+    ctx->saved_data["blocked"] = blocked;
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["softcap"] = softcap;
     ctx->saved_data["masked"] = masked;
@@ -131,55 +116,47 @@ struct ChunkedAttention : public torch::autograd::Function<ChunkedAttention> {
     return {outs.size() == 1 ? outs[0] : at::cat(outs, 2)};
   }
 
+  // Each chunk's scores and probabilities again, then the eager path's
+  // backward, op for op: ·v, the cast to the compute dtype, the f32 softmax
+  // (_softmax_backward_data), the mask (identity), the soft-cap (·cap,
+  // tanh_backward, /cap), the scaling, and q·kᵀ.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     auto q = saved[0], k = saved[1], v = saved[2];
-    auto key_mask = ctx->saved_data["key_mask"].toTensor();
-    auto prefix = ctx->saved_data["prefix"].toTensor();
-    auto q_start = ctx->saved_data["q_start"].toInt();
-    auto window = ctx->saved_data["window"].toInt();
+    auto blocked = ctx->saved_data["blocked"].toTensor();
     auto scaling = ctx->saved_data["scaling"].toDouble();
     auto softcap = ctx->saved_data["softcap"].toDouble();
     auto masked = ctx->saved_data["masked"].toDouble();
     auto chunk = ctx->saved_data["chunk"].toInt();
     auto grad_out = grads[0];
-    auto n_rep = q.size(1) / k.size(1);
-    auto q_len = q.size(2), k_len = k.size(2);
-    // The repeated keys and values are leaves of each chunk's graph; their
-    // gradients add up over the chunks (in f32) and fold back onto the kv
-    // heads at the end, as the expand in repeat_kv would.
-    auto k_rep = repeat_kv(k, n_rep).detach().requires_grad_(true);
-    auto v_rep = repeat_kv(v, n_rep).detach().requires_grad_(true);
-    auto f32 = k_rep.options().dtype(at::kFloat);
-    auto dk_rep = at::zeros(k_rep.sizes(), f32);
-    auto dv_rep = at::zeros(v_rep.sizes(), f32);
+    auto kind = q.scalar_type();
+    auto heads = q.size(1), kv_heads = k.size(1), q_len = q.size(2);
+    // Key and value gradients add up over the chunks in f32.
+    auto dk = at::zeros(k.sizes(), k.options().dtype(at::kFloat));
+    auto dv = at::zeros(v.sizes(), v.options().dtype(at::kFloat));
     std::vector<at::Tensor> dqs;
     for (int64_t q0 = 0; q0 < q_len; q0 += chunk) {
       auto c = std::min(chunk, q_len - q0);
-      at::AutoGradMode grad_on(true);
-      auto q_chunk = q.narrow(2, q0, c).detach().requires_grad_(true);
-      auto mask = chunk_mask(key_mask, prefix, q_start, window, masked, q0, c,
-                             k_len, q.scalar_type());
-      auto out = attention_core(q_chunk, k_rep, v_rep, mask, scaling, softcap);
-      auto g = torch::autograd::grad({out}, {q_chunk, k_rep, v_rep},
-                                     {grad_out.narrow(2, q0, c)});
-      dqs.push_back(g[0]);
-      dk_rep.add_(g[1]);
-      dv_rep.add_(g[2]);
-    }
-    auto fold = [&](const at::Tensor& g) {
-      if (n_rep == 1) {
-        return g.to(k.scalar_type());
+      auto q_chunk = q.narrow(2, q0, c);
+      auto rows = blocked.defined() ? blocked.narrow(2, q0, c) : at::Tensor();
+      auto scores = chunk_scores(q_chunk, k, rows, scaling, softcap, masked);
+      auto d_out = group_queries(grad_out.narrow(2, q0, c), kv_heads);
+      auto probs = scores.probs.to(kind);
+      dv.add_(at::matmul(group_queries(probs, kv_heads).transpose(-1, -2), d_out));
+      auto d_probs = ungroup(at::matmul(d_out, v.transpose(-1, -2)), heads);
+      auto d_scores =
+          at::_softmax_backward_data(d_probs.to(at::kFloat), scores.probs, -1, at::kFloat)
+              .to(kind);
+      if (softcap > 0) {
+        d_scores = at::tanh_backward(d_scores.mul(softcap), scores.capped).div(softcap);
       }
-      auto sizes = k.sizes();
-      return g.view({sizes[0], sizes[1], n_rep, sizes[2], sizes[3]})
-          .sum(2)
-          .to(k.scalar_type());
-    };
+      d_scores = group_queries(d_scores.mul(scaling), kv_heads);
+      dqs.push_back(ungroup(at::matmul(d_scores, k), heads));
+      dk.add_(at::matmul(d_scores.transpose(-1, -2), group_queries(q_chunk, kv_heads)));
+    }
     auto dq = dqs.size() == 1 ? dqs[0] : at::cat(dqs, 2);
-    return {dq,           fold(dk_rep), fold(dv_rep), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dq, dk.to(k.scalar_type()), dv.to(v.scalar_type()), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -446,19 +423,15 @@ int64_t palisweep_count_ops_stop(void) {
 // The message of the last failure on this thread.
 const char* palisweep_kernel_error(void) { return kernel_error.c_str(); }
 
-// q [B, Hq, Lq, D], k and v [B, Hkv, Lk, D]; key_mask [B, Lk] (nullable:
-// no mask at all), prefix [B, Lk] bool (nullable); window <= 0: none;
-// softcap <= 0: none. *out [B, Hq, Lq, D].
+// q [B, Hq, Lq, D], k and v [B, Hkv, Lk, D]; blocked [B, 1, Lq, Lk] bool
+// (nullable: no mask), where the scores get `masked`; softcap <= 0: none.
+// *out [B, Hq, Lq, D].
 int palisweep_chunked_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v,
-                                at::Tensor* key_mask, at::Tensor* prefix,
-                                int64_t q_start, int64_t window, double scaling,
-                                double softcap, double masked, int64_t chunk,
-                                at::Tensor** out) {
+                                at::Tensor* blocked, double scaling, double softcap,
+                                double masked, int64_t chunk, at::Tensor** out) {
   try {
-    auto result = ChunkedAttention::apply(*q, *k, *v, optional(key_mask),
-                                          optional(prefix), q_start, window,
-                                          scaling, softcap, masked,
-                                          std::max<int64_t>(chunk, 1));
+    auto result = ChunkedAttention::apply(*q, *k, *v, optional(blocked), scaling,
+                                          softcap, masked, std::max<int64_t>(chunk, 1));
     *out = new at::Tensor(result[0]);
     return 0;
   } catch (const std::exception& e) {

@@ -4,13 +4,15 @@
 # each peak is its own), and writes the memory estimator's calibration data:
 #
 #   cargo build --release
-#   scripts/bench/calibrate.sh            # writes src/estimate/calibration/cpu.json
+#   scripts/bench/calibrate.sh            # writes src/estimate/calibration/cpu-memory_efficient.json
+#   ATTENTION=eager scripts/bench/calibrate.sh   # cpu-eager.json
 #
 # A configuration whose RSS passes the cap is killed and recorded with the
 # reason, then retried at half the batch (down to 1): nothing is skipped
 # silently. Environment (defaults in brackets):
 #   BIN        the binary [target/release/palisweep, or $CARGO_TARGET_DIR's]
-#   OUT        the data file [src/estimate/calibration/cpu.json]
+#   ATTENTION  model.attention: memory_efficient | eager [memory_efficient]
+#   OUT        the data file [src/estimate/calibration/cpu-$ATTENTION.json]
 #   PRESETS    [tiny small]   SIZES [3b 10b 28b]   RESOLUTIONS [224 448 896]
 #   METHODS    [lora qlora]   BATCH [4, the spec's train.batch_size default]
 #   THREADS    torch threads [2]
@@ -24,7 +26,8 @@ cd "$ROOT"
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${BIN:-$TARGET/release/palisweep}
-OUT=${OUT:-$ROOT/src/estimate/calibration/cpu.json}
+ATTENTION=${ATTENTION:-memory_efficient}
+OUT=${OUT:-$ROOT/src/estimate/calibration/cpu-$ATTENTION.json}
 read -ra PRESETS <<<"${PRESETS:-tiny small}"
 read -ra SIZES <<<"${SIZES:-3b 10b 28b}"
 read -ra RESOLUTIONS <<<"${RESOLUTIONS:-224 448 896}"
@@ -56,6 +59,7 @@ torch_version() {
 # or `failed RC`; the JSON row, if any, is in $WORK/out.
 measure() {
     "$BIN" bench "$@" --mode train --device cpu --threads "$THREADS" --cache "$CACHE" \
+        --attention "$ATTENTION" \
         --json "${STEPS[@]}" >"$WORK/out" 2>"$WORK/err" &
     local pid=$! start=$SECONDS seen=0 kib
     while kill -0 "$pid" 2>/dev/null; do
@@ -99,7 +103,8 @@ for preset in "${PRESETS[@]}"; do
                     detail=${detail# }
                     base=$(jq -nc --arg p "$preset" --arg s "$size" --argjson r "$res" \
                         --arg m "$method" --argjson b "$batch" --argjson t "$secs" \
-                        '{preset: $p, size: $s, resolution: $r, method: $m,
+                        --arg a "$ATTENTION" \
+                        '{preset: $p, size: $s, resolution: $r, method: $m, attention: $a,
                           gradient_checkpointing: false, batch: $b, wall_s: $t}')
                     case $status in
                     ok)

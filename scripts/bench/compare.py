@@ -29,6 +29,11 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--attention", choices=["memory_efficient", "eager"], default="memory_efficient",
+                   help="palisweep's model.attention")
+    p.add_argument("--hf-attn", default="eager",
+                   help="transformers' attn_implementation, or `mix` (Gemma 2 eager, SigLIP sdpa: "
+                        "the best transformers 5.24 supports for PaliGemma 2)")
     p.add_argument("--cache", default=os.path.join(ROOT, "results", ".cache"))
     p.add_argument("--palisweep", default=os.path.join(ROOT, "target", "release", "palisweep"))
     p.add_argument("--python", default=os.path.join(ROOT, ".venv-golden", "bin", "python"))
@@ -62,11 +67,12 @@ def main():
                 ours = rows_of([args.palisweep, "bench", "--checkpoint", args.preset, "--size", args.size,
                                 "--resolution", args.resolution, "--batch", str(args.batch),
                                 "--device", "cpu", "--cache", args.cache, "--json", "--mode", mode,
-                                "--dump-batch", batch_file, *common], env)
+                                "--dump-batch", batch_file, "--attention", args.attention,
+                                *common], env)
                 results["palisweep"] += ours
                 theirs = rows_of([args.python, os.path.join(ROOT, "scripts", "bench", "hf_bench.py"),
                                   "--checkpoint", ours[0]["checkpoint"], "--batch-file", batch_file,
-                                  "--mode", mode, *common], env)
+                                  "--mode", mode, "--attn", args.hf_attn, *common], env)
                 results["transformers+peft"] += theirs
 
     summary = {"config": vars(args) | {"seq_len": results["palisweep"][0]["seq_len"]}, "rows": []}
@@ -97,7 +103,8 @@ def main():
         return
     c = summary["config"]
     print(f"{c['preset']} {c['size']}@{c['resolution']} {c['method']}"
-          f"{' +gc' if c['gradient_checkpointing'] else ''}, batch {c['batch']} × {c['seq_len']} tokens,"
+          f"{' +gc' if c['gradient_checkpointing'] else ''}, palisweep {c['attention']} vs"
+          f" transformers {c['hf_attn']}, batch {c['batch']} × {c['seq_len']} tokens,"
           f" {c['threads']} threads, {c['steps']} steps after {c['warmup']}, medians of {c['repeats']}")
     print(f"{'impl':20}{'mode':9}{'step ms':>10}{'samples/s':>11}{'best':>9}{'tokens/s':>10}{'peak RSS MiB':>14}")
     for r in summary["rows"]:

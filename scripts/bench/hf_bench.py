@@ -36,7 +36,12 @@ def parse_args():
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--attn", default="eager", help="attn_implementation (palisweep's is eager)")
+    p.add_argument(
+        "--attn",
+        default="eager",
+        help="attn_implementation, or `mix`: the best set-up transformers 5.24 supports for "
+        "PaliGemma 2 (Gemma 2 refuses sdpa for its soft-cap: eager; SigLIP: sdpa)",
+    )
     return p.parse_args()
 
 
@@ -49,7 +54,10 @@ def load_model(args, dtype):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, PaliGemmaForConditionalGeneration
 
-    kwargs = {"dtype": dtype, "attn_implementation": args.attn}
+    attn = args.attn
+    if attn == "mix":
+        attn = {"text_config": "eager", "vision_config": "sdpa", "": "eager"}
+    kwargs = {"dtype": dtype, "attn_implementation": attn}
     if args.method == "qlora":
         # palisweep's defaults: NF4, double quantisation, blocks of 64.
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -15,7 +15,7 @@ use super::memory::{DeviceKind, TrialShape, estimate_memory};
 /// measured`.
 const TOLERANCE: f64 = 0.15;
 
-const CPU: &str = include_str!("calibration/cpu.json");
+const CPU: &str = include_str!("calibration/cpu-eager.json");
 const CUDA: &str = include_str!("calibration/cuda.json");
 
 #[derive(Debug, Deserialize)]

@@ -19,8 +19,8 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::TextConfig;
-use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows};
-use crate::model::network::kernels::{self, MaskInputs};
+use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows, dtype_min};
+use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
 
@@ -28,15 +28,6 @@ use crate::model::network::linear::Linear;
 // Building blocks shared with `siglip.rs` and `paligemma.rs`
 // ---------------------------------------------------------------------------
 
-/// `torch.finfo(kind).min`, the additive "masked" value transformers uses.
-pub fn dtype_min(kind: Kind) -> f64 {
-    match kind {
-        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
-        Kind::Half => -65504.0,
-        Kind::Double => f64::MIN,
-        _ => f64::from(f32::MIN),
-    }
-}
 
 /// `tanh(x / cap) · cap` in the dtype of `x`, as transformers writes it.
 fn soft_cap(x: &Tensor, cap: Option<f64>) -> Result<Tensor, TchError> {
@@ -50,10 +41,11 @@ fn soft_cap(x: &Tensor, cap: Option<f64>) -> Result<Tensor, TchError> {
 // Masks
 // ---------------------------------------------------------------------------
 
-/// The attention masks of one forward pass: the compact inputs (each `[B,
-/// Lk]`) that the memory-efficient path rebuilds chunk by chunk, and, built
-/// on first use by the eager path, the additive masks `[B, 1, Lq, Lk]` in the
-/// compute dtype (0 where a query may attend, `finfo.min` elsewhere).
+/// The attention masks of one forward pass, built on first use: where a
+/// query may not attend (`[B, 1, Lq, Lk]`, bool; the memory-efficient path)
+/// and the additive masks of the eager path (0 where a query may attend,
+/// `finfo.min` elsewhere, in the compute dtype). One of each for the global
+/// and one for the sliding-window layers, shared by every layer of the pass.
 #[derive(Debug)]
 pub struct AttentionMasks {
     key_mask: Tensor,
@@ -63,7 +55,8 @@ pub struct AttentionMasks {
     q_len: i64,
     sliding_window: i64,
     kind: Kind,
-    /// (global layers, sliding-window layers), eager only.
+    /// (global layers, sliding-window layers).
+    blocked: OnceCell<(Tensor, Tensor)>,
     dense: OnceCell<(Tensor, Tensor)>,
 }
 
@@ -89,57 +82,54 @@ impl AttentionMasks {
             q_len,
             sliding_window,
             kind,
+            blocked: OnceCell::new(),
             dense: OnceCell::new(),
         })
     }
 
-    /// The additive mask of the global (`sliding = false`) or the
-    /// sliding-window layers, `[B, 1, Lq, Lk]`.
-    pub fn dense(&self, sliding: bool) -> Result<&Tensor, TchError> {
-        if self.dense.get().is_none() {
-            let mask = |window| {
-                prefix_lm_mask(
+    /// Where a query of the global (`sliding = false`) or the sliding-window
+    /// layers may not attend, `[B, 1, Lq, Lk]`.
+    pub fn blocked(&self, sliding: bool) -> Result<&Tensor, TchError> {
+        if self.blocked.get().is_none() {
+            let blocked = |window| {
+                prefix_lm_blocked(
                     &self.key_mask,
                     self.prefix.as_ref(),
                     self.q_start,
                     self.q_len,
                     window,
-                    self.kind,
                 )
             };
             let _ = self
-                .dense
-                .set((mask(None)?, mask(Some(self.sliding_window))?));
+                .blocked
+                .set((blocked(None)?, blocked(Some(self.sliding_window))?));
+        }
+        let (full, window) = self.blocked.get().expect("set above");
+        Ok(if sliding { window } else { full })
+    }
+
+    /// The additive mask of the global or the sliding-window layers.
+    pub fn dense(&self, sliding: bool) -> Result<&Tensor, TchError> {
+        if self.dense.get().is_none() {
+            let dense = |sliding| additive(self.blocked(sliding)?, self.kind);
+            let _ = self.dense.set((dense(false)?, dense(true)?));
         }
         let (full, window) = self.dense.get().expect("set above");
         Ok(if sliding { window } else { full })
     }
-
-    /// The compact inputs of the chunked kernel, for queries from
-    /// `q_offset` on within this pass.
-    fn inputs(&self, sliding: bool, q_offset: i64) -> MaskInputs<'_> {
-        MaskInputs {
-            key_mask: &self.key_mask,
-            prefix: self.prefix.as_ref(),
-            q_start: self.q_start + q_offset,
-            window: sliding.then_some(self.sliding_window),
-            masked: dtype_min(self.kind),
-        }
-    }
 }
 
-/// One additive prefix-LM mask `[B, 1, Lq, Lk]`; see [`AttentionMasks::new`]
-/// (`prefix` is `token_type_ids == 0`).
-pub fn prefix_lm_mask(
+/// Where a query may not attend, `[B, 1, Lq, Lk]` (bool); see
+/// [`AttentionMasks::new`] (`prefix` is `token_type_ids == 0`).
+pub fn prefix_lm_blocked(
     key_mask: &Tensor,
     prefix: Option<&Tensor>,
     q_start: i64,
     q_len: i64,
     sliding_window: Option<i64>,
-    kind: Kind,
 ) -> Result<Tensor, TchError> {
     let device = key_mask.device();
-    let (batch, k_len) = key_mask.size2()?;
+    let (_, k_len) = key_mask.size2()?;
     let q =
         Tensor::f_arange_start(q_start, q_start + q_len, (Kind::Int64, device))?.f_unsqueeze(1)?;
     let k = Tensor::f_arange(k_len, (Kind::Int64, device))?.f_unsqueeze(0)?;
@@ -153,10 +143,30 @@ pub fn prefix_lm_mask(
         let k_prefix = prefix.f_unsqueeze(1)?;
         allowed = allowed.f_logical_or(&q_prefix.f_logical_and(&k_prefix)?)?;
     }
-    let allowed = allowed.f_logical_and(&key_mask.f_ne(0)?.f_unsqueeze(1)?)?;
-    Tensor::f_zeros([batch, q_len, k_len], (kind, device))?
-        .f_masked_fill(&allowed.f_logical_not()?, dtype_min(kind))?
+    allowed
+        .f_logical_and(&key_mask.f_ne(0)?.f_unsqueeze(1)?)?
+        .f_logical_not()?
         .f_unsqueeze(1)
+}
+
+/// The additive mask of `blocked`: `finfo(kind).min` there, 0 elsewhere.
+fn additive(blocked: &Tensor, kind: Kind) -> Result<Tensor, TchError> {
+    Tensor::f_zeros(blocked.size(), (kind, blocked.device()))?.f_masked_fill(blocked, dtype_min(kind))
+}
+
+/// One additive prefix-LM mask `[B, 1, Lq, Lk]` (see [`prefix_lm_blocked`]).
+pub fn prefix_lm_mask(
+    key_mask: &Tensor,
+    prefix: Option<&Tensor>,
+    q_start: i64,
+    q_len: i64,
+    sliding_window: Option<i64>,
+    kind: Kind,
+) -> Result<Tensor, TchError> {
+    additive(
+        &prefix_lm_blocked(key_mask, prefix, q_start, q_len, sliding_window)?,
+        kind,
+    )
 }
 
 /// The positions `start..start + len` of a cache-less pass whose outputs are
@@ -427,15 +437,17 @@ impl Attention {
                 probs.f_matmul(&v)?
             }
             AttentionImpl::Chunked | AttentionImpl::Sdpa => {
-                let k_len = k.size()[2];
+                let blocked = masks
+                    .blocked(self.is_sliding)?
+                    .f_narrow(2, queries.start, queries.len)?;
                 kernels::chunked_attention(
                     &q,
                     &k,
                     &v,
-                    Some(&masks.inputs(self.is_sliding, queries.start)),
+                    Some(&blocked),
                     self.scaling,
                     self.softcap,
-                    chunk_rows(batch, self.num_heads, queries.len, k_len),
+                    chunk_rows(q.device(), batch, self.num_heads, queries.len, k.size()[2]),
                 )?
             }
         };

@@ -2,8 +2,8 @@
 //! which build.rs compiles against libtorch's headers (tch has no custom
 //! autograd): chunked attention whose backward recomputes, and the NF4
 //! linear layer whose backward dequantises again. Both keep, between
-//! forward and backward, only what they were given (q, k, v and the compact
-//! mask inputs; the packed NF4 weight), never a tensor of the attention's
+//! forward and backward, only what they were given (q, k, v and the
+//! pass's mask; the packed NF4 weight), never a tensor of the attention's
 //! `[B, heads, Lq, Lk]` or the layer's dense weight.
 #![allow(unsafe_code)]
 
@@ -12,22 +12,8 @@ use std::ffi::c_void;
 use tch::{TchError, Tensor};
 
 use crate::model::adapt::nf4::Nf4Inputs;
-
-/// The mask inputs of a decoder layer's attention: gemma2.rs's
-/// `prefix_lm_mask`, rebuilt chunk by chunk (`[B, Lk]` each).
-#[derive(Debug)]
-pub struct MaskInputs<'a> {
-    /// The attention mask of every key (cached ones included).
-    pub key_mask: &'a Tensor,
-    /// `token_type_ids == 0` (bool): the bidirectional prefix, first pass only.
-    pub prefix: Option<&'a Tensor>,
-    /// The sequence index of the first query.
-    pub q_start: i64,
-    /// Sliding-window layers: keys with `k > q − window` only.
-    pub window: Option<i64>,
-    /// The additive "masked" value (`finfo(kind).min`).
-    pub masked: f64,
-}
+#[cfg(palisweep_kernels)]
+use crate::model::network::attention::dtype_min;
 
 /// Whether the kernels were compiled in (build.rs found libtorch's headers).
 pub const fn available() -> bool {
@@ -36,23 +22,24 @@ pub const fn available() -> bool {
 
 /// `softmax(cap(q·kᵀ·scaling) + mask, f32)·v` over query chunks of `chunk`
 /// rows: q `[B, Hq, Lq, D]`, k and v `[B, Hkv, Lk, D]` (grouped-query
-/// attention when `Hkv < Hq`), no mask when `mask` is `None` (`SigLIP`).
+/// attention when `Hkv < Hq`); `blocked` `[B, 1, Lq, Lk]` (bool) is where
+/// the mask holds `finfo(kind).min`, none when `None` (`SigLIP`).
 pub fn chunked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&MaskInputs>,
+    blocked: Option<&Tensor>,
     scaling: f64,
     softcap: Option<f64>,
     chunk: i64,
 ) -> Result<Tensor, TchError> {
     #[cfg(palisweep_kernels)]
     {
-        let null = std::ptr::null::<c_void>();
         let mut out: *mut c_void = std::ptr::null_mut();
         let ptr = |t: &Tensor| t.as_ptr().cast::<c_void>();
+        let masked = dtype_min(q.f_kind()?);
         // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`)
-        // borrowed for the call or null where the C++ side accepts null; on
+        // borrowed for the call, or null where the C++ side accepts null; on
         // success `out` is a new `at::Tensor*` whose ownership passes to the
         // returned `Tensor` (tch frees it on drop).
         let status = unsafe {
@@ -60,13 +47,10 @@ pub fn chunked_attention(
                 ptr(q),
                 ptr(k),
                 ptr(v),
-                mask.map_or(null, |m| ptr(m.key_mask)),
-                mask.and_then(|m| m.prefix).map_or(null, ptr),
-                mask.map_or(0, |m| m.q_start),
-                mask.and_then(|m| m.window).unwrap_or(0),
+                blocked.map_or(std::ptr::null(), ptr),
                 scaling,
                 softcap.unwrap_or(0.0),
-                mask.map_or(0.0, |m| m.masked),
+                masked,
                 chunk,
                 &raw mut out,
             )
@@ -75,7 +59,7 @@ pub fn chunked_attention(
     }
     #[cfg(not(palisweep_kernels))]
     {
-        let _ = (q, k, v, mask, scaling, softcap, chunk);
+        let _ = (q, k, v, blocked, scaling, softcap, chunk);
         Err(not_built())
     }
 }
@@ -148,10 +132,7 @@ mod ffi {
             q: *const c_void,
             k: *const c_void,
             v: *const c_void,
-            key_mask: *const c_void,
-            prefix: *const c_void,
-            q_start: i64,
-            window: i64,
+            blocked: *const c_void,
             scaling: f64,
             softcap: f64,
             masked: f64,
@@ -183,7 +164,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::*;
-    use crate::model::network::gemma2::{dtype_min, prefix_lm_mask};
+    use crate::model::network::gemma2::{prefix_lm_blocked, prefix_lm_mask};
 
     /// The eager computation of gemma2.rs, written out: the reference.
     fn eager(
@@ -225,12 +206,11 @@ mod tests {
     }
 
     /// Outputs and the gradients of q, k and v, chunked vs eager, in f32:
-    /// at most 1e-4 relative (measured: ~1e-7).
-    #[allow(clippy::too_many_arguments)]
+    /// at most 1e-4 relative (measured: ~1e-7). `mask`: the key mask, the
+    /// prefix, the first query's index and the sliding window.
     fn check(
         heads: (i64, i64),
-        q_len: i64,
-        k_len: i64,
+        (q_len, k_len): (i64, i64),
         mask: Option<(&Tensor, Option<&Tensor>, i64, Option<i64>)>,
         softcap: Option<f64>,
         chunk: i64,
@@ -240,12 +220,8 @@ mod tests {
         let k = leaf(&[b, heads.1, k_len, d], 2);
         let v = leaf(&[b, heads.1, k_len, d], 3);
         let upstream = leaf(&[b, heads.0, q_len, d], 4).detach();
-        let inputs = mask.map(|(key_mask, prefix, q_start, window)| MaskInputs {
-            key_mask,
-            prefix,
-            q_start,
-            window,
-            masked: dtype_min(Kind::Float),
+        let blocked = mask.map(|(key_mask, prefix, q_start, window)| {
+            prefix_lm_blocked(key_mask, prefix, q_start, q_len, window).unwrap()
         });
         let dense = mask.map(|(key_mask, prefix, q_start, window)| {
             prefix_lm_mask(key_mask, prefix, q_start, q_len, window, Kind::Float).unwrap()
@@ -255,7 +231,8 @@ mod tests {
             g.iter().map(Tensor::copy).collect::<Vec<_>>()
         };
         let reference = eager(&q, &k, &v, dense.as_ref(), 0.3, softcap);
-        let chunked = chunked_attention(&q, &k, &v, inputs.as_ref(), 0.3, softcap, chunk).unwrap();
+        let chunked =
+            chunked_attention(&q, &k, &v, blocked.as_ref(), 0.3, softcap, chunk).unwrap();
         let diff = rel_diff(&chunked, &reference);
         assert!(diff <= 1e-4, "output: {diff:e}");
         for (name, (a, b)) in ["q", "k", "v"]
@@ -275,22 +252,8 @@ mod tests {
         let prefix = tt.eq(0);
         for chunk in [1, 3, 7] {
             // Global and sliding-window layers, grouped-query (4 over 2), soft-capped.
-            check(
-                (4, 2),
-                7,
-                7,
-                Some((&am, Some(&prefix), 0, None)),
-                Some(5.0),
-                chunk,
-            );
-            check(
-                (4, 2),
-                7,
-                7,
-                Some((&am, Some(&prefix), 0, Some(2))),
-                Some(5.0),
-                chunk,
-            );
+            check((4, 2), (7, 7), Some((&am, Some(&prefix), 0, None)), Some(5.0), chunk);
+            check((4, 2), (7, 7), Some((&am, Some(&prefix), 0, Some(2))), Some(5.0), chunk);
         }
     }
 
@@ -303,17 +266,15 @@ mod tests {
             .expand([2, 9], false)
             .contiguous();
         // The last layer's query window: queries 5..8 over 9 keys.
-        let window_mask = prefix_lm_mask(&am, Some(&prefix), 5, 3, None, Kind::Float).unwrap();
-        assert_eq!(window_mask.size(), [2, 1, 3, 9]);
-        check((2, 2), 3, 9, Some((&am, Some(&prefix), 5, None)), None, 2);
+        check((2, 2), (3, 9), Some((&am, Some(&prefix), 5, None)), None, 2);
         // Decoding: one query at index 8 over a cache of 9 keys, a window of 3.
-        check((4, 1), 1, 9, Some((&am, None, 8, Some(3))), Some(5.0), 1);
+        check((4, 1), (1, 9), Some((&am, None, 8, Some(3))), Some(5.0), 1);
     }
 
     #[test]
     fn chunks_give_the_eager_results_without_a_mask() {
         // SigLIP: bidirectional, no soft-cap.
-        check((3, 3), 10, 10, None, None, 4);
+        check((3, 3), (10, 10), None, None, 4);
     }
 
     /// The NF4 layer gives the dense path's output bit for bit, and its

@@ -166,7 +166,7 @@ impl Attention {
                 None,
                 self.scale,
                 None,
-                chunk_rows(batch, self.num_heads, len, len),
+                chunk_rows(q.device(), batch, self.num_heads, len, len),
             )?,
         };
         let out = out
