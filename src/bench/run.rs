@@ -24,7 +24,7 @@ use crate::model::network::backward::{BackwardOptions, loss_backward};
 use crate::model::network::paligemma::{ModelError, PaliGemma};
 use crate::model::preprocess::input::ModelInput;
 use crate::model::preprocess::processor::{Example, Processor, ProcessorError};
-use crate::spec::schema::Method;
+use crate::spec::schema::{Attention, Method};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::perf::peak_rss_bytes;
 
@@ -230,6 +230,10 @@ fn trial_shape<'a>(
         gradient_checkpointing,
         double_quant: options.quant.double_quant,
         quant_block_size: u32::try_from(options.quant.block_size).unwrap_or(64),
+        attention: match options.attention {
+            AttentionMode::Eager => Attention::Eager,
+            AttentionMode::MemoryEfficient => Attention::MemoryEfficient,
+        },
     }
 }
 

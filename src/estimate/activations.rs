@@ -4,6 +4,13 @@
 //! transient buffers of the layer whose backward runs at the peak, and
 //! which of them the CPU heap serves.
 //!
+//! Memory-efficient attention (`model.attention`, the default) keeps no
+//! scores: its custom autograd function keeps q, k and v, and its backward
+//! holds one chunk of queries' scores at a time
+//! ([`crate::model::network::attention::chunk_rows`]). The NF4 linear layer
+//! keeps only its packed weight: `QLoRA` adds no dequantised copy to what a
+//! layer keeps (the one it dequantises at a time is the weights' scratch).
+//!
 //! A cast to the dtype a tensor already has is no copy, so the count
 //! depends on the compute dtype: in f32 linears that read one tensor share
 //! it, in bf16 each adapter keeps its own f32 copy.
@@ -11,7 +18,8 @@
 use std::ops::{Add, Mul};
 
 use crate::model::config::{LinearModule, Tower};
-use crate::spec::schema::Method;
+use crate::model::network::attention::{CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS};
+use crate::spec::schema::Attention;
 
 use super::memory::{DeviceKind, TrialShape};
 
@@ -86,18 +94,15 @@ impl Mul<u64> for Held {
 pub struct Dynamic {
     pub activations: Held,
     pub attention: Held,
-    pub dequantized: Held,
 }
 
 impl Dynamic {
     pub fn bytes(&self) -> u64 {
-        self.activations.bytes + self.attention.bytes + self.dequantized.bytes
+        self.activations.bytes + self.attention.bytes
     }
 
     /// The heap-served activations and scores: what glibc's retention
-    /// scales. Dequantised weights are left out: on the CPU `QLoRA` peaks
-    /// where `LoRA` does (`small` 10b@224: 1024 vs 1058 MiB), so they add
-    /// themselves and nothing more.
+    /// scales.
     pub fn heap(&self) -> u64 {
         self.activations.small + self.attention.small
     }
@@ -115,7 +120,6 @@ impl Dynamic {
         Self {
             activations: f(self.activations, other.activations),
             attention: f(self.attention, other.attention),
-            dequantized: f(self.dequantized, other.dequantized),
         }
     }
 }
@@ -198,33 +202,17 @@ fn linear_inputs(shape: &TrialShape, tower: Tower, groups: &[(&[&str], u64)]) ->
     held
 }
 
-/// `QLoRA`: the compute-dtype copies of one layer's NF4 weights that
-/// autograd keeps (`Linear::forward` dequantises per call).
-fn dequantized_layer(shape: &TrialShape, tower: Tower) -> Held {
-    if shape.method != Method::Qlora {
-        return Held::default();
-    }
-    let dtype = u64::from(shape.dtype_bytes);
-    layer_linears(shape, tower)
-        .iter()
-        .map(|(m, _, _)| Held::tensors(1, m.weight_params(), dtype))
-        .fold(Held::default(), Add::add)
-}
-
 /// One Gemma 2 decoder layer (`gemma2.rs`), per `[B, L]` batch, whose
 /// queries cover `queries` positions per row (`L`, or the supervised
 /// window in the last layer):
 /// * the f32 input of each of its four `RMSNorm`s (the first over every
 ///   position, the others over the queries);
-/// * q after `RoPE` (queries), k and v repeated to every head (every
-///   position; the attention products keep them), in the compute dtype;
+/// * q after `RoPE` (queries), k and v (every position), in the compute
+///   dtype: eager attention keeps k and v repeated to every query head,
+///   memory-efficient attention as they are (`num_key_value_heads`);
 /// * gate, `gelu(gate)` and up of the MLP (kept by `gelu` and the product);
 /// * the inputs its adapted or trained linears keep ([`linear_inputs`]);
-/// * eager attention scores (`gemma2.rs` has no fused path: soft-capping
-///   rules out the kernel), `B × heads × queries × L`: the soft-cap's
-///   `tanh` output in the compute dtype when capping is on, the f32
-///   softmax, and the probabilities cast back (the same tensor in f32).
-///   Sliding layers still materialise every score (the window is a mask).
+/// * the attention scores `B × heads × queries × L` ([`layer`]).
 fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
     let t = &shape.config.text_config;
     let dtype = u64::from(shape.dtype_bytes);
@@ -233,10 +221,14 @@ fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
     let (tokens, query_tokens) = (batch * len, batch * queries);
     let (h, mlp) = (u64::from(t.hidden_size), u64::from(t.intermediate_size));
     let heads = u64::from(t.num_attention_heads) * u64::from(t.head_dim);
+    let kv_heads = match shape.attention {
+        Attention::Eager => heads,
+        Attention::MemoryEfficient => u64::from(t.num_key_value_heads) * u64::from(t.head_dim),
+    };
     let activations = Held::tensors(1, tokens * h, NORM_DTYPE_BYTES)
         + Held::tensors(DECODER_NORMS - 1, query_tokens * h, NORM_DTYPE_BYTES)
         + Held::tensors(1, query_tokens * heads, dtype)
-        + Held::tensors(2, tokens * heads, dtype)
+        + Held::tensors(2, tokens * kv_heads, dtype)
         + Held::tensors(3, query_tokens * mlp, dtype)
         + linear_inputs(
             shape,
@@ -249,21 +241,24 @@ fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
             ],
         );
     let scores = batch * u64::from(t.num_attention_heads) * queries * len;
-    layer(
+    let mut layer = layer(
         shape,
-        Tower::Language,
         activations,
         Held::tensors(1, tokens * h, dtype),
         scores,
         t.attn_logit_softcapping.is_some(),
-    )
+    );
+    if shape.attention == Attention::MemoryEfficient {
+        // The backward's key and value gradients, summed over the chunks in f32.
+        layer.backward = layer.backward + Held::tensors(2, tokens * kv_heads, 4);
+    }
+    layer
 }
 
-/// One `SigLIP` encoder layer (`siglip.rs`, eager attention), per `[B, N]`
-/// batch of image tokens: the inputs of both `LayerNorm`s, q, k and v, the
-/// `fc1` output (`gelu`'s input) in the compute dtype, the inputs its
-/// adapted or trained linears keep, and the scores `B × heads × N²`: the
-/// f32 softmax and the probabilities cast back.
+/// One `SigLIP` encoder layer (`siglip.rs`), per `[B, N]` batch of image
+/// tokens: the inputs of both `LayerNorm`s, q, k and v, the `fc1` output
+/// (`gelu`'s input) in the compute dtype, the inputs its adapted or trained
+/// linears keep, and the scores `B × heads × N²` ([`layer`]).
 fn vision_layer(shape: &TrialShape) -> Layer {
     let v = &shape.config.vision_config;
     let dtype = u64::from(shape.dtype_bytes);
@@ -289,7 +284,6 @@ fn vision_layer(shape: &TrialShape) -> Layer {
         * image_tokens;
     layer(
         shape,
-        Tower::Vision,
         activations,
         Held::tensors(1, tokens * h, dtype),
         scores,
@@ -297,19 +291,34 @@ fn vision_layer(shape: &TrialShape) -> Layer {
     )
 }
 
-/// A layer of `tower` from its kept activations, its input and its score
-/// count: the f32 softmax, the probabilities cast back (a copy only in a
-/// narrower dtype), the soft-cap's `tanh` when `capped`, and the softmax
-/// backward's transient.
-fn layer(
-    shape: &TrialShape,
-    tower: Tower,
-    activations: Held,
-    input: Held,
-    scores: u64,
-    capped: bool,
-) -> Layer {
+/// A layer from its kept activations, its input and its score count.
+///
+/// Eager: the layer keeps the f32 softmax, the probabilities cast back (a
+/// copy only in a narrower dtype) and the soft-cap's `tanh` when `capped`
+/// (sliding layers too: the window is a mask); its softmax backward adds
+/// two f32 buffers of the scores' size.
+///
+/// Memory-efficient: nothing of the scores is kept; the backward holds one
+/// chunk at a time: the f32 probabilities and their f32 gradient, and
+/// three compute-dtype buffers (the `tanh`, the probabilities' gradient,
+/// the scores' gradient).
+fn layer(shape: &TrialShape, activations: Held, input: Held, scores: u64, capped: bool) -> Layer {
     let dtype = u64::from(shape.dtype_bytes);
+    if shape.attention == Attention::MemoryEfficient {
+        let budget = match shape.device {
+            DeviceKind::Cpu => CPU_CHUNK_ELEMENTS,
+            DeviceKind::Cuda => CUDA_CHUNK_ELEMENTS,
+        };
+        let chunk = scores.min(budget.unsigned_abs());
+        return Layer {
+            kept: Dynamic {
+                activations,
+                attention: Held::default(),
+            },
+            backward: Held::tensors(1, chunk, 2 * SOFTMAX_BYTES + 3 * dtype),
+            input,
+        };
+    }
     let mut attention = Held::tensors(1, scores, SOFTMAX_BYTES);
     if capped {
         attention = attention + Held::tensors(1, scores, dtype);
@@ -321,7 +330,6 @@ fn layer(
         kept: Dynamic {
             activations,
             attention,
-            dequantized: dequantized_layer(shape, tower),
         },
         backward: Held::tensors(1, scores, SOFTMAX_BACKWARD_BYTES),
         input,
@@ -369,18 +377,6 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
         u64::from(v.num_hidden_layers),
     );
     let vision = shape.trains_vision().then(|| vision_layer(shape));
-    // The projector's NF4 weight, kept when gradients flow to the tower.
-    let projector = if vision.is_some() {
-        shape
-            .config
-            .linear_modules()
-            .iter()
-            .filter(|m| m.tower == Tower::Projector && shape.method == Method::Qlora)
-            .map(|m| Held::tensors(1, m.weight_params(), u64::from(shape.dtype_bytes)))
-            .fold(Held::default(), Add::add)
-    } else {
-        Held::default()
-    };
     let with_backward = |layer: &Layer| Dynamic {
         attention: layer.kept.attention + layer.backward,
         ..layer.kept
@@ -407,7 +403,6 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
     let mut tower_peak = Dynamic::default();
     if let Some(vision) = &vision {
         tower = vision.kept * vision_layers;
-        tower.dequantized = tower.dequantized + projector;
         tower_peak = tower
             + Dynamic {
                 attention: vision.backward,

@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 
 use crate::model::config::{PaliGemmaConfig, Tower};
-use crate::spec::schema::Method;
+use crate::spec::schema::{Attention, Method};
 use crate::variant::{Resolution, Size};
 
 use super::memory::{DeviceKind, TrialShape};
@@ -56,7 +56,8 @@ impl Role {
 
 /// Training FLOPs of one example: forward + backward over every part, plus
 /// one recomputed forward of the decoder (and a trained vision tower) under
-/// gradient checkpointing. Independent of batch size and dtype. The last
+/// gradient checkpointing, and the scores memory-efficient attention
+/// recomputes in its backward. Independent of batch size and dtype. The last
 /// decoder layer's queries cover the supervised positions only, as the
 /// model code runs it (`model::network::gemma2::QueryWindow`).
 pub fn per_example_flops(shape: &TrialShape) -> f64 {
@@ -138,8 +139,17 @@ fn flops(shape: &TrialShape, windowed: bool) -> f64 {
     };
     flops += conv * patch_weights * image_tokens;
 
+    // Memory-efficient attention computes the scores once more in the
+    // backward (q·kᵀ: half a forward), as flash attention does.
+    let recomputed_scores = match shape.attention {
+        Attention::Eager => 0.0,
+        Attention::MemoryEfficient => 0.5,
+    };
     let attention = |role: Role, len: f64, width: f64, layers: f64| {
-        let passes = role.attention_passes() + if is_recomputed(role) { 1.0 } else { 0.0 };
+        let mut passes = role.attention_passes() + if is_recomputed(role) { 1.0 } else { 0.0 };
+        if role != Role::Forward {
+            passes += recomputed_scores;
+        }
         passes * 4.0 * len * len * width * layers
     };
     let t = &config.text_config;
@@ -206,6 +216,8 @@ fn full_training_shape(config: &PaliGemmaConfig, text_tokens: u32) -> TrialShape
         gradient_checkpointing: false,
         double_quant: false,
         quant_block_size: 64,
+        // The paper's runs, and the unit of cost: every score kept.
+        attention: Attention::Eager,
     }
 }
 

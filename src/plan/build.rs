@@ -11,7 +11,7 @@ use crate::estimate::cost::relative_cost;
 use crate::estimate::memory::{MemoryEstimate, TrialShape, estimate_memory};
 use crate::model::config::PaliGemmaConfig;
 use crate::spec::checkpoint::{self, CheckpointRef, ResolvedCheckpoint};
-use crate::spec::schema::{Method, Precision, Softcap, Spec};
+use crate::spec::schema::{Attention, Method, Precision, Softcap, Spec};
 use crate::sweep::expand::{Expansion, Trial, describe};
 use crate::variant::{Resolution, Size};
 
@@ -112,6 +112,7 @@ pub fn estimate(
         gradient_checkpointing: spec.train.gradient_checkpointing,
         double_quant: spec.qlora.double_quant,
         quant_block_size: spec.qlora.block_size,
+        attention: spec.model.attention,
     };
     let memory = estimate_memory(&shape);
     let cost = relative_cost(&shape, training_examples(spec, lengths));
@@ -262,6 +263,11 @@ fn unfit_report(
             options.push(format!("{label} (≈ {})", format_bytes(need)));
         }
     };
+    if base.model.attention == Attention::Eager {
+        let mut s = base.clone();
+        s.model.attention = Attention::MemoryEfficient;
+        try_option("model.attention = \"memory_efficient\"".into(), s);
+    }
     if base.train.method != Method::Qlora {
         let mut s = base.clone();
         s.train.method = Method::Qlora;

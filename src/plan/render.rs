@@ -29,7 +29,6 @@ pub fn to_json(plan: &SweepPlan) -> Value {
                     "trainable_state": t.memory.trainable_state,
                     "activations": t.memory.activations,
                     "attention": t.memory.attention,
-                    "dequantized": t.memory.dequantized,
                     "logits": t.memory.logits,
                     "overhead": t.memory.overhead,
                     "allocator": t.memory.allocator,

@@ -90,13 +90,19 @@ mod tests {
 
     #[test]
     fn chunks_bound_the_scores_and_cover_short_sequences_at_once() {
-        assert_eq!(chunk_rows(1, 8, 300, 300), 300);
-        let rows = chunk_rows(4, 8, 4160, 4160);
+        let cpu = Device::Cpu;
+        assert_eq!(chunk_rows(cpu, 1, 8, 300, 300), 300);
+        let rows = chunk_rows(cpu, 2, 8, 1047, 1047);
         assert!(
-            rows * 4 * 8 * 4160 <= CHUNK_ELEMENTS && rows >= 16,
+            rows * 2 * 8 * 1047 <= CPU_CHUNK_ELEMENTS && rows >= 60,
             "{rows}"
         );
-        assert_eq!(chunk_rows(1 << 20, 1 << 10, 10, 1 << 10), 1);
+        let rows = chunk_rows(Device::Cuda(0), 4, 8, 4160, 4160);
+        assert!(
+            rows * 4 * 8 * 4160 <= CUDA_CHUNK_ELEMENTS && rows >= 100,
+            "{rows}"
+        );
+        assert_eq!(chunk_rows(cpu, 1 << 20, 1 << 10, 10, 1 << 10), 1);
     }
 
     #[test]

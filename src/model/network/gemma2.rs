@@ -28,7 +28,6 @@ use crate::model::network::linear::Linear;
 // Building blocks shared with `siglip.rs` and `paligemma.rs`
 // ---------------------------------------------------------------------------
 
-
 /// `tanh(x / cap) · cap` in the dtype of `x`, as transformers writes it.
 fn soft_cap(x: &Tensor, cap: Option<f64>) -> Result<Tensor, TchError> {
     match cap {
@@ -151,7 +150,8 @@ pub fn prefix_lm_blocked(
 
 /// The additive mask of `blocked`: `finfo(kind).min` there, 0 elsewhere.
 fn additive(blocked: &Tensor, kind: Kind) -> Result<Tensor, TchError> {
-    Tensor::f_zeros(blocked.size(), (kind, blocked.device()))?.f_masked_fill(blocked, dtype_min(kind))
+    Tensor::f_zeros(blocked.size(), (kind, blocked.device()))?
+        .f_masked_fill(blocked, dtype_min(kind))
 }
 
 /// One additive prefix-LM mask `[B, 1, Lq, Lk]` (see [`prefix_lm_blocked`]).
@@ -437,9 +437,10 @@ impl Attention {
                 probs.f_matmul(&v)?
             }
             AttentionImpl::Chunked | AttentionImpl::Sdpa => {
-                let blocked = masks
-                    .blocked(self.is_sliding)?
-                    .f_narrow(2, queries.start, queries.len)?;
+                let blocked =
+                    masks
+                        .blocked(self.is_sliding)?
+                        .f_narrow(2, queries.start, queries.len)?;
                 kernels::chunked_attention(
                     &q,
                     &k,

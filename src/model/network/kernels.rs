@@ -231,8 +231,7 @@ mod tests {
             g.iter().map(Tensor::copy).collect::<Vec<_>>()
         };
         let reference = eager(&q, &k, &v, dense.as_ref(), 0.3, softcap);
-        let chunked =
-            chunked_attention(&q, &k, &v, blocked.as_ref(), 0.3, softcap, chunk).unwrap();
+        let chunked = chunked_attention(&q, &k, &v, blocked.as_ref(), 0.3, softcap, chunk).unwrap();
         let diff = rel_diff(&chunked, &reference);
         assert!(diff <= 1e-4, "output: {diff:e}");
         for (name, (a, b)) in ["q", "k", "v"]
@@ -252,8 +251,20 @@ mod tests {
         let prefix = tt.eq(0);
         for chunk in [1, 3, 7] {
             // Global and sliding-window layers, grouped-query (4 over 2), soft-capped.
-            check((4, 2), (7, 7), Some((&am, Some(&prefix), 0, None)), Some(5.0), chunk);
-            check((4, 2), (7, 7), Some((&am, Some(&prefix), 0, Some(2))), Some(5.0), chunk);
+            check(
+                (4, 2),
+                (7, 7),
+                Some((&am, Some(&prefix), 0, None)),
+                Some(5.0),
+                chunk,
+            );
+            check(
+                (4, 2),
+                (7, 7),
+                Some((&am, Some(&prefix), 0, Some(2))),
+                Some(5.0),
+                chunk,
+            );
         }
     }
 
