@@ -11,15 +11,35 @@
 # The build runs on a copy of this checkout's files (tracked and untracked,
 # not ignored) in $BUILD_DIR/src, so that patching torch-sys for libtorch
 # 2.11 (see stub_torch_ops.py) never touches the checkout's Cargo.lock.
-# Idempotent: the wheel is unpacked once, cargo rebuilds what changed.
+# Idempotent: the wheel is fetched (pip download, pinned) and unpacked once
+# under results/.cache/gpu-build, cargo rebuilds what changed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DEST=$(cd "${1:-$ROOT}" && pwd)
-WHEEL=${WHEEL:-/work/wheels/torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl}
-TORCH_ROOT=${TORCH_ROOT:-/work/torch211}
-BUILD_DIR=${BUILD_DIR:-/work/build-cu}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-cu}
+# The GPU machine's torch: 2.11.0, the CUDA 13.0 build PyPI serves for
+# Linux x86-64 (torch+cu130); its headers and libraries are what we link.
+TORCH_GPU_VERSION=2.11.0
+CACHE_ROOT=${CACHE_ROOT:-$ROOT/results/.cache/gpu-build}
+WHEEL_DIR=${WHEEL_DIR:-$CACHE_ROOT/wheels}
+WHEEL=${WHEEL:-}
+TORCH_ROOT=${TORCH_ROOT:-$CACHE_ROOT/torch-$TORCH_GPU_VERSION}
+BUILD_DIR=${BUILD_DIR:-$CACHE_ROOT/build}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE_ROOT/target}
+
+# The wheel: given (WHEEL), already fetched, or fetched now (pinned; any
+# Python tag will do, only its C++ half is used).
+if [ -z "$WHEEL" ]; then
+    WHEEL=$(ls "$WHEEL_DIR"/torch-"$TORCH_GPU_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+fi
+if [ -z "$WHEEL" ] || [ ! -f "$WHEEL" ]; then
+    echo "build.sh: fetching torch==$TORCH_GPU_VERSION (about 900 MB) into $WHEEL_DIR" >&2
+    mkdir -p "$WHEEL_DIR"
+    python3 -m pip download --disable-pip-version-check --quiet --no-deps \
+        --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+        --dest "$WHEEL_DIR" "torch==$TORCH_GPU_VERSION"
+    WHEEL=$(ls "$WHEEL_DIR"/torch-"$TORCH_GPU_VERSION"-*.whl | head -n 1)
+fi
 
 # Only the headers and libraries: the Python half is not needed to link.
 if [ ! -f "$TORCH_ROOT/.unpacked" ]; then

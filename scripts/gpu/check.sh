@@ -172,17 +172,21 @@ for method in lora qlora; do
     done
 done
 bench 150 --resolution 896 --batch 2 --method qlora --gradient-checkpointing "${steps[@]}"
+# The eager reference at 448 px, where its scores are most of the memory.
+for method in lora qlora; do
+    bench 100 --resolution 448 --batch 4 --method $method --attention eager "${steps[@]}"
+done
 
 log "done: $(wc -l <"$JSONL") bench rows"
 # A compact table for the log's reader.
 python3 - "$JSONL" <<'PY' | tee -a "$LOG"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'mode':8}{'method':7}{'gc':4}{'res':>5}{'batch':>6}{'seq':>6}{'step_ms':>9}{'tok/s':>9}{'MFU%':>7}{'peakGPU':>9}{'est':>8}{'err%':>7}")
+print(f"{'mode':8}{'method':7}{'attn':6}{'gc':4}{'res':>5}{'batch':>6}{'seq':>6}{'step_ms':>9}{'tok/s':>9}{'MFU%':>7}{'peakGPU':>9}{'est':>8}{'err%':>7}")
 for r in rows:
     res = r["checkpoint"].rstrip("/").split("-")[-2] if "-" in r["checkpoint"] else "?"
     f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"
-    print(f"{r['mode']:8}{r['method']:7}{('y' if r['gradient_checkpointing'] else 'n'):4}{res:>5}{r['batch']:>6}{r['seq_len']:>6}"
+    print(f"{r['mode']:8}{r['method']:7}{r.get('attention', 'eager')[:5]:6}{('y' if r['gradient_checkpointing'] else 'n'):4}{res:>5}{r['batch']:>6}{r['seq_len']:>6}"
           f"{f(r['step_ms'], '.1f'):>9}{f(r['tokens_per_s'], '.0f'):>9}{f(r['mfu'] and 100 * r['mfu'], '.1f'):>7}"
           f"{f(r['peak_gpu_mb'], '.0f'):>9}{f(r['est_memory_mb'], '.0f'):>8}{f(r['est_error_pct'], '+.1f'):>7}")
 PY
