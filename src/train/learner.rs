@@ -543,14 +543,24 @@ impl<'a> Trainer<'a> {
                 .is_none_or(|(best, _)| is_better(select_name, value, best))
         {
             self.state.best = Some((value, self.state.step));
-            let best_dir = self.ctx.trial.best_adapter();
-            checkpoint::save_model(&best_dir, &self.trainables, &self.meta)?;
-            events.emit(WorkerEvent::Checkpoint {
-                step: self.state.step,
-                path: best_dir.display().to_string(),
-                best: true,
-            })?;
+            self.save_adapter(&self.ctx.trial.best_adapter(), true, events)?;
         }
+        Ok(())
+    }
+
+    /// Saves the adapter in PEFT's format into `dir` (`best/`, `final/`).
+    fn save_adapter(
+        &self,
+        dir: &Path,
+        best: bool,
+        events: &mut EventWriter,
+    ) -> Result<(), TrainError> {
+        checkpoint::save_model(dir, &self.trainables, &self.meta)?;
+        events.emit(WorkerEvent::Checkpoint {
+            step: self.state.step,
+            path: dir.display().to_string(),
+            best,
+        })?;
         Ok(())
     }
 
@@ -578,13 +588,7 @@ impl<'a> Trainer<'a> {
         if self.state.best.is_none() {
             self.evaluate_and_emit(Split::Valid, events)?;
         }
-        let final_dir = self.ctx.trial.final_adapter();
-        checkpoint::save_model(&final_dir, &self.trainables, &self.meta)?;
-        events.emit(WorkerEvent::Checkpoint {
-            step: self.state.step,
-            path: final_dir.display().to_string(),
-            best: false,
-        })?;
+        self.save_adapter(&self.ctx.trial.final_adapter(), false, events)?;
         // The best checkpoint (by eval.select) is the one scored on test.
         if !self.records[&Split::Test].is_empty() {
             let best = checkpoint::params_file(&self.ctx.trial.best_adapter());
