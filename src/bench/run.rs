@@ -232,7 +232,9 @@ fn trial_shape<'a>(
         quant_block_size: u32::try_from(options.quant.block_size).unwrap_or(64),
         attention: match options.attention {
             AttentionMode::Eager => Attention::Eager,
-            AttentionMode::MemoryEfficient => Attention::MemoryEfficient,
+            AttentionMode::MemoryEfficient | AttentionMode::AlwaysChunked => {
+                Attention::MemoryEfficient
+            }
         },
     }
 }
@@ -321,7 +323,7 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
         gradient_checkpointing: options.gradient_checkpointing,
         attention: match options.attention {
             AttentionMode::Eager => "eager",
-            AttentionMode::MemoryEfficient => "memory_efficient",
+            AttentionMode::MemoryEfficient | AttentionMode::AlwaysChunked => "memory_efficient",
         },
         checkpoint: options.checkpoint.display().to_string(),
         device: format!("{:?}", options.device),

@@ -18,7 +18,9 @@
 use std::ops::{Add, Mul};
 
 use crate::model::config::{LinearModule, Tower};
-use crate::model::network::attention::{CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS};
+use crate::model::network::attention::{
+    CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS, KEEP_SCORES_BELOW,
+};
 use crate::spec::schema::Attention;
 
 use super::memory::{DeviceKind, TrialShape};
@@ -221,9 +223,12 @@ fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
     let (tokens, query_tokens) = (batch * len, batch * queries);
     let (h, mlp) = (u64::from(t.hidden_size), u64::from(t.intermediate_size));
     let heads = u64::from(t.num_attention_heads) * u64::from(t.head_dim);
-    let kv_heads = match shape.attention {
-        Attention::Eager => heads,
-        Attention::MemoryEfficient => u64::from(t.num_key_value_heads) * u64::from(t.head_dim),
+    let scores = batch * u64::from(t.num_attention_heads) * queries * len;
+    let chunked = chunks(shape, scores);
+    let kv_heads = if chunked {
+        u64::from(t.num_key_value_heads) * u64::from(t.head_dim)
+    } else {
+        heads
     };
     let activations = Held::tensors(1, tokens * h, NORM_DTYPE_BYTES)
         + Held::tensors(DECODER_NORMS - 1, query_tokens * h, NORM_DTYPE_BYTES)
@@ -240,7 +245,6 @@ fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
                 (&["down_proj"], query_tokens),
             ],
         );
-    let scores = batch * u64::from(t.num_attention_heads) * queries * len;
     let mut layer = layer(
         shape,
         activations,
@@ -248,7 +252,7 @@ fn decoder_layer(shape: &TrialShape, queries: u64) -> Layer {
         scores,
         t.attn_logit_softcapping.is_some(),
     );
-    if shape.attention == Attention::MemoryEfficient {
+    if chunked {
         // The backward's key and value gradients, summed over the chunks in f32.
         layer.backward = layer.backward + Held::tensors(2, tokens * kv_heads, 4);
     }
@@ -298,13 +302,14 @@ fn vision_layer(shape: &TrialShape) -> Layer {
 /// (sliding layers too: the window is a mask); its softmax backward adds
 /// two f32 buffers of the scores' size.
 ///
-/// Memory-efficient: nothing of the scores is kept; the backward holds one
+/// Memory-efficient (over [`KEEP_SCORES_BELOW`] scores; below, as eager):
+/// nothing of the scores is kept; the backward holds one
 /// chunk at a time: the f32 probabilities and their f32 gradient, and
 /// three compute-dtype buffers (the `tanh`, the probabilities' gradient,
 /// the scores' gradient).
 fn layer(shape: &TrialShape, activations: Held, input: Held, scores: u64, capped: bool) -> Layer {
     let dtype = u64::from(shape.dtype_bytes);
-    if shape.attention == Attention::MemoryEfficient {
+    if chunks(shape, scores) {
         let budget = match shape.device {
             DeviceKind::Cpu => CPU_CHUNK_ELEMENTS,
             DeviceKind::Cuda => CUDA_CHUNK_ELEMENTS,
@@ -334,6 +339,12 @@ fn layer(shape: &TrialShape, activations: Held, input: Held, scores: u64, capped
         backward: Held::tensors(1, scores, SOFTMAX_BACKWARD_BYTES),
         input,
     }
+}
+
+/// Whether a layer of `scores` score elements runs in chunks: memory-efficient
+/// attention keeps scores under [`KEEP_SCORES_BELOW`] elements, as eager.
+fn chunks(shape: &TrialShape, scores: u64) -> bool {
+    shape.attention == Attention::MemoryEfficient && scores > KEEP_SCORES_BELOW.unsigned_abs()
 }
 
 /// The decoder's final `RMSNorm` keeps its f32 input, the supervised

@@ -21,17 +21,23 @@ use crate::model::network::kernels;
 pub enum AttentionMode {
     /// transformers' eager path (reference, fallback).
     Eager,
-    /// No `[B, heads, Lq, Lk]` tensor kept for the backward pass.
+    /// No `[B, heads, Lq, Lk]` tensor kept for the backward pass (scores
+    /// under [`KEEP_SCORES_BELOW`] elements excepted: they are kept).
     #[default]
     MemoryEfficient,
+    /// Chunks at every size (tests of the kernel through the model).
+    AlwaysChunked,
 }
 
 /// How one tower computes its attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionImpl {
     Eager,
-    /// Query chunks through `csrc/kernels.cpp`.
-    Chunked,
+    /// Query chunks through `csrc/kernels.cpp`, for scores over
+    /// `keep_below` elements (smaller ones run the eager ops).
+    Chunked {
+        keep_below: i64,
+    },
     /// torch's fused `scaled_dot_product_attention` (no mask, no soft-cap).
     Sdpa,
 }
@@ -41,8 +47,12 @@ impl AttentionMode {
     /// kernels, so memory-efficient means chunked.
     pub fn decoder(self) -> AttentionImpl {
         match self {
-            AttentionMode::MemoryEfficient if kernels::available() => AttentionImpl::Chunked,
-            _ => AttentionImpl::Eager,
+            _ if !kernels::available() => AttentionImpl::Eager,
+            AttentionMode::Eager => AttentionImpl::Eager,
+            AttentionMode::MemoryEfficient => AttentionImpl::Chunked {
+                keep_below: KEEP_SCORES_BELOW,
+            },
+            AttentionMode::AlwaysChunked => AttentionImpl::Chunked { keep_below: 0 },
         }
     }
 
@@ -51,7 +61,7 @@ impl AttentionMode {
         match (self, device) {
             (AttentionMode::Eager, _) => AttentionImpl::Eager,
             (AttentionMode::MemoryEfficient, Device::Cuda(_)) => AttentionImpl::Sdpa,
-            (AttentionMode::MemoryEfficient, _) => self.decoder(),
+            _ => self.decoder(),
         }
     }
 }
@@ -74,6 +84,28 @@ pub fn dtype_min(kind: Kind) -> f64 {
 /// f32 tensor) keep the device busy.
 pub const CPU_CHUNK_ELEMENTS: i64 = 1 << 20;
 pub const CUDA_CHUNK_ELEMENTS: i64 = 1 << 24;
+
+/// Score tensors up to this many elements (over batch and heads: 16 MiB in
+/// f32) are cheaper kept than recomputed: the memory-efficient path runs
+/// the eager ops there. Measured on the `small` preset at 224 px (batch 4 ×
+/// 279 tokens, 1.25 Mi scores a layer): 237–250 ms a step eager against
+/// 259–273 ms chunked; at 448 px (8.8 Mi) chunks win, 810 against 1155 ms.
+pub const KEEP_SCORES_BELOW: i64 = 1 << 22;
+
+/// Whether `implementation` runs chunks for these shapes (not when the
+/// scores are small enough to keep, see [`KEEP_SCORES_BELOW`]).
+pub fn chunked(
+    implementation: AttentionImpl,
+    batch: i64,
+    heads: i64,
+    q_len: i64,
+    k_len: i64,
+) -> bool {
+    match implementation {
+        AttentionImpl::Chunked { keep_below } => batch * heads * q_len * k_len > keep_below,
+        _ => false,
+    }
+}
 
 /// Query rows per chunk on `device` for `batch × heads` rows of `k_len` keys.
 pub fn chunk_rows(device: Device, batch: i64, heads: i64, q_len: i64, k_len: i64) -> i64 {
@@ -106,19 +138,28 @@ mod tests {
     }
 
     #[test]
+    fn small_scores_are_kept_rather_than_recomputed() {
+        let efficient = AttentionMode::MemoryEfficient.decoder();
+        assert!(!chunked(efficient, 4, 4, 279, 279));
+        assert!(chunked(efficient, 2, 4, 1047, 1047));
+        assert!(chunked(AttentionMode::AlwaysChunked.decoder(), 1, 1, 2, 2));
+        assert!(!chunked(AttentionImpl::Eager, 2, 4, 1047, 1047));
+    }
+
+    #[test]
     fn the_decoder_never_takes_the_fused_kernel() {
-        assert_eq!(
+        assert!(matches!(
             AttentionMode::MemoryEfficient.decoder(),
-            AttentionImpl::Chunked
-        );
+            AttentionImpl::Chunked { .. }
+        ));
         assert_eq!(
             AttentionMode::MemoryEfficient.vision(Device::Cuda(0)),
             AttentionImpl::Sdpa
         );
-        assert_eq!(
+        assert!(matches!(
             AttentionMode::MemoryEfficient.vision(Device::Cpu),
-            AttentionImpl::Chunked
-        );
+            AttentionImpl::Chunked { .. }
+        ));
         assert_eq!(
             AttentionMode::Eager.vision(Device::Cuda(0)),
             AttentionImpl::Eager

@@ -430,7 +430,9 @@ mod tests {
             for checkpointing in [false, true] {
                 model.set_attention(AttentionMode::Eager);
                 let (eager_loss, eager) = gradients(&model, &trainables, checkpointing);
-                model.set_attention(AttentionMode::MemoryEfficient);
+                // The golden checkpoint's scores are small enough to keep:
+                // chunk them anyway, so the kernel is what is tested.
+                model.set_attention(AttentionMode::AlwaysChunked);
                 let (loss, chunked) = gradients(&model, &trainables, checkpointing);
                 assert!((eager_loss - loss).abs() <= 1e-4 * eager_loss.abs());
                 for ((name, e), (_, c)) in eager.iter().zip(&chunked) {

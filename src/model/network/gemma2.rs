@@ -19,7 +19,9 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::TextConfig;
-use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows, dtype_min};
+use crate::model::network::attention::{
+    AttentionImpl, AttentionMode, chunk_rows, chunked, dtype_min,
+};
 use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
@@ -421,36 +423,40 @@ impl Attention {
             Some((cache, offset)) => cache.update(&k, &v, offset)?,
             None => (k, v),
         };
-        let out = match self.implementation {
-            AttentionImpl::Eager => {
-                let mask = masks
-                    .dense(self.is_sliding)?
+        let k_len = k.size()[2];
+        let out = if chunked(
+            self.implementation,
+            batch,
+            self.num_heads,
+            queries.len,
+            k_len,
+        ) {
+            let blocked =
+                masks
+                    .blocked(self.is_sliding)?
                     .f_narrow(2, queries.start, queries.len)?;
-                let n_rep = self.num_heads / self.num_kv_heads;
-                let k = repeat_kv(&k, n_rep)?;
-                let v = repeat_kv(&v, n_rep)?;
-                let scores = q
-                    .f_matmul(&k.f_transpose(2, 3)?)?
-                    .f_mul_scalar(self.scaling)?;
-                let scores = soft_cap(&scores, self.softcap)?.f_add(&mask)?;
-                let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
-                probs.f_matmul(&v)?
-            }
-            AttentionImpl::Chunked | AttentionImpl::Sdpa => {
-                let blocked =
-                    masks
-                        .blocked(self.is_sliding)?
-                        .f_narrow(2, queries.start, queries.len)?;
-                kernels::chunked_attention(
-                    &q,
-                    &k,
-                    &v,
-                    Some(&blocked),
-                    self.scaling,
-                    self.softcap,
-                    chunk_rows(q.device(), batch, self.num_heads, queries.len, k.size()[2]),
-                )?
-            }
+            kernels::chunked_attention(
+                &q,
+                &k,
+                &v,
+                Some(&blocked),
+                self.scaling,
+                self.softcap,
+                chunk_rows(q.device(), batch, self.num_heads, queries.len, k_len),
+            )?
+        } else {
+            let mask = masks
+                .dense(self.is_sliding)?
+                .f_narrow(2, queries.start, queries.len)?;
+            let n_rep = self.num_heads / self.num_kv_heads;
+            let k = repeat_kv(&k, n_rep)?;
+            let v = repeat_kv(&v, n_rep)?;
+            let scores = q
+                .f_matmul(&k.f_transpose(2, 3)?)?
+                .f_mul_scalar(self.scaling)?;
+            let scores = soft_cap(&scores, self.softcap)?.f_add(&mask)?;
+            let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+            probs.f_matmul(&v)?
         };
         let out = out
             .f_transpose(1, 2)?

@@ -995,6 +995,14 @@ mod tests {
         assert_bf16_parity_with("bf16", AttentionMode::Eager);
     }
 
+    /// The chunked kernel (which the golden batch's small scores would not
+    /// take by default) against the fixtures.
+    #[test]
+    fn golden_chunked_logits_and_loss() {
+        assert_f32_parity_with("f32", AttentionMode::AlwaysChunked);
+        assert_bf16_parity_with("bf16", AttentionMode::AlwaysChunked);
+    }
+
     /// Runs where CUDA is present (f32: cuBLAS keeps full f32 by default, no
     /// TF32), and passes trivially elsewhere.
     #[test]

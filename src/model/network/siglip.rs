@@ -20,7 +20,7 @@ use tch::{Kind, TchError, Tensor};
 
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::VisionConfig;
-use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows};
+use crate::model::network::attention::{AttentionImpl, AttentionMode, chunk_rows, chunked};
 use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
 use crate::model::network::linear::Linear;
@@ -139,6 +139,13 @@ impl Attention {
         let q = heads(self.q_proj.forward(x)?)?;
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
+        // Scores small enough to keep run the eager ops.
+        let mode = match mode {
+            AttentionImpl::Chunked { .. } if !chunked(mode, batch, self.num_heads, len, len) => {
+                AttentionImpl::Eager
+            }
+            _ => mode,
+        };
         let out = match mode {
             AttentionImpl::Sdpa => Tensor::f_scaled_dot_product_attention(
                 &q,
@@ -159,7 +166,7 @@ impl Attention {
                     .f_to_kind(q.kind())?
                     .f_matmul(&v)?
             }
-            AttentionImpl::Chunked => kernels::chunked_attention(
+            AttentionImpl::Chunked { .. } => kernels::chunked_attention(
                 &q,
                 &k,
                 &v,
