@@ -230,16 +230,13 @@ struct Nf4Linear : public torch::autograd::Function<Nf4Linear> {
     auto kind = static_cast<at::ScalarType>(data["kind"].toInt());
     auto weight = dequantize(data["packed"].toTensor(), data["byte_lut"].toTensor(),
                              data["absmax"].toTensor(), data["dynamic_map"].toTensor(),
-                             data["nested_absmax"].toTensor(),
-                             ctx->saved_data["offset"].toDouble(),
-                             ctx->saved_data["nested_block"].toInt(),
-                             ctx->saved_data["rows"].toInt(),
-                             ctx->saved_data["cols"].toInt(),
-                             ctx->saved_data["block"].toInt(), kind);
+                             data["nested_absmax"].toTensor(), data["offset"].toDouble(),
+                             data["nested_block"].toInt(), data["rows"].toInt(),
+                             data["cols"].toInt(), data["block"].toInt(), kind);
     auto grad = grads[0];
     auto dx = at::matmul(grad, weight);
     at::Tensor dbias;
-    if (ctx->saved_data["bias_grad"].toBool()) {
+    if (data["bias_grad"].toBool()) {
       dbias = grad.reshape({-1, grad.size(-1)}).sum(0);
     }
     return {dx,           at::Tensor(), at::Tensor(), at::Tensor(),
@@ -251,15 +248,6 @@ struct Nf4Linear : public torch::autograd::Function<Nf4Linear> {
 // ---------------------------------------------------------------------------
 // Optimiser
 // ---------------------------------------------------------------------------
-
-std::vector<at::Tensor> tensors(at::Tensor** list, int64_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    out.push_back(*list[i]);
-  }
-  return out;
-}
 
 // AdamW with decoupled weight decay, on the tensors whose gradient is
 // defined: the ops of AdamW::step's former per-tensor loop, each over every
@@ -349,6 +337,18 @@ std::unique_ptr<at::ObserverContext> op_started(const at::RecordFunction&) {
 
 void op_ended(const at::RecordFunction&, at::ObserverContext*) { --op_depth; }
 
+// Runs `f`, turning a C++ exception into the status 1 and its message.
+template <class F>
+int guarded(F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    kernel_error = e.what();
+    return 1;
+  }
+}
+
 std::optional<at::Tensor> optional(at::Tensor* t) {
   return t == nullptr ? std::nullopt : std::optional<at::Tensor>(*t);
 }
@@ -364,39 +364,25 @@ int palisweep_adamw_step(at::Tensor** values, at::Tensor** masters,
                          const uint8_t* decay, int64_t n, double lr, double beta1,
                          double beta2, double eps, double weight_decay,
                          double bias1, double bias2) {
-  try {
+  return guarded([&] {
     adamw_step(values, masters, exp_avg, exp_avg_sq, decay, n, lr, beta1, beta2,
                eps, weight_decay, bias1, bias2);
-    return 0;
-  } catch (const std::exception& e) {
-    kernel_error = e.what();
-    return 1;
-  }
+  });
 }
 
 int palisweep_clip_grad_norm(at::Tensor** values, int64_t n, double max_norm,
                              double* norm) {
-  try {
-    *norm = clip_grad_norm(values, n, max_norm);
-    return 0;
-  } catch (const std::exception& e) {
-    kernel_error = e.what();
-    return 1;
-  }
+  return guarded([&] { *norm = clip_grad_norm(values, n, max_norm); });
 }
 
 // Drops every gradient (PyTorch's `set_to_none`): no kernel at all; the next
 // backward writes fresh gradients instead of adding to zeros.
 int palisweep_zero_grad(at::Tensor** values, int64_t n) {
-  try {
+  return guarded([&] {
     for (int64_t i = 0; i < n; ++i) {
       values[i]->mutable_grad().reset();
     }
-    return 0;
-  } catch (const std::exception& e) {
-    kernel_error = e.what();
-    return 1;
-  }
+  });
 }
 
 // Starts counting the ATen operations this thread dispatches (nested ones,
@@ -429,15 +415,11 @@ const char* palisweep_kernel_error(void) { return kernel_error.c_str(); }
 int palisweep_chunked_attention(at::Tensor* q, at::Tensor* k, at::Tensor* v,
                                 at::Tensor* blocked, double scaling, double softcap,
                                 double masked, int64_t chunk, at::Tensor** out) {
-  try {
+  return guarded([&] {
     auto result = ChunkedAttention::apply(*q, *k, *v, optional(blocked), scaling,
                                           softcap, masked, std::max<int64_t>(chunk, 1));
     *out = new at::Tensor(result[0]);
-    return 0;
-  } catch (const std::exception& e) {
-    kernel_error = e.what();
-    return 1;
-  }
+  });
 }
 
 // x [..., cols] → [..., rows] through the NF4 weight [rows, cols]; absmax
@@ -448,17 +430,13 @@ int palisweep_nf4_linear(at::Tensor* x, at::Tensor* packed, at::Tensor* byte_lut
                          at::Tensor* nested_absmax, at::Tensor* bias,
                          double offset, int64_t nested_block, int64_t rows,
                          int64_t cols, int64_t block, at::Tensor** out) {
-  try {
+  return guarded([&] {
     auto result = Nf4Linear::apply(*x, *packed, *byte_lut, *absmax,
                                    optional(dynamic_map), optional(nested_absmax),
                                    optional(bias), offset, nested_block, rows,
                                    cols, block);
     *out = new at::Tensor(result[0]);
-    return 0;
-  } catch (const std::exception& e) {
-    kernel_error = e.what();
-    return 1;
-  }
+  });
 }
 
 }

@@ -17,10 +17,10 @@
 
 use std::ops::{Add, Mul};
 
+use tch::Device;
+
 use crate::model::config::{LinearModule, Tower};
-use crate::model::network::attention::{
-    CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS, KEEP_SCORES_BELOW,
-};
+use crate::model::network::attention::{AttentionMode, chunk_elements, chunked};
 use crate::spec::schema::Attention;
 
 use super::memory::{DeviceKind, TrialShape};
@@ -302,7 +302,9 @@ fn vision_layer(shape: &TrialShape) -> Layer {
 /// (sliding layers too: the window is a mask); its softmax backward adds
 /// two f32 buffers of the scores' size.
 ///
-/// Memory-efficient (over [`KEEP_SCORES_BELOW`] scores; below, as eager):
+/// Memory-efficient (over
+/// [`crate::model::network::attention::KEEP_SCORES_BELOW`] scores; below,
+/// as eager):
 /// nothing of the scores is kept; the backward holds one
 /// chunk at a time: the f32 probabilities and their f32 gradient, and
 /// three compute-dtype buffers (the `tanh`, the probabilities' gradient,
@@ -310,11 +312,11 @@ fn vision_layer(shape: &TrialShape) -> Layer {
 fn layer(shape: &TrialShape, activations: Held, input: Held, scores: u64, capped: bool) -> Layer {
     let dtype = u64::from(shape.dtype_bytes);
     if chunks(shape, scores) {
-        let budget = match shape.device {
-            DeviceKind::Cpu => CPU_CHUNK_ELEMENTS,
-            DeviceKind::Cuda => CUDA_CHUNK_ELEMENTS,
+        let device = match shape.device {
+            DeviceKind::Cpu => Device::Cpu,
+            DeviceKind::Cuda => Device::Cuda(0),
         };
-        let chunk = scores.min(budget.unsigned_abs());
+        let chunk = scores.min(chunk_elements(device).unsigned_abs());
         return Layer {
             kept: Dynamic {
                 activations,
@@ -341,10 +343,14 @@ fn layer(shape: &TrialShape, activations: Held, input: Held, scores: u64, capped
     }
 }
 
-/// Whether a layer of `scores` score elements runs in chunks: memory-efficient
-/// attention keeps scores under [`KEEP_SCORES_BELOW`] elements, as eager.
+/// Whether a layer of `scores` score elements runs in chunks, by the model's
+/// own rule (memory-efficient attention keeps small scores, as eager).
 fn chunks(shape: &TrialShape, scores: u64) -> bool {
-    shape.attention == Attention::MemoryEfficient && scores > KEEP_SCORES_BELOW.unsigned_abs()
+    shape.attention == Attention::MemoryEfficient
+        && chunked(
+            AttentionMode::MemoryEfficient.decoder(),
+            i64::try_from(scores).unwrap_or(i64::MAX),
+        )
 }
 
 /// The decoder's final `RMSNorm` keeps its f32 input, the supervised

@@ -10,6 +10,9 @@ use std::ffi::c_void;
 
 use tch::{TchError, Tensor};
 
+#[cfg(palisweep_kernels)]
+use crate::model::network::kernels::checked;
+
 /// The hyper-parameters of one `AdamW` update (bias corrections included).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
@@ -69,7 +72,7 @@ pub fn adamw_step(tensors: &[StepTensor], step: AdamWStep) -> Result<(), TchErro
                 step.bias2,
             )
         };
-        check(status)
+        checked(status)
     }
     #[cfg(not(palisweep_kernels))]
     {
@@ -89,7 +92,7 @@ pub fn clip_grad_norm(values: &[&Tensor], max_norm: f64) -> Result<f64, TchError
         let status = unsafe {
             ffi::palisweep_clip_grad_norm(values.as_ptr(), len(&values), max_norm, &raw mut norm)
         };
-        check(status).map(|()| norm)
+        checked(status).map(|()| norm)
     }
     #[cfg(not(palisweep_kernels))]
     {
@@ -105,7 +108,7 @@ pub fn zero_grad(values: &[&Tensor]) -> Result<(), TchError> {
     #[cfg(palisweep_kernels)]
     {
         // SAFETY: as in `adamw_step`.
-        check(unsafe { ffi::palisweep_zero_grad(values.as_ptr(), len(&values)) })
+        checked(unsafe { ffi::palisweep_zero_grad(values.as_ptr(), len(&values)) })
     }
     #[cfg(not(palisweep_kernels))]
     {
@@ -131,16 +134,6 @@ fn len(values: &[*mut c_void]) -> i64 {
     i64::try_from(values.len()).unwrap_or(i64::MAX)
 }
 
-#[cfg(palisweep_kernels)]
-fn check(status: i32) -> Result<(), TchError> {
-    if status == 0 {
-        return Ok(());
-    }
-    // SAFETY: a NUL-terminated string owned by the C++ side's thread-local.
-    let message = unsafe { std::ffi::CStr::from_ptr(ffi::palisweep_kernel_error()) };
-    Err(TchError::Torch(message.to_string_lossy().into_owned()))
-}
-
 #[cfg(not(palisweep_kernels))]
 fn not_built() -> TchError {
     TchError::Torch("palisweep was built without its C++ kernels (LIBTORCH unset)".to_owned())
@@ -148,10 +141,9 @@ fn not_built() -> TchError {
 
 #[cfg(palisweep_kernels)]
 mod ffi {
-    use std::ffi::{c_char, c_void};
+    use std::ffi::c_void;
 
     unsafe extern "C" {
-        pub fn palisweep_kernel_error() -> *const c_char;
         #[allow(clippy::too_many_arguments)]
         pub fn palisweep_adamw_step(
             values: *const *mut c_void,

@@ -89,31 +89,30 @@ pub const CUDA_CHUNK_ELEMENTS: i64 = 1 << 24;
 /// f32) are cheaper kept than recomputed: the memory-efficient path runs
 /// the eager ops there. Measured on the `small` preset at 224 px (batch 4 ×
 /// 279 tokens, 1.25 Mi scores a layer): 237–250 ms a step eager against
-/// 259–273 ms chunked; at 448 px (8.8 Mi) chunks win, 810 against 1155 ms.
+/// 259–273 ms chunked; at 448 px (8.8 Mi) chunks win, 810 against 1155 ms (commands in docs/benchmarks.md).
 pub const KEEP_SCORES_BELOW: i64 = 1 << 22;
 
-/// Whether `implementation` runs chunks for these shapes (not when the
-/// scores are small enough to keep, see [`KEEP_SCORES_BELOW`]).
-pub fn chunked(
-    implementation: AttentionImpl,
-    batch: i64,
-    heads: i64,
-    q_len: i64,
-    k_len: i64,
-) -> bool {
+/// Whether `implementation` runs chunks for a layer of `scores` score
+/// elements (batch × heads × queries × keys); not when they are small
+/// enough to keep (see [`KEEP_SCORES_BELOW`]).
+pub fn chunked(implementation: AttentionImpl, scores: i64) -> bool {
     match implementation {
-        AttentionImpl::Chunked { keep_below } => batch * heads * q_len * k_len > keep_below,
+        AttentionImpl::Chunked { keep_below } => scores > keep_below,
         _ => false,
+    }
+}
+
+/// Score elements one chunk holds on `device`.
+pub fn chunk_elements(device: Device) -> i64 {
+    match device {
+        Device::Cuda(_) => CUDA_CHUNK_ELEMENTS,
+        _ => CPU_CHUNK_ELEMENTS,
     }
 }
 
 /// Query rows per chunk on `device` for `batch × heads` rows of `k_len` keys.
 pub fn chunk_rows(device: Device, batch: i64, heads: i64, q_len: i64, k_len: i64) -> i64 {
-    let budget = match device {
-        Device::Cuda(_) => CUDA_CHUNK_ELEMENTS,
-        _ => CPU_CHUNK_ELEMENTS,
-    };
-    (budget / (batch * heads * k_len).max(1)).clamp(1, q_len.max(1))
+    (chunk_elements(device) / (batch * heads * k_len).max(1)).clamp(1, q_len.max(1))
 }
 
 #[cfg(test)]
@@ -140,10 +139,10 @@ mod tests {
     #[test]
     fn small_scores_are_kept_rather_than_recomputed() {
         let efficient = AttentionMode::MemoryEfficient.decoder();
-        assert!(!chunked(efficient, 4, 4, 279, 279));
-        assert!(chunked(efficient, 2, 4, 1047, 1047));
-        assert!(chunked(AttentionMode::AlwaysChunked.decoder(), 1, 1, 2, 2));
-        assert!(!chunked(AttentionImpl::Eager, 2, 4, 1047, 1047));
+        assert!(!chunked(efficient, 4 * 4 * 279 * 279));
+        assert!(chunked(efficient, 2 * 4 * 1047 * 1047));
+        assert!(chunked(AttentionMode::AlwaysChunked.decoder(), 4));
+        assert!(!chunked(AttentionImpl::Eager, 2 * 4 * 1047 * 1047));
     }
 
     #[test]

@@ -424,13 +424,8 @@ impl Attention {
             None => (k, v),
         };
         let k_len = k.size()[2];
-        let out = if chunked(
-            self.implementation,
-            batch,
-            self.num_heads,
-            queries.len,
-            k_len,
-        ) {
+        let scores = batch * self.num_heads * queries.len * k_len;
+        let out = if chunked(self.implementation, scores) {
             let blocked =
                 masks
                     .blocked(self.is_sliding)?

@@ -104,13 +104,26 @@ pub fn nf4_linear(x: &Tensor, w: &Nf4Inputs, bias: Option<&Tensor>) -> Result<Te
 
 #[cfg(palisweep_kernels)]
 fn finish(status: i32, out: *mut c_void) -> Result<Tensor, TchError> {
-    if status != 0 || out.is_null() {
-        // SAFETY: a NUL-terminated string owned by the C++ side's thread-local.
-        let message = unsafe { std::ffi::CStr::from_ptr(ffi::palisweep_kernel_error()) };
-        return Err(TchError::Torch(message.to_string_lossy().into_owned()));
+    checked(status)?;
+    if out.is_null() {
+        return Err(TchError::Torch(
+            "a C++ kernel returned no tensor".to_owned(),
+        ));
     }
     // SAFETY: `out` is a new `at::Tensor*` that nothing else owns.
     Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// A `csrc/kernels.cpp` entry point's status as a result: its C++
+/// exception's message on failure (every entry point of that file).
+#[cfg(palisweep_kernels)]
+pub(crate) fn checked(status: i32) -> Result<(), TchError> {
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated string owned by the C++ side's thread-local.
+    let message = unsafe { std::ffi::CStr::from_ptr(ffi::palisweep_kernel_error()) };
+    Err(TchError::Torch(message.to_string_lossy().into_owned()))
 }
 
 #[cfg(not(palisweep_kernels))]

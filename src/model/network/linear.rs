@@ -15,7 +15,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use crate::model::adapt::lora::LoraBranch;
-use crate::model::adapt::nf4::Nf4Tensor;
+use crate::model::adapt::nf4::{Nf4Inputs, Nf4Tensor};
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::network::kernels;
 use crate::model::network::layer_path::LayerPath;
@@ -25,8 +25,13 @@ use crate::model::network::layer_path::LayerPath;
 enum Base {
     /// In the compute dtype.
     Dense(Tensor),
-    /// NF4 blocks; dequantised to the input dtype on every forward.
-    Nf4(Nf4Tensor),
+    /// NF4 blocks, dequantised to the input dtype on every forward (by the
+    /// kernel, which keeps only the packed weight for the backward pass, from
+    /// `kernel`, its inputs prepared once at load).
+    Nf4 {
+        weight: Nf4Tensor,
+        kernel: Nf4Inputs,
+    },
 }
 
 /// `nn.Linear` with an optional `LoRA` branch; see the module docs.
@@ -73,7 +78,16 @@ impl Linear {
                     })?;
                 drop(weight);
                 ctx.record_quantized(nf4.numel().unsigned_abs(), nf4.storage_bytes());
-                Base::Nf4(nf4)
+                let kernel = nf4
+                    .kernel_inputs()
+                    .map_err(|source| WeightError::Quantize {
+                        name: path.name("weight"),
+                        source: Box::new(source),
+                    })?;
+                Base::Nf4 {
+                    weight: nf4,
+                    kernel,
+                }
             }
             None => Base::Dense(weight),
         };
@@ -97,27 +111,16 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let base = match &self.base {
             Base::Dense(w) => x.f_linear(w, self.bias.as_ref())?,
-            // With autograd recording (the input needs its gradient), the
-            // kernel keeps only the packed weight for the backward pass.
-            Base::Nf4(q) if x.requires_grad() && kernels::available() => {
+            Base::Nf4 { kernel, .. } => {
                 let bias = match &self.bias {
                     Some(b) => Some(b.f_to_kind(x.kind())?),
                     None => None,
                 };
-                let inputs = q
-                    .kernel_inputs()
-                    .map_err(|e| TchError::Torch(format!("NF4 weight of `{}`: {e}", self.name)))?;
-                kernels::nf4_linear(x, &inputs, bias.as_ref())?
-            }
-            Base::Nf4(q) => {
-                let w = q
-                    .dequantize(x.kind())
-                    .map_err(|e| TchError::Torch(format!("NF4 weight of `{}`: {e}", self.name)))?;
-                let bias = match &self.bias {
-                    Some(b) => Some(b.f_to_kind(x.kind())?),
-                    None => None,
-                };
-                x.f_linear(&w, bias.as_ref())?
+                if kernels::available() {
+                    kernels::nf4_linear(x, kernel, bias.as_ref())?
+                } else {
+                    x.f_linear(&self.base_weight(x.kind())?, bias.as_ref())?
+                }
             }
         };
         let Some(lora) = &self.lora else {
@@ -133,7 +136,7 @@ impl Linear {
             // PEFT `lora.Linear`: result + f32 term (promoting), then cast back.
             Base::Dense(_) => base.f_add(&delta)?.f_to_kind(base.kind()),
             // PEFT `lora.Linear4bit`: the term is cast to the result's dtype first.
-            Base::Nf4(_) => base.f_add(&delta.f_to_kind(base.kind())?),
+            Base::Nf4 { .. } => base.f_add(&delta.f_to_kind(base.kind())?),
         }
     }
 
@@ -141,7 +144,7 @@ impl Linear {
     pub fn weight(&self) -> Option<&Tensor> {
         match &self.base {
             Base::Dense(w) => Some(w),
-            Base::Nf4(_) => None,
+            Base::Nf4 { .. } => None,
         }
     }
 
@@ -152,7 +155,7 @@ impl Linear {
     /// The NF4 weight, when quantised.
     pub fn nf4(&self) -> Option<&Nf4Tensor> {
         match &self.base {
-            Base::Nf4(q) => Some(q),
+            Base::Nf4 { weight, .. } => Some(weight),
             Base::Dense(_) => None,
         }
     }
@@ -170,7 +173,7 @@ impl Linear {
     pub fn base_weight(&self, kind: Kind) -> Result<Tensor, TchError> {
         match &self.base {
             Base::Dense(w) => w.f_to_kind(kind),
-            Base::Nf4(q) => q
+            Base::Nf4 { weight, .. } => weight
                 .dequantize(kind)
                 .map_err(|e| TchError::Torch(format!("NF4 weight of `{}`: {e}", self.name))),
         }

@@ -139,13 +139,6 @@ impl Attention {
         let q = heads(self.q_proj.forward(x)?)?;
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
-        // Scores small enough to keep run the eager ops.
-        let mode = match mode {
-            AttentionImpl::Chunked { .. } if !chunked(mode, batch, self.num_heads, len, len) => {
-                AttentionImpl::Eager
-            }
-            _ => mode,
-        };
         let out = match mode {
             AttentionImpl::Sdpa => Tensor::f_scaled_dot_product_attention(
                 &q,
@@ -157,7 +150,19 @@ impl Attention {
                 self.scale,
                 false,
             )?,
-            AttentionImpl::Eager => {
+            AttentionImpl::Chunked { .. } if chunked(mode, batch * self.num_heads * len * len) => {
+                kernels::chunked_attention(
+                    &q,
+                    &k,
+                    &v,
+                    None,
+                    self.scale,
+                    None,
+                    chunk_rows(q.device(), batch, self.num_heads, len, len),
+                )?
+            }
+            // Eager, and scores small enough to keep.
+            _ => {
                 let scores = q
                     .f_matmul(&k.f_transpose(-1, -2)?)?
                     .f_mul_scalar(self.scale)?;
@@ -166,15 +171,6 @@ impl Attention {
                     .f_to_kind(q.kind())?
                     .f_matmul(&v)?
             }
-            AttentionImpl::Chunked { .. } => kernels::chunked_attention(
-                &q,
-                &k,
-                &v,
-                None,
-                self.scale,
-                None,
-                chunk_rows(q.device(), batch, self.num_heads, len, len),
-            )?,
         };
         let out = out
             .f_transpose(1, 2)?
