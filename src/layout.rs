@@ -50,6 +50,11 @@ impl SweepDir {
         self.0.join("spec.toml")
     }
 
+    /// `.lock`: held (`flock`) by the `palisweep run` running the sweep.
+    pub fn run_lock(&self) -> PathBuf {
+        self.0.join(".lock")
+    }
+
     /// `tb/`: TensorBoard's log dir for the sweep (one run per trial).
     pub fn tensorboard(&self) -> PathBuf {
         self.0.join("tb")

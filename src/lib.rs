@@ -19,6 +19,7 @@ pub mod error;
 pub mod estimate;
 pub mod events;
 pub mod export;
+pub mod jsonl;
 pub mod layout;
 pub mod metrics;
 pub mod model;

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
-use crate::events::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::events::event::{AttemptOutcome, EventSink, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::events::fanout::Fanout;
-use crate::layout::{ResultsRoot, SweepDir};
+use crate::layout::{ResultsRoot, SweepDir, TrialDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
@@ -26,6 +26,7 @@ use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::queue::{OpenJob, QueuedTrial, Summary};
+use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_workers};
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
@@ -34,7 +35,8 @@ use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
 use crate::sweep::expand::expand;
 use crate::track::progress::{ProgressMode, ProgressSink};
-use crate::track::store::Store;
+use crate::track::store::{RecordedAttempts, Store};
+use crate::worker::contract::orphan_grace;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut sets = args.spec.sets.clone();
@@ -131,6 +133,10 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     recorded.sets.push(format!("experiment.results={results}"));
     recorded.write(&prepared.dir)?;
     let backend = work(&loaded, &prepared, limits, options)?;
+    let reconciled = reconcile_folders(&loaded, &prepared)?;
+    if prepared.resumed {
+        announce_resume(&prepared, &reconciled);
+    }
 
     let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(ProgressSink::new(
         ProgressMode::detect(options.quiet),
@@ -148,6 +154,18 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
             trial: Box::new(info.clone()),
             status: *status,
         });
+    }
+    for event in &reconciled.events {
+        fanout.send(event);
+    }
+    // A start sent again marks its trial running: say again where it stands.
+    for (info, status) in &prepared.recorded {
+        if reconciled.restarted.contains(&info.id) {
+            fanout.send(&SweepEvent::TrialRecorded {
+                trial: Box::new(info.clone()),
+                status: *status,
+            });
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,11 +193,22 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         counts: summary.counts,
         time: now(),
     });
-    for error in fanout.close() {
-        eprintln!("palisweep: {error}");
-    }
+    let lost = fanout.close();
     drop(prepared.lock);
     print_summary(&summary, &prepared.sweep.name, &loaded.results);
+    if !lost.is_empty() {
+        // The trials ran and their folders hold everything; what a consumer
+        // missed, the next run sends it again (`scheduler/reconcile.rs`).
+        for error in &lost {
+            eprintln!("palisweep: error: {error}");
+        }
+        eprintln!(
+            "palisweep: error: the results above were not all recorded; the trial folders under {} hold them: \
+             fix the cause, then run the same command again to record them",
+            display_path(prepared.dir.path())
+        );
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
     Ok(match summary.status {
         SweepStatus::Finished => ExitCode::SUCCESS,
         // Jobs left running: on purpose with --detach, else after Ctrl-C.
@@ -187,6 +216,59 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         SweepStatus::Running | SweepStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         SweepStatus::Failed => ExitCode::from(EXIT_FAILURE),
     })
+}
+
+/// Brings what an earlier run left in line before anything starts: waits
+/// for its workers, closes its open attempts, and lists what the store
+/// lacks of the trial folders.
+fn reconcile_folders(loaded: &LoadedSpec, prepared: &PreparedSweep) -> anyhow::Result<Reconciled> {
+    let folders: Vec<TrialFolder> = prepared
+        .recorded
+        .iter()
+        .map(|(info, _)| TrialFolder {
+            id: info.id.clone(),
+            dir: TrialDir::from_path(std::path::Path::new(&info.dir)),
+            followed: prepared
+                .queue
+                .iter()
+                .any(|q| q.info.id == info.id && q.open_job.is_some()),
+        })
+        .collect();
+    // A worker outlives its scheduler by its orphan grace at most.
+    wait_for_workers(&folders, orphan_grace() + Duration::from_secs(15))?;
+    let store = ResultsRoot::new(&loaded.results).store();
+    let recorded = if store.is_file() {
+        Store::open_read_only(&store)?.recorded_attempts(&prepared.sweep.name)?
+    } else {
+        RecordedAttempts::default()
+    };
+    Ok(reconcile(&folders, &recorded))
+}
+
+/// One line on what an earlier run left: what is done, what was closed,
+/// what the store gets from the folders.
+fn announce_resume(prepared: &PreparedSweep, reconciled: &Reconciled) {
+    let done = prepared
+        .recorded
+        .iter()
+        .filter(|(_, s)| matches!(s, TrialStatus::Finished | TrialStatus::Pruned))
+        .count();
+    let lost = reconciled
+        .closed
+        .iter()
+        .filter(|(_, _, o)| *o == AttemptOutcome::OrchestratorLost)
+        .count();
+    let lines = reconciled
+        .events
+        .iter()
+        .filter(|e| matches!(e, SweepEvent::Worker { .. }))
+        .count();
+    eprintln!(
+        "palisweep: resuming sweep `{}`: {done} of {} trial(s) done; {} attempt(s) left open closed ({lost} orchestrator lost); {lines} result line(s) recorded from the trial folders",
+        prepared.sweep.name,
+        prepared.recorded.len(),
+        reconciled.closed.len(),
+    );
 }
 
 /// The dispatcher's input for the sweep's backend. For Slurm, checks first

@@ -5,7 +5,7 @@
 //!
 //! Its exit codes are [`WorkerExit`]'s (the table in `worker/contract.rs`).
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,9 +19,10 @@ use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::sweep::expand::expand;
 use crate::train::learner::{RunContext, TrainError, train};
-use crate::worker::contract::WorkerExit;
+use crate::worker::contract::{WorkerExit, orphan_grace};
 use crate::worker::protocol::{EventWriter, FailureKind, WorkerEvent};
 use crate::worker::synthetic::{self, SyntheticContext, SyntheticEnd};
+use crate::worker::trial_lock;
 
 /// Writes `trial.toml` from a spec that expands to one trial (or the one
 /// named by `--trial-id`).
@@ -76,6 +77,19 @@ fn watch_for_stop(stop: &Arc<AtomicBool>, watch_stdin: bool) {
             let mut stdin = std::io::stdin();
             while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
             flag.store(true, Ordering::SeqCst);
+            // A worker stuck in a kernel or a hung collective never reads
+            // the flag: without its scheduler it must still end, or it
+            // keeps the device's memory and its trial folder.
+            let grace = orphan_grace();
+            std::thread::sleep(grace);
+            // Not `eprintln!`: stderr was a pipe to the scheduler, and a
+            // panic on its closed end would end this thread, not the worker.
+            let _ = writeln!(
+                std::io::stderr(),
+                "palisweep worker: the scheduler is gone and this worker did not stop within {}s; ending it",
+                grace.as_secs_f64()
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         });
     }
 }
@@ -96,6 +110,8 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("cannot read the trial config {}", trial.config().display()))?;
     let spec = loaded.spec;
+    // Held until the process ends: no second attempt runs in this folder.
+    let _lock = trial_lock::acquire(&trial, args.attempt)?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_for_stop(&stop, args.watch_stdin);
     let threads = args.threads.unwrap_or_else(|| {
@@ -122,7 +138,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         stop: &stop,
         stop_after: args.stop_after,
     };
-    let mut events = EventWriter::open(&ctx.trial.events())
+    let mut events = EventWriter::open(&ctx.trial.events(), ctx.attempt)
         .with_context(|| format!("cannot write {}", ctx.trial.events().display()))?;
     match train(&spec, &ctx, &mut events) {
         Ok(outcome) => {
@@ -174,7 +190,7 @@ fn run_synthetic(
         stop,
         stop_after: args.stop_after,
     };
-    let mut events = EventWriter::open(&trial.events())
+    let mut events = EventWriter::open(&trial.events(), args.attempt)
         .with_context(|| format!("cannot write {}", trial.events().display()))?;
     Ok(match synthetic::run(spec, &ctx, &mut events)? {
         SyntheticEnd::Finished { steps } => {

@@ -69,6 +69,10 @@ pub enum AttemptOutcome {
     Stopped,
     /// Stopped early by `sweep.early_stop`.
     Pruned,
+    /// Its scheduler died (killed, host rebooted) before it saw the worker
+    /// end; the next `run` records this when it finds the attempt open and
+    /// its worker gone.
+    OrchestratorLost,
 }
 
 /// Where a trial stands; the store's `trials.status` column holds these

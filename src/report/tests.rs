@@ -72,6 +72,7 @@ fn worker(id: &str, time: f64, event: WorkerEvent) -> SweepEvent {
         trial: id.into(),
         attempt: 1,
         line: Envelope {
+            written_by: None,
             v: PROTOCOL_VERSION,
             time,
             event,

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::executor::{self, ExecutorEvent, Launch, RunId};
-use super::fate::{self, AttemptEnd, ExitFacts, StopCause, TrialState, settle, tail_text};
+use super::fate::{
+    self, AttemptEnd, BackendEnd, ExitFacts, StopCause, TrialState, settle, tail_text,
+};
 use super::memory_probe::MemoryProbe;
+use super::oom_killer;
 use super::pruner::MedianPruner;
 use super::queue::{QueuedTrial, Summary};
 use super::slots::Slots;
@@ -54,6 +57,8 @@ struct Running {
     stop: Option<StopCause>,
     term_sent: Option<Instant>,
     killed: bool,
+    /// The kernel's OOM-kill count when it started (`oom_killer`).
+    oom_kills_at_start: Option<u64>,
     peak: Option<u64>,
     failed: Option<(FailureKind, String)>,
     /// Set by a `finished` event (cleared by a later `started`).
@@ -201,6 +206,7 @@ impl Dispatcher<'_> {
                             stop: None,
                             term_sent: None,
                             killed: false,
+                            oom_kills_at_start: super::oom_killer::kills_so_far(),
                             peak: None,
                             failed: None,
                             finished: None,
@@ -441,17 +447,19 @@ fn visible_device(dev: &crate::devices::detect::Device) -> String {
 /// What the attempt's exit means, and why in words.
 fn classify(r: &Running, exit: &Exit) -> (AttemptOutcome, Option<String>) {
     let worker_exit = WorkerExit::from_code(exit.code);
+    let oom_killed = oom_killer::killed_it(exit.signal, r.killed, r.oom_kills_at_start);
     let facts = ExitFacts {
         completed: worker_exit == Some(WorkerExit::Finished),
         finished: r.finished.is_some(),
         exit: worker_exit,
         failed: r.failed.as_ref(),
         stop: r.stop,
-        ..ExitFacts::default()
+        backend: oom_killed.then_some(BackendEnd::OutOfMemory),
     };
     facts.classify(
         || "ran past resources.trial_timeout".to_owned(),
         || match exit.signal {
+            _ if oom_killed => oom_killer::REASON.to_owned(),
             Some(signal) => format!("killed by signal {signal}{}", tail_text(&exit.stderr_tail)),
             None => format!(
                 "exit code {}{}",

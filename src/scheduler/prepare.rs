@@ -36,6 +36,18 @@ pub enum RunError {
         lock.display()
     )]
     Busy { sweep: String, lock: PathBuf },
+    #[error(
+        "trial {trial} is still held by {holder} ({}), left by an earlier `palisweep run`{}: \
+         it did not end within its grace after its scheduler died; stop it (kill it) and run again",
+        lock.display(),
+        if *others > 0 { format!(" (and {others} other trial(s) are held too)") } else { String::new() }
+    )]
+    TrialBusy {
+        trial: String,
+        holder: String,
+        lock: PathBuf,
+        others: usize,
+    },
     #[error(transparent)]
     Slurm(#[from] crate::scheduler::slurm::client::SlurmError),
     #[error("cannot write {}: {source}", path.display())]
@@ -93,13 +105,20 @@ pub fn prepare(
     let plan: SweepPlan = build(&loaded.name, expansion, inventory, limits, &recorded_before)?;
 
     std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
-    let lock_path = dir.path().join(".lock");
+    let lock_path = dir.run_lock();
     let lock = File::create(&lock_path).map_err(io(&lock_path))?;
-    if lock.try_lock().is_err() {
-        return Err(RunError::Busy {
-            sweep: loaded.name.clone(),
-            lock: lock_path,
-        });
+    // `status` takes the lock shared for an instant to see whether a run is
+    // alive: a few tries tell that apart from a run holding it.
+    let mut tries = 0;
+    while lock.try_lock().is_err() {
+        tries += 1;
+        if tries == 10 {
+            return Err(RunError::Busy {
+                sweep: loaded.name.clone(),
+                lock: lock_path,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     write_atomically(&dir.spec(), &loaded.text).map_err(io(&dir.spec()))?;
 

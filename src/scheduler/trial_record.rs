@@ -3,7 +3,6 @@
 //! line per worker process the scheduler started, with the batch shape it
 //! ran) and `events.jsonl` (whether the last attempt finished).
 
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -59,13 +58,9 @@ pub fn attempts(dir: &TrialDir) -> Vec<AttemptRecord> {
 
 /// Appends `record` (a start, or the end of an attempt).
 pub fn append(dir: &TrialDir, record: &AttemptRecord) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(attempts_path(dir))?;
+    let (mut file, _) = crate::jsonl::open_append(&attempts_path(dir))?;
     let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
-    writeln!(file, "{line}")?;
-    file.flush()
+    crate::jsonl::append_line(&mut file, &line)
 }
 
 /// Whether the trial's last worker reported `finished` (after its last
@@ -142,7 +137,7 @@ mod tests {
         assert_eq!(records[1].batch_size, 4);
 
         assert_eq!(finished(&dir), None);
-        let mut events = EventWriter::open(&dir.events()).unwrap();
+        let mut events = EventWriter::open(&dir.events(), 1).unwrap();
         let started = || WorkerEvent::Started {
             trial: "t".into(),
             attempt: 1,

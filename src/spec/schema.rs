@@ -318,6 +318,10 @@ pub struct Synthetic {
     /// `hang_attempts`; 0 = never.
     pub hang_at_step: u64,
     pub hang_attempts: u32,
+    /// Allocates host memory without bound at this step (until the kernel's
+    /// OOM killer ends it) on attempts up to `leak_attempts`; 0 = never.
+    pub leak_at_step: u64,
+    pub leak_attempts: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

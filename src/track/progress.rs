@@ -333,6 +333,7 @@ fn outcome_text(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Crashed => "crashed",
         AttemptOutcome::TimedOut => "timed out",
         AttemptOutcome::Stalled => "stalled",
+        AttemptOutcome::OrchestratorLost => "orchestrator lost",
         AttemptOutcome::Stopped => "stopped",
         AttemptOutcome::Pruned => "pruned (worse than the median)",
     }

@@ -12,9 +12,28 @@
 //!
 //! A worker killed by a signal has no code; the dispatcher then decides from
 //! what it asked for (a stop, a timeout) and the worker's `failed` event.
+//!
+//! A worker started with `--watch-stdin` treats the end of its stdin as its
+//! scheduler's death: it stops at its next step (checkpointing), and if it
+//! has not ended [`orphan_grace`] later (stuck in a kernel, say) it kills
+//! itself. A worker holds its trial folder's lock (`worker/trial_lock.rs`)
+//! while it lives, so no second attempt starts beside it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+
+/// How long a worker outlives the end of its stdin, at most.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`ORPHAN_GRACE`], or `PALISWEEP_ORPHAN_GRACE` seconds when set (tests
+/// shorten it; a slow checkpoint to network storage may need longer).
+pub fn orphan_grace() -> std::time::Duration {
+    std::env::var("PALISWEEP_ORPHAN_GRACE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map_or(ORPHAN_GRACE, std::time::Duration::from_secs_f64)
+}
 
 /// How a worker process ended, by its exit code (see the module's table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,3 +2,4 @@
 pub mod contract;
 pub mod protocol;
 pub mod synthetic;
+pub mod trial_lock;

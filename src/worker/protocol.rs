@@ -116,6 +116,12 @@ pub struct Envelope {
     pub v: u32,
     /// Seconds since the Unix epoch.
     pub time: f64,
+    /// The attempt that wrote it, so that a reader of `events.jsonl` can
+    /// tell attempts apart even before an attempt's `started` (absent in
+    /// files from before it was added: then the last `started` says). Not
+    /// `attempt`: `started` has a field of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<u32>,
     #[serde(flatten)]
     pub event: WorkerEvent,
 }
@@ -138,6 +144,7 @@ impl Envelope {
         Envelope {
             v: PROTOCOL_VERSION,
             time,
+            written_by: None,
             event,
         }
     }
@@ -155,25 +162,34 @@ impl Envelope {
     }
 }
 
-/// Writes events to stdout and appends them to `events.jsonl`, flushing
-/// each line so a crash loses nothing already reported.
+/// Writes events to stdout and appends them to `events.jsonl`, one write
+/// per line (see [`crate::jsonl`]), so a crash loses nothing already
+/// reported and never leaves a line that spoils the next.
 pub struct EventWriter {
     file: std::fs::File,
+    attempt: u32,
 }
 
 impl EventWriter {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(EventWriter { file })
+    /// Appends to `path` for `attempt`, first cutting off a torn last line
+    /// that a killed worker left (and saying so on stderr).
+    pub fn open(path: &Path, attempt: u32) -> std::io::Result<Self> {
+        let (file, torn) = crate::jsonl::open_append(path)?;
+        if let Some(torn) = torn {
+            eprintln!(
+                "palisweep worker: dropped a torn last line ({} bytes) of {}: an earlier process died while writing it",
+                torn.bytes,
+                path.display()
+            );
+        }
+        Ok(EventWriter { file, attempt })
     }
 
     pub fn emit(&mut self, event: WorkerEvent) -> std::io::Result<()> {
-        let line = Envelope::now(event).to_line();
-        writeln!(self.file, "{line}")?;
-        self.file.flush()?;
+        let mut envelope = Envelope::now(event);
+        envelope.written_by = Some(self.attempt);
+        let line = envelope.to_line();
+        crate::jsonl::append_line(&mut self.file, &line)?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}")?;
         stdout.flush()
@@ -205,6 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn written_lines_name_their_attempt_without_hiding_the_started_events_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut writer = EventWriter::open(&path, 3).unwrap();
+        let started = WorkerEvent::Started {
+            trial: "t".into(),
+            attempt: 3,
+            trainable_params: 1,
+            total_steps: 2,
+            batch_size: 1,
+            grad_accum: 1,
+            threads: 1,
+            device: "cpu".into(),
+            dataset_fingerprint: String::new(),
+            resumed_from: 0,
+            skipped_lines: 0,
+        };
+        writer.emit(started.clone()).unwrap();
+        let line = std::fs::read_to_string(&path).unwrap();
+        let parsed = Envelope::parse(line.trim()).unwrap();
+        assert_eq!(parsed.written_by, Some(3));
+        assert_eq!(parsed.event, started);
+    }
+
+    #[test]
     fn newer_versions_and_garbage_are_rejected() {
         let newer = r#"{"v": 99, "time": 0, "event": "finished", "step": 1, "best_metric": null}"#;
         assert!(matches!(
@@ -218,7 +259,7 @@ mod tests {
     fn the_writer_appends_lines_to_the_events_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let mut writer = EventWriter::open(&path).unwrap();
+        let mut writer = EventWriter::open(&path, 1).unwrap();
         writer
             .emit(WorkerEvent::Finished {
                 step: 1,
@@ -226,7 +267,7 @@ mod tests {
             })
             .unwrap();
         drop(writer);
-        let mut writer = EventWriter::open(&path).unwrap();
+        let mut writer = EventWriter::open(&path, 1).unwrap();
         writer
             .emit(WorkerEvent::Finished {
                 step: 2,

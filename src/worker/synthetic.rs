@@ -125,12 +125,7 @@ pub fn run(
             });
         }
         let step = progress.step + 1;
-        if s.hang_at_step == step && ctx.attempt <= s.hang_attempts {
-            eprintln!("synthetic: hanging at step {step} (until killed)");
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        }
+        never_return_at(s, step, ctx.attempt);
         if s.crash_at_step == step && ctx.attempt <= s.crash_attempts {
             let message = format!("synthetic: crashed at step {step}");
             return fail(events, FailureKind::Other, message);
@@ -177,6 +172,31 @@ pub fn run(
     Ok(SyntheticEnd::Finished {
         steps: progress.step,
     })
+}
+
+/// The failures that never return: a hang, a leak until the kernel kills it.
+fn never_return_at(s: &crate::spec::schema::Synthetic, step: u64, attempt: u32) {
+    if s.hang_at_step == step && attempt <= s.hang_attempts {
+        eprintln!("synthetic: hanging at step {step} (until killed)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    if s.leak_at_step == step && attempt <= s.leak_attempts {
+        eprintln!("synthetic: allocating host memory at step {step} (until killed)");
+        leak();
+    }
+}
+
+/// Takes host memory 64 MiB at a time, touching every page so that it is
+/// resident, until the kernel kills the process.
+fn leak() -> ! {
+    const CHUNK: usize = 64 << 20;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(vec![1u8; CHUNK]);
+        std::hint::black_box(&held);
+    }
 }
 
 fn fail(

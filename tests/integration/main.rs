@@ -5,6 +5,7 @@ mod util;
 mod adapters;
 mod architecture;
 mod bench;
+mod chaos;
 mod expansion;
 mod experiments;
 mod model_cli;

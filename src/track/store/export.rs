@@ -1,6 +1,8 @@
 //! `palisweep export-metrics SWEEP --format csv|jsonl`: a sweep's `metrics`
 //! rows, one per line, streamed to any writer. A NaN value is written as an
-//! empty CSV field or JSON `null`.
+//! empty CSV field or JSON `null`. Every row is written, also the steps a
+//! resumed attempt ran again; `in_curve` marks the rows that make each
+//! trial's curves (one per step: filter on it to plot).
 
 use std::io::Write;
 use std::str::FromStr;
@@ -26,7 +28,7 @@ impl FromStr for ExportFormat {
     }
 }
 
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 9] = [
     "sweep",
     "trial_id",
     "attempt",
@@ -35,6 +37,7 @@ const COLUMNS: [&str; 8] = [
     "name",
     "value",
     "wall_time",
+    "in_curve",
 ];
 
 /// Writes the metrics of `sweep` (a name or id prefix); returns the number
@@ -73,6 +76,7 @@ fn write_csv(out: &mut impl Write, row: &MetricRow<'_>) -> std::io::Result<()> {
         csv_field(row.name),
         row.value.map(|v| v.to_string()).unwrap_or_default(),
         row.wall_time.to_string(),
+        row.in_curve.to_string(),
     ];
     writeln!(out, "{}", fields.join(","))
 }

@@ -40,7 +40,9 @@
 //! pass through [`redact_text`] / [`redact_json`] first.
 
 mod export;
+mod liveness;
 mod query;
+mod recorded;
 mod schema;
 mod scrub;
 mod sink;
@@ -56,6 +58,7 @@ pub use query::{
     ArtifactRow, AttemptRow, EnvironmentRow, Failure, MetricPoint, MetricRow, MetricSummary,
     RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow, varying_keys,
 };
+pub use recorded::RecordedAttempts;
 pub use schema::SCHEMA_VERSION;
 pub use scrub::{REDACTED, redact_json, redact_text};
 pub use sink::StoreSink;

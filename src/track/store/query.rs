@@ -56,6 +56,9 @@ pub struct SweepRow {
     pub axes: Vec<String>,
     pub select_metric: String,
     pub counts: StateCounts,
+    /// Why `status` is not what the store recorded (a run that died).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl SweepRow {
@@ -234,6 +237,7 @@ fn sweep_from_row(row: &Row<'_>) -> rusqlite::Result<SweepRow> {
         axes: json_list(&row.get::<_, String>(10)?),
         select_metric: row.get(11)?,
         counts: StateCounts::default(),
+        note: None,
     })
 }
 
@@ -271,6 +275,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for sweep in &mut sweeps {
             sweep.counts = self.counts(&sweep.name)?;
+            self.settle_orphaned(sweep)?;
         }
         Ok(sweeps)
     }
@@ -700,8 +705,12 @@ impl Store {
         mut f: impl FnMut(&MetricRow<'_>) -> Result<(), StoreError>,
     ) -> Result<usize, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT trial_id, attempt, step, epoch, name, value, wall_time FROM metrics
-             WHERE sweep = ?1 ORDER BY trial_id, attempt, step, name",
+            "SELECT m.trial_id, m.attempt, m.step, m.epoch, m.name, m.value, m.wall_time,
+                    EXISTS (SELECT 1 FROM own_metrics o
+                             WHERE o.trial_id = m.trial_id AND o.sweep = m.sweep
+                               AND o.attempt = m.attempt AND o.step = m.step AND o.name = m.name)
+             FROM metrics m
+             WHERE m.sweep = ?1 ORDER BY m.trial_id, m.attempt, m.step, m.name",
         )?;
         let mut rows = stmt.query([sweep])?;
         let mut n = 0;
@@ -717,6 +726,7 @@ impl Store {
                 name: &name,
                 value: r.get(5)?,
                 wall_time: r.get(6)?,
+                in_curve: r.get(7)?,
             })?;
             n += 1;
         }
@@ -740,6 +750,10 @@ pub struct MetricRow<'a> {
     pub name: &'a str,
     pub value: Option<f64>,
     pub wall_time: f64,
+    /// Whether the row is its trial's point at this step: false for a step
+    /// that a later attempt of the trial ran again after resuming, and for
+    /// a rerun's rows (see `schema::create_own_views`).
+    pub in_curve: bool,
 }
 
 /// The parameters whose value differs between `trials` (or that some lack).

@@ -198,6 +198,11 @@ pub(super) fn get_opt_u64(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<u6
 /// the trial's row), so "own" is every attempt up to it; every query of a
 /// trial's results reads these, not the tables. Temporary, so they need no
 /// migration and work on read-only connections.
+///
+/// A curve has one point per step: an attempt that resumed from step `r`
+/// (`resumed_from`) ran every step after `r` again, so an earlier attempt's
+/// rows past `r` (reported before a kill, after the last checkpoint) are
+/// not its points. They stay in `metrics`, as the trial folder has them.
 pub(super) fn create_own_views(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TEMP VIEW IF NOT EXISTS own_attempts AS
@@ -207,7 +212,12 @@ pub(super) fn create_own_views(conn: &Connection) -> rusqlite::Result<()> {
          CREATE TEMP VIEW IF NOT EXISTS own_metrics AS
            SELECT m.* FROM main.metrics m
              JOIN main.trials t ON t.sweep = m.sweep AND t.id = m.trial_id
-            WHERE m.attempt <= t.attempt;",
+            WHERE m.attempt <= t.attempt
+              AND NOT EXISTS (
+                SELECT 1 FROM main.attempts later
+                 WHERE later.sweep = m.sweep AND later.trial_id = m.trial_id
+                   AND later.attempt > m.attempt AND later.attempt <= t.attempt
+                   AND later.resumed_from < m.step);",
     )
 }
 

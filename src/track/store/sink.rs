@@ -570,6 +570,7 @@ fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Crashed => "crashed",
         AttemptOutcome::TimedOut => "timed_out",
         AttemptOutcome::Stalled => "stalled",
+        AttemptOutcome::OrchestratorLost => "orchestrator_lost",
         AttemptOutcome::Stopped => "stopped",
         AttemptOutcome::Pruned => "pruned",
     }

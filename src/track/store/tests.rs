@@ -97,6 +97,7 @@ fn worker(id: &str, attempt: u32, time: f64, event: WorkerEvent) -> SweepEvent {
         trial: id.into(),
         attempt,
         line: Envelope {
+            written_by: None,
             v: PROTOCOL_VERSION,
             time,
             event,

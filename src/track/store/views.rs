@@ -33,8 +33,14 @@ pub struct ShowView {
 /// recently started one.
 pub fn status(store: &Store, sweep: Option<&str>) -> Result<StatusView, StoreError> {
     let sweep = store.sweep_or_latest(sweep)?;
+    // A sweep whose run died has nothing running, whatever the rows say.
+    let running = if sweep.note.is_some() {
+        Vec::new()
+    } else {
+        store.running(&sweep.name)?
+    };
     Ok(StatusView {
-        running: store.running(&sweep.name)?,
+        running,
         failures: store.failures(&sweep.name)?,
         sweep,
     })
@@ -67,6 +73,9 @@ impl StatusView {
                 .map(|e| format!(", ended {}", timestamp(e)))
                 .unwrap_or_default()
         );
+        if let Some(note) = &s.note {
+            let _ = writeln!(out, "  {note}");
+        }
         let _ = writeln!(
             out,
             "trials {}/{}: {} queued, {} running, {} finished, {} failed, {} pruned, {} interrupted",

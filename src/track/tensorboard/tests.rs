@@ -85,6 +85,7 @@ fn worker(trial: &str, attempt: u32, time: f64, event: WorkerEvent) -> SweepEven
         trial: trial.into(),
         attempt,
         line: Envelope {
+            written_by: None,
             v: PROTOCOL_VERSION,
             time,
             event,
