@@ -167,6 +167,9 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
             });
         }
     }
+    for event in &reconciled.trial_ends {
+        fanout.send(event);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,7 +241,8 @@ fn reconcile_folders(loaded: &LoadedSpec, prepared: &PreparedSweep) -> anyhow::R
     wait_for_workers(&folders, orphan_grace() + Duration::from_secs(15))?;
     let store = ResultsRoot::new(&loaded.results).store();
     let recorded = if store.is_file() {
-        Store::open_read_only(&store)?.recorded_attempts(&prepared.sweep.name)?
+        // Opened for writing: a store that lost a table gets it back here.
+        Store::open(&store)?.recorded_attempts(&prepared.sweep.name)?
     } else {
         RecordedAttempts::default()
     };

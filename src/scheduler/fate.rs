@@ -9,6 +9,7 @@ use super::queue::{QueuedTrial, Summary};
 use super::trial_record::{self, AttemptRecord};
 use crate::events::event::{AttemptOutcome, Counts, SweepEvent, SweepStatus, TrialStatus, now};
 use crate::events::fanout::{Fanout, FanoutSender};
+use crate::layout::TrialDir;
 use crate::worker::contract::WorkerExit;
 use crate::worker::protocol::FailureKind;
 
@@ -360,26 +361,35 @@ pub fn tail_text(tail: &[String]) -> String {
 
 /// Reports the files a finished trial left: adapters, events, log.
 fn send_artifacts(fanout: &FanoutSender, q: &QueuedTrial) {
+    for event in artifact_events(&q.info.id, &q.dir) {
+        fanout.send(&event);
+    }
+}
+
+/// A finished trial's files as `Artifact` events: its adapters (hashed),
+/// its events and its log.
+pub fn artifact_events(trial: &str, dir: &TrialDir) -> Vec<SweepEvent> {
     let adapter = |dir: PathBuf| dir.join("adapter_model.safetensors");
     let files = [
-        ("final", adapter(q.dir.final_adapter()), true),
-        ("best", adapter(q.dir.best_adapter()), true),
-        ("events", q.dir.events(), false),
-        ("log", q.dir.log(), false),
+        ("final", adapter(dir.final_adapter()), true),
+        ("best", adapter(dir.best_adapter()), true),
+        ("events", dir.events(), false),
+        ("log", dir.log(), false),
     ];
-    for (kind, path, hash) in files {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        let sha256 = hash.then(|| sha256_file(&path)).flatten();
-        fanout.send(&SweepEvent::Artifact {
-            trial: q.info.id.clone(),
-            kind: kind.into(),
-            path: path.display().to_string(),
-            bytes: meta.len(),
-            sha256,
-        });
-    }
+    files
+        .into_iter()
+        .filter_map(|(kind, path, hash)| {
+            let meta = std::fs::metadata(&path).ok()?;
+            let sha256 = hash.then(|| sha256_file(&path)).flatten();
+            Some(SweepEvent::Artifact {
+                trial: trial.to_owned(),
+                kind: kind.into(),
+                path: path.display().to_string(),
+                bytes: meta.len(),
+                sha256,
+            })
+        })
+        .collect()
 }
 
 fn sha256_file(path: &std::path::Path) -> Option<String> {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::prepare::RunError;
 use super::trial_record::{self, AttemptRecord};
-use crate::events::event::{AttemptOutcome, SweepEvent};
+use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus};
 use crate::jsonl::{self, TornLine};
 use crate::layout::TrialDir;
 use crate::track::store::RecordedAttempts;
@@ -88,6 +88,9 @@ pub struct Reconciled {
     /// Trials whose start was sent again (their recorded state must be
     /// sent after these events, which mark them running).
     pub restarted: BTreeSet<String>,
+    /// For restarted trials that had finished: their end and files, to
+    /// send after their recorded state.
+    pub trial_ends: Vec<SweepEvent>,
     /// Attempts closed now, by trial.
     pub closed: Vec<(String, u32, AttemptOutcome)>,
     /// Torn last lines cut off.
@@ -154,7 +157,7 @@ fn closing(lines: &[&Line]) -> (AttemptOutcome, Option<i32>, String) {
         AttemptOutcome::OrchestratorLost,
         None,
         format!(
-            "orchestrator lost: the `palisweep run` that started this worker died, and the worker ended {reached} without its scheduler"
+            "the `palisweep run` that started this worker died, and the worker ended {reached} without it"
         ),
     )
 }
@@ -209,13 +212,42 @@ pub fn reconcile(trials: &[TrialFolder], store: &RecordedAttempts) -> Reconciled
             }
         }
         records.sort_by_key(|r| r.attempt);
+        let mut last_end = None;
         for record in records {
             let own = by_attempt.remove(&record.attempt).unwrap_or_default();
             let record = close_if_open(trial, record, &own, &mut out);
+            last_end = record.end.zip(record.outcome);
             backfill(trial, &record, &own, store, &mut out);
+        }
+        if out.restarted.contains(&trial.id) {
+            end_again(trial, last_end, &mut out);
         }
     }
     out
+}
+
+/// A trial that had finished (or was pruned) and whose attempts were sent
+/// again: its end, and a finished one's files.
+fn end_again(trial: &TrialFolder, last: Option<(f64, AttemptOutcome)>, out: &mut Reconciled) {
+    let Some((time, outcome)) = last else {
+        return;
+    };
+    let status = match (trial_record::finished(&trial.dir), outcome) {
+        (Some(_), _) => TrialStatus::Finished,
+        (None, AttemptOutcome::Pruned) => TrialStatus::Pruned,
+        _ => return,
+    };
+    out.trial_ends.push(SweepEvent::TrialEnded {
+        trial: trial.id.clone(),
+        status,
+        reason: None,
+        best_metric: trial_record::finished(&trial.dir).flatten(),
+        time,
+    });
+    if status == TrialStatus::Finished {
+        out.trial_ends
+            .extend(super::fate::artifact_events(&trial.id, &trial.dir));
+    }
 }
 
 /// An attempt's start as its worker's `started` line tells it.

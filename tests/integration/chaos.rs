@@ -664,3 +664,100 @@ fn a_worker_the_oom_killer_ends_is_out_of_memory_and_retried_with_half_the_batch
     assert_eq!(second["batch_size"], 4, "the back-off halved the batch");
     drop(cgroup);
 }
+
+/// Runs SQL on a store with Python's `sqlite3` (the tests have no SQLite
+/// client of their own; `python3` is a prerequisite of the setup).
+fn sql(store: &Path, statement: &str) {
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(store)
+        .arg(statement)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{statement}");
+}
+
+#[test]
+fn a_store_that_loses_a_table_or_its_file_is_rebuilt_from_the_trial_folders() {
+    const STEPS: u64 = 60;
+    let test = Test::new().spec(&spec(&format!(
+        "[synthetic]\nsteps = {STEPS}\nstep_ms = 30\n\
+         [sweep.axes]\n\"train.lr\" = [1e-5, 1e-4]\n"
+    )));
+    let env = [("PALISWEEP_ORPHAN_GRACE", GRACE)];
+    let store = test.path().join("results/palisweep.sqlite");
+    let child = spawn_run(&test, "results", &env);
+    wait_for_steps(&test, "c", 2, 5);
+    sql(&store, "DROP TABLE metrics;");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The trials finished, but the run must not pass for a full record.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&store.display().to_string()), "{stderr}");
+    assert!(stderr.contains("were not all recorded"), "{stderr}");
+
+    let (code, stderr) = run_to_end(&test, "results", &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("lacked metrics"), "{stderr}");
+    check_agreement(&test, "results", None, Some(STEPS));
+
+    // Without its store at all, the sweep's record comes back whole.
+    std::fs::remove_file(&store).unwrap();
+    let _ = std::fs::remove_file(store.with_extension("sqlite-wal"));
+    let _ = std::fs::remove_file(store.with_extension("sqlite-shm"));
+    let (code, stderr) = run_to_end(&test, "results", &env);
+    assert_eq!(code, 0, "{stderr}");
+    check_agreement(&test, "results", None, Some(STEPS));
+    let status = status(&test, "results");
+    assert_eq!(status["sweep"]["counts"]["finished"], 2, "{status}");
+    for dir in trial_dirs(&test, "c") {
+        let query = format!("c/{}", trial_id(&dir));
+        let show = palisweep(&test, &["show", &query, "--results", "results", "--json"]).json();
+        let kinds: BTreeSet<&str> = show["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains("events") && kinds.contains("log"), "{show}");
+        assert!(show["trial"]["best_metric"].is_number(), "{show}");
+    }
+}
+
+#[test]
+fn a_torn_last_line_is_dropped_with_a_warning_and_never_glued_to_the_next() {
+    const STEPS: u64 = 40;
+    let test = Test::new().spec(&spec(&format!(
+        "[synthetic]\nsteps = {STEPS}\nstep_ms = 30\n"
+    )));
+    let env = [("PALISWEEP_ORPHAN_GRACE", GRACE)];
+    let child = spawn_run(&test, "results", &env);
+    wait_for_steps(&test, "c", 1, 5);
+    signal(&child, Signal::SIGKILL);
+    drop(child.wait_with_output());
+    wait_until_no_process_under(test.path(), Duration::from_secs(20), "after the kill");
+    let dir = trial_dirs(&test, "c").remove(0);
+    for file in ["events.jsonl", "attempts.jsonl"] {
+        let mut text = std::fs::read_to_string(dir.join(file)).unwrap();
+        text.push_str("{\"v\":1,\"time\":17");
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let (code, stderr) = run_to_end(&test, "results", &env);
+    assert_eq!(code, 0, "{stderr}");
+    for file in ["events.jsonl", "attempts.jsonl"] {
+        assert!(
+            stderr.contains(&format!("{file}: dropped a torn last line (16 bytes)")),
+            "{stderr}"
+        );
+        // Every line is whole JSON: the cut line glued onto nothing.
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("{file}: {e}: {line}"));
+        }
+    }
+    check_agreement(&test, "results", None, Some(STEPS));
+}

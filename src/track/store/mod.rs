@@ -179,6 +179,14 @@ impl Store {
             .map_err(at)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn, path, SCHEMA_VERSION)?;
+        let restored = schema::restore_missing(&conn)?;
+        if !restored.is_empty() {
+            eprintln!(
+                "palisweep: the store {} lacked {} (dropped?): recreated empty; `palisweep run` fills them again from the trial folders",
+                path.display(),
+                restored.join(", ")
+            );
+        }
         schema::create_own_views(&conn).map_err(at)?;
         Ok(Store {
             conn,

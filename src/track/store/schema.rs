@@ -171,6 +171,38 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path, target: u32) -> Result
     Ok(())
 }
 
+/// Recreates tables and indexes of the current schema that are missing
+/// from a store at the current version (dropped by hand, say), empty, in
+/// their current shape (taken from a fresh in-memory store: `SQLite`
+/// keeps each table's `CREATE` statement up to date through `ALTER TABLE`).
+/// Returns their names. The rows come back from the trial folders on the
+/// next `run` (`scheduler/reconcile.rs`).
+pub(super) fn restore_missing(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut fresh = Connection::open_in_memory()?;
+    migrate(&mut fresh, Path::new(":memory:"), SCHEMA_VERSION)?;
+    let mut wanted = fresh.prepare(
+        "SELECT name, sql FROM sqlite_master
+          WHERE type IN ('table', 'index') AND sql IS NOT NULL
+          ORDER BY type DESC, name",
+    )?;
+    let objects: Vec<(String, String)> = wanted
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut restored = Vec::new();
+    for (name, sql) in objects {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
+            [&name],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&sql)?;
+            restored.push(name);
+        }
+    }
+    Ok(restored)
+}
+
 /// A `u64` bound as an INTEGER (rusqlite maps `u64` only with its
 /// `fallible_uint` feature): saturates at `i64::MAX`, which no count,
 /// step or byte size reaches.
