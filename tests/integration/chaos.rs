@@ -741,9 +741,9 @@ fn a_torn_last_line_is_dropped_with_a_warning_and_never_glued_to_the_next() {
     wait_until_no_process_under(test.path(), Duration::from_secs(20), "after the kill");
     let dir = trial_dirs(&test, "c").remove(0);
     for file in ["events.jsonl", "attempts.jsonl"] {
-        let mut text = std::fs::read_to_string(dir.join(file)).unwrap();
-        text.push_str("{\"v\":1,\"time\":17");
-        std::fs::write(dir.join(file), text).unwrap();
+        let mut torn = std::fs::read_to_string(dir.join(file)).unwrap();
+        torn.push_str("{\"v\":1,\"time\":17");
+        std::fs::write(dir.join(file), torn).unwrap();
     }
     let (code, stderr) = run_to_end(&test, "results", &env);
     assert_eq!(code, 0, "{stderr}");
@@ -753,8 +753,8 @@ fn a_torn_last_line_is_dropped_with_a_warning_and_never_glued_to_the_next() {
             "{stderr}"
         );
         // Every line is whole JSON: the cut line glued onto nothing.
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        for line in text.lines() {
+        let repaired = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in repaired.lines() {
             serde_json::from_str::<serde_json::Value>(line)
                 .unwrap_or_else(|e| panic!("{file}: {e}: {line}"));
         }
