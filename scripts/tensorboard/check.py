@@ -69,6 +69,13 @@ def parse_args():
         help="a trial's session status (STATUS_SUCCESS, ...)",
     )
     p.add_argument(
+        "--expect-hparam",
+        action="append",
+        default=[],
+        metavar="TRIAL:TAG=VALUE",
+        help="the metric value the HParams table shows for a trial",
+    )
+    p.add_argument(
         "--expect-scalar",
         action="append",
         default=[],
@@ -161,6 +168,16 @@ def in_process(args):
         check(trial in sessions, f"no session {trial}")
         got_status = api_pb2.Status.Name(sessions[trial][0].status)
         check(got_status == status, f"{trial}: status {got_status}, expected {status}")
+    for expectation in args.expect_hparam:
+        key, value = expectation.split("=")
+        trial, tag = key.split(":", 1)
+        check(trial in sessions, f"no session {trial}")
+        shown = {m.name.tag: m.value for m in sessions[trial][0].metric_values}
+        got_value = shown.get(tag)
+        check(
+            got_value is not None and math.isclose(got_value, float(value), rel_tol=1e-6),
+            f"{trial}: HParams shows {tag} = {got_value}, expected {value}",
+        )
     for expectation in args.expect_scalar:
         key, value = expectation.split("=")
         trial, tag, step = key.rsplit(":", 2)
@@ -244,6 +261,19 @@ def serve(args, trials, metric_tags, load_fast):
         for expectation in args.expect_status:
             trial, status = expectation.split("=")
             check(statuses.get(trial) == status, f"load_fast={load_fast}: {trial} is {statuses.get(trial)}")
+        shown = {
+            s["name"]: {m["name"]["tag"]: m.get("value") for m in s.get("metricValues", [])}
+            for g in groups.get("sessionGroups", [])
+            for s in g["sessions"]
+        }
+        for expectation in args.expect_hparam:
+            key, value = expectation.split("=")
+            trial, tag = key.split(":", 1)
+            got_value = shown.get(trial, {}).get(tag)
+            check(
+                got_value is not None and math.isclose(got_value, float(value), rel_tol=1e-6),
+                f"load_fast={load_fast}: {trial}: HParams shows {tag} = {got_value}, expected {value}",
+            )
         for expectation in args.expect_scalar:
             key, value = expectation.split("=")
             trial, tag, step = key.rsplit(":", 2)

@@ -147,17 +147,7 @@ pub fn run(
             truncated: 0,
         })?;
         if step.is_multiple_of(5) || step == s.steps {
-            let val = loss_at(spec, step, 1) + 0.05;
-            events.emit(WorkerEvent::Eval {
-                step,
-                epoch: 0,
-                split: "valid".into(),
-                metrics: BTreeMap::from([("val/loss".to_owned(), val)]),
-                truncated: 0,
-            })?;
-            if progress.best.is_none_or(|best| val < best) {
-                progress.best = Some(val);
-            }
+            evaluate(spec, step, ctx.trial, &mut progress, events)?;
         }
         progress.step = step;
         save(&path, &progress)?;
@@ -172,6 +162,41 @@ pub fn run(
     Ok(SyntheticEnd::Finished {
         steps: progress.step,
     })
+}
+
+/// Validation at `step`; a better `val/loss` is the new best, announced as
+/// the real trainer does (a `checkpoint` event with `best`, after the
+/// `eval`), with a stand-in `best/` folder.
+fn evaluate(
+    spec: &Spec,
+    step: u64,
+    trial: &TrialDir,
+    progress: &mut Progress,
+    events: &mut EventWriter,
+) -> std::io::Result<()> {
+    let val = loss_at(spec, step, 1) + 0.05;
+    events.emit(WorkerEvent::Eval {
+        step,
+        epoch: 0,
+        split: "valid".into(),
+        metrics: BTreeMap::from([("val/loss".to_owned(), val)]),
+        truncated: 0,
+    })?;
+    if progress.best.is_none_or(|best| val < best) {
+        progress.best = Some(val);
+        let best = trial.best_adapter();
+        std::fs::create_dir_all(&best)?;
+        std::fs::write(
+            best.join("synthetic.json"),
+            format!("{{\"step\": {step}, \"val/loss\": {val}}}\n"),
+        )?;
+        events.emit(WorkerEvent::Checkpoint {
+            step,
+            path: best.display().to_string(),
+            best: true,
+        })?;
+    }
+    Ok(())
 }
 
 /// The failures that never return: a hang, a leak until the kernel kills it.

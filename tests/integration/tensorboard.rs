@@ -39,8 +39,8 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
         "[experiment]\nname = \"tb\"\n\
          [data]\npath = \"generated:json\"\n\
          [model]\ncheckpoint = \"tiny\"\n\
-         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
-         [synthetic]\nsteps = 4\nstep_ms = 5\ncrash_at_step = 3\n\
+         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\nlr = 1e-3\n\
+         [synthetic]\nsteps = 40\nstep_ms = 5\ncrash_at_step = 3\n\
          [sweep.axes]\n\"synthetic.crash_attempts\" = [0, 9]\n\
          [resources]\nretries = 0\n",
     );
@@ -90,9 +90,25 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
                 "--expect-scalar={id}:train/loss:2={}",
                 loss["value"]
             ));
+            // HParams shows the trial's score (the store's best, as the
+            // report ranks it) and, under the metric's own name, its last.
+            let best = show["trial"]["best_metric"].as_f64().unwrap();
+            let last = rows
+                .iter()
+                .filter(|r| r["trial_id"] == id.as_str() && r["name"] == "val/loss")
+                .max_by_key(|r| r["step"].as_u64().unwrap())
+                .unwrap()["value"]
+                .as_f64()
+                .unwrap();
+            assert!(
+                best < last,
+                "the sweep must tell best ({best}) from last ({last})"
+            );
+            expectations.push(format!("--expect-hparam={id}:best/val/loss={best}"));
+            expectations.push(format!("--expect-hparam={id}:val/loss={last}"));
         }
     }
-    assert_eq!(expectations.len(), 3, "{expectations:?}");
+    assert_eq!(expectations.len(), 5, "{expectations:?}");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard/check.py");
     let out = Command::new(python)

@@ -635,14 +635,15 @@ fn exports_write_quoted_csv_and_jsonl() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "sweep,trial_id,attempt,step,epoch,name,value,wall_time"
+        "sweep,trial_id,attempt,step,epoch,name,value,wall_time,in_curve"
     );
+    assert!(lines[1].ends_with(",true"), "{}", lines[1]);
     assert_eq!(lines.len(), 9);
     assert!(
-        lines.contains(&"\"a,\"\"b\"\"\",aaa111aaa111,1,1,0,train/loss,,1700000001.5"),
+        lines.contains(&"\"a,\"\"b\"\"\",aaa111aaa111,1,1,0,train/loss,,1700000001.5,true"),
         "{csv}"
     );
-    assert!(lines.contains(&"\"a,\"\"b\"\"\",aaa111aaa111,1,1,0,val/field_f1,0.5,1700000002"));
+    assert!(lines.contains(&"\"a,\"\"b\"\"\",aaa111aaa111,1,1,0,val/field_f1,0.5,1700000002,true"));
 
     let mut jsonl = Vec::new();
     export_metrics(store, "a,\"b\"", ExportFormat::Jsonl, &mut jsonl).unwrap();

@@ -8,6 +8,11 @@
 //! the values the trials take, and the metrics), written when the sweep ends
 //! or the sink closes.
 //!
+//! A trial's score is `best/<eval.select>`: the selection metric's value at
+//! each step where the worker kept a new best checkpoint, so the `HParams`
+//! table (which shows each tag's last value) shows the best, as the store
+//! and the report rank trials; the metric's own tag shows its last value.
+//!
 //! TensorBoard keeps the first summary it reads under a tag in a run, so the
 //! hparams files are rewritten rather than appended to: a resumed trial's
 //! start keeps its first start time, its stale end is removed until it ends
@@ -67,6 +72,17 @@ struct Trial {
     ended: bool,
     /// The open scalar file and the attempt it is for.
     scalars: Option<(u32, EventFile)>,
+    /// The selection metric's latest validation value and its step: what a
+    /// `checkpoint` event with `best` at that step made the best.
+    last_select: Option<(u64, f64)>,
+}
+
+/// The tag of a trial's score: the best value of `eval.select` so far, the
+/// one its `best/` checkpoint has (what the store's `best_metric`, `show`,
+/// `status` and the report give). The `HParams` table shows it first; the
+/// selection metric's own tag keeps its last value.
+pub fn best_tag(select_metric: &str) -> String {
+    format!("best/{select_metric}")
 }
 
 impl TensorBoardSink {
@@ -176,9 +192,18 @@ impl TensorBoardSink {
 
     fn worker(&mut self, trial: &str, attempt: u32, line: &Envelope) -> Result<(), SinkError> {
         let (step, metrics) = match &line.event {
-            WorkerEvent::Step { step, metrics, .. } | WorkerEvent::Eval { step, metrics, .. } => {
+            WorkerEvent::Step { step, metrics, .. } => (*step, metrics),
+            WorkerEvent::Eval { step, metrics, .. } => {
+                let select = self.sweep()?.select_metric.clone();
+                if let Some(value) = metrics.get(&select) {
+                    self.trials.entry(trial.to_owned()).or_default().last_select =
+                        Some((*step, *value));
+                }
                 (*step, metrics)
             }
+            WorkerEvent::Checkpoint {
+                step, best: true, ..
+            } => return self.best(trial, attempt, *step, line.time),
             _ => return Ok(()),
         };
         if metrics.is_empty() {
@@ -197,6 +222,29 @@ impl TensorBoardSink {
                 self.metrics.insert(tag.clone());
                 self.experiment_stale = true;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the trial's score at `step`, where its worker kept a new best
+    /// checkpoint.
+    fn best(&mut self, trial: &str, attempt: u32, step: u64, time: f64) -> Result<(), SinkError> {
+        let Some((at, value)) = self.trials.get(trial).and_then(|t| t.last_select) else {
+            return Ok(());
+        };
+        if at != step {
+            return Ok(());
+        }
+        let tag = best_tag(&self.sweep()?.select_metric);
+        let event = Event::scalars(
+            time,
+            i64::try_from(step).unwrap_or(i64::MAX),
+            [(tag.as_str(), value)],
+        );
+        let file = self.scalars(trial, attempt, time)?;
+        file.write(&event).map_err(|e| io_error(file.path(), &e))?;
+        if self.metrics.insert(tag) {
+            self.experiment_stale = true;
         }
         Ok(())
     }
@@ -352,10 +400,11 @@ impl TensorBoardSink {
                 HParamInfo::from_values(&name, &values)
             })
             .collect();
+        let best = best_tag(&sweep.select_metric);
         let mut tags: Vec<&String> = self
             .metrics
             .iter()
-            .filter(|t| **t != sweep.select_metric)
+            .filter(|t| **t != sweep.select_metric && **t != best)
             .collect();
         tags.sort_by_key(|t| {
             let rank = ["val/", "test/", "train/", "perf/"]
@@ -364,8 +413,9 @@ impl TensorBoardSink {
                 .unwrap_or(4);
             (rank, t.as_str())
         });
-        let metrics = std::iter::once(&sweep.select_metric)
-            .filter(|t| !t.is_empty())
+        let metrics = [&best, &sweep.select_metric]
+            .into_iter()
+            .filter(|t| !sweep.select_metric.is_empty() && !t.is_empty())
             .chain(tags)
             .map(|t| MetricInfo::for_tag(t))
             .collect();

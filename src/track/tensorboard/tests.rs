@@ -411,9 +411,11 @@ fn every_scalar_and_the_hparams_summaries_are_written_and_read_back() {
     );
     assert!(e.hparams.iter().all(|h| h.differs));
     let tags: Vec<_> = e.metrics.iter().map(|m| m.tag.as_str()).collect();
-    assert_eq!(tags.len(), 6 + 10 + 10);
-    assert_eq!(tags[0], "val/field_f1");
-    assert_eq!(tags[1], "val/cer");
+    // The score (best so far) first, then the selection metric's last value.
+    assert_eq!(tags.len(), 1 + 6 + 10 + 10);
+    assert_eq!(tags[0], "best/val/field_f1");
+    assert_eq!(tags[1], "val/field_f1");
+    assert_eq!(tags[2], "val/cer");
     assert!(tags.contains(&"test/map50_95"));
     assert!(tags.contains(&"perf/peak_memory_bytes"));
     assert_eq!(tags.last(), Some(&"perf/tokens_per_s"));
@@ -515,7 +517,11 @@ fn a_second_sweep_through_one_sink_finishes_the_first() {
     assert_eq!(experiment(first.path()).hparams.len(), 3);
     let e = experiment(second.path());
     assert!(e.hparams.is_empty());
-    assert_eq!(e.metrics.len(), 1, "only the selection metric");
+    assert_eq!(
+        e.metrics.len(),
+        2,
+        "only the score and the selection metric"
+    );
 }
 
 /// Writes the demo sweep's logs (both runs) under `$PALISWEEP_TB_DEMO`, for
