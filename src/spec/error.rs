@@ -73,8 +73,6 @@ pub enum SpecError {
         column: usize,
         message: String,
     },
-    #[error("{}: `extends` forms a cycle through {}", path.display(), via.display())]
-    ExtendsCycle { path: PathBuf, via: PathBuf },
     #[error(
         "invalid `{raw}`: {message}\n  help: write --set key=value, e.g. --set train.lr=3e-5 or --set 'sweep.axes.\"train.lr\"=[1e-5, 3e-5]'"
     )]

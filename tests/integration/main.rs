@@ -9,6 +9,7 @@ mod expansion;
 mod experiments;
 mod model_cli;
 mod plan;
+mod reliability_input;
 mod report;
 mod rerun;
 mod scheduler;

@@ -1,0 +1,101 @@
+//! Bad flags and specs that used to crash, hang or allocate without bound
+//! (issue #17): each is now an error that names what to fix, exits 2 and
+//! writes nothing; and a reader closing stdout early ends a command quietly.
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{BIN, Output, Test};
+
+/// A synthetic sweep (no model): trials take milliseconds.
+const SYNTHETIC: &str = "[experiment]\nname = \"s\"\n\
+    [data]\npath = \"generated:json\"\n\
+    [model]\ncheckpoint = \"tiny\"\n\
+    [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
+    [synthetic]\nsteps = 2\nstep_ms = 1\n";
+
+/// Runs `palisweep ARGS` in the test folder, killing it after `limit`: the
+/// defects here hung or grew memory until the machine gave out.
+fn run_within(test: &Test, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(test.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain both pipes on threads so that a chatty child cannot block.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("palisweep {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+#[test]
+fn extends_cycles_of_two_and_three_files_are_errors() {
+    let two = Test::new()
+        .file("a.toml", "extends = \"b.toml\"\n")
+        .file("b.toml", "extends = \"a.toml\"\n[train]\nepochs = 1\n");
+    run_within(
+        &two,
+        &["plan", "a.toml", "--devices", "cuda:1x80GiB"],
+        Duration::from_secs(60),
+    )
+    .code(2)
+    .stderr_has("b.toml:1:1: `extends`")
+    .stderr_has("a.toml extends b.toml extends a.toml")
+    .stderr_has("help: remove `extends`");
+
+    // Spelled differently (`./a.toml`), it is the same file.
+    let three = Test::new()
+        .file("a.toml", "extends = \"b.toml\"\n")
+        .file("b.toml", "extends = \"c.toml\"\n")
+        .file("c.toml", "extends = \"./a.toml\"\n");
+    run_within(
+        &three,
+        &["plan", "a.toml", "--devices", "cuda:1x80GiB"],
+        Duration::from_secs(60),
+    )
+    .code(2)
+    .stderr_has("c.toml:1:1: `extends`")
+    .stderr_has("a.toml extends b.toml extends c.toml extends a.toml");
+
+    // A chain without a cycle still loads, the nearest file winning.
+    let chain = Test::new()
+        .file("a.toml", "[train]\nepochs = 3\n")
+        .file("b.toml", "extends = \"a.toml\"\n[train]\nepochs = 2\n")
+        .file("c.toml", "extends = \"b.toml\"\n");
+    let json = chain
+        .run_in(&["plan", "c.toml", "--json", "--devices", "cuda:1x80GiB"])
+        .code(0)
+        .json();
+    assert_eq!(json["trials"].as_array().unwrap().len(), 1);
+}
+
