@@ -99,3 +99,31 @@ fn extends_cycles_of_two_and_three_files_are_errors() {
     assert_eq!(json["trials"].as_array().unwrap().len(), 1);
 }
 
+#[test]
+fn cpu_slot_counts_above_the_limit_are_bad_input() {
+    let test = Test::new().spec(SYNTHETIC);
+    for devices in ["cpu:4294967295", "cpu:100000000", "cpu:1025"] {
+        let out = run_within(
+            &test,
+            &["plan", "spec.toml", "--devices", devices],
+            Duration::from_secs(60),
+        );
+        out.code(2)
+            .stderr_has(&format!("invalid --devices `{devices}`"))
+            .stderr_has("more than the limit of 1024");
+    }
+    // In the spec, the error names the key and its line.
+    let spec = format!("{SYNTHETIC}[resources]\ndevices = \"cpu:100000000\"\n");
+    run_within(
+        &Test::new().spec(&spec),
+        &["plan", "spec.toml"],
+        Duration::from_secs(60),
+    )
+    .code(2)
+    .stderr_has("spec.toml:15:1: `resources.devices`")
+    .stderr_has("more than the limit of 1024");
+    // The limit itself is fine.
+    test.run_in(&["plan", "spec.toml", "--devices", "cpu:1024"])
+        .code(0);
+}
+
