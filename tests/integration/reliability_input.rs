@@ -127,3 +127,24 @@ fn cpu_slot_counts_above_the_limit_are_bad_input() {
         .code(0);
 }
 
+#[test]
+fn kill_grace_must_be_a_finite_number_of_seconds() {
+    let test = Test::new().spec(SYNTHETIC);
+    for grace in ["NaN", "-5", "inf", "1e30"] {
+        let mut args = crate::util::run_args("fake-cuda:1x24GiB");
+        args.push(format!("--kill-grace={grace}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        test.run_in(&args)
+            .code(2)
+            .stderr_has(&format!("invalid value '{grace}' for '--kill-grace"))
+            .stderr_has("from 0 to 86400");
+        assert!(
+            !test.path().join("results").exists(),
+            "--kill-grace {grace} wrote the results folder"
+        );
+    }
+    test.run_in(&["attach", "s", "--kill-grace", "NaN"])
+        .code(2)
+        .stderr_has("--kill-grace");
+}
+
