@@ -148,3 +148,49 @@ fn kill_grace_must_be_a_finite_number_of_seconds() {
         .stderr_has("--kill-grace");
 }
 
+/// Seven axes of ten values: 10^7 trials.
+fn huge_grid() -> String {
+    let values = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+    format!(
+        "{SYNTHETIC}[sweep.axes]\n\"train.epochs\" = {values}\n\"train.batch_size\" = {values}\n\
+         \"train.grad_accum\" = {values}\n\"lora.r\" = {values}\n\"lora.alpha\" = {values}\n\
+         \"synthetic.steps\" = {values}\n\"synthetic.step_ms\" = {values}\n"
+    )
+}
+
+#[test]
+fn a_huge_grid_is_refused_before_it_is_built_even_with_yes() {
+    let test = Test::new().spec(&huge_grid());
+    let limit = Duration::from_secs(60);
+    run_within(
+        &test,
+        &["plan", "spec.toml", "--devices", "cuda:1x80GiB", "--yes"],
+        limit,
+    )
+    .code(2)
+    .stderr_has("spec.toml:14:8: `sweep.axes`")
+    .stderr_has("the sweep has 10000000 trials, more than palisweep expands in one sweep (10000), even with --yes")
+    .stderr_has("split the sweep");
+    let mut args = crate::util::run_args("fake-cuda:1x24GiB");
+    args.push("--yes".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_within(&test, &args, limit)
+        .code(2)
+        .stderr_has("10000000 trials");
+    assert!(!test.path().join("results").exists());
+
+    // Random search: the draws are counted the same way.
+    let random = Test::new().spec(&format!(
+        "{SYNTHETIC}[sweep]\nstrategy = \"random\"\nsamples = 4000000000\n\
+         [sweep.axes]\n\"train.lr\" = {{ loguniform = [1e-6, 1e-3] }}\n"
+    ));
+    run_within(
+        &random,
+        &["plan", "spec.toml", "--devices", "cuda:1x80GiB", "--yes"],
+        limit,
+    )
+    .code(2)
+    .stderr_has("spec.toml:16:1: `sweep.samples`")
+    .stderr_has("4000000000 trials");
+}
+
