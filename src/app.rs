@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
+use crate::commands::output::{self, out};
 use crate::error::exit_code;
 use crate::{commands, spec};
 
@@ -21,6 +22,8 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader stopped reading (`| head`): nothing went wrong here.
+        Err(error) if output::closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", render(&error));
             ExitCode::from(exit_code(&error))
@@ -46,7 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(args) => commands::plan::run(args),
         Command::Defaults => {
-            print!("{}", spec::DEFAULTS_TOML);
+            out!("{}", spec::DEFAULTS_TOML)?;
             Ok(())
         }
         Command::Fetch(args) => commands::fetch::run(args),

@@ -6,6 +6,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use crate::cli::{ExportMetricsArgs, LsArgs, ReportArgs, ShowArgs, StatusArgs};
 use crate::devices::grammar::parse_bytes;
 use crate::layout::ResultsRoot;
@@ -18,8 +19,8 @@ fn open(results: &std::path::Path) -> anyhow::Result<Store> {
 
 fn print(text: &str, json: Option<serde_json::Value>) -> anyhow::Result<()> {
     match json {
-        Some(value) => println!("{}", serde_json::to_string_pretty(&value)?),
-        None => print!("{text}"),
+        Some(value) => outln!("{}", serde_json::to_string_pretty(&value)?)?,
+        None => out!("{text}")?,
     }
     Ok(())
 }
@@ -77,7 +78,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         metric: args.metric.clone(),
     };
     let paths = write_report(&open(&args.results)?, &args.sweep, &options)?;
-    println!("{}", paths.markdown.display());
-    println!("{}", paths.html.display());
+    outln!("{}", paths.markdown.display())?;
+    outln!("{}", paths.html.display())?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use crate::cli::PlanArgs;
 use crate::layout::ResultsRoot;
 use crate::plan::build::{SweepPlan, build};
@@ -38,13 +39,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                 trial["sbatch"] = serde_json::Value::String(line.clone());
             }
         }
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        print!("{}", render::to_table(&plan));
+        out!("{}", render::to_table(&plan))?;
         if slurm {
-            println!("\nSlurm: one job per trial (first attempt):");
+            outln!("\nSlurm: one job per trial (first attempt):")?;
             for (t, line) in plan.trials.iter().zip(&sbatch) {
-                println!("  {}: {line}", t.trial.id);
+                outln!("  {}: {line}", t.trial.id)?;
             }
         }
     }

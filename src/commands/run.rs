@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::output::{OutputError, outln};
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::events::event::{EventSink, SweepEvent, SweepStatus, TrialStatus, now};
@@ -179,7 +180,13 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         eprintln!("palisweep: {error}");
     }
     drop(prepared.lock);
-    print_summary(&summary, &prepared.sweep.name, &loaded.results);
+    // The exit code says how the sweep went, whether or not anyone still
+    // reads the summary (a closed pipe is no failure).
+    if let Err(OutputError::Io(error)) =
+        print_summary(&summary, &prepared.sweep.name, &loaded.results)
+    {
+        eprintln!("palisweep: {error}");
+    }
     Ok(match summary.status {
         SweepStatus::Finished => ExitCode::SUCCESS,
         // Jobs left running: on purpose with --detach, else after Ctrl-C.
@@ -299,46 +306,51 @@ async fn forward_interrupts(tx: mpsc::UnboundedSender<()>) {
     }
 }
 
-fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
+fn print_summary(
+    summary: &Summary,
+    name: &str,
+    results: &std::path::Path,
+) -> Result<(), OutputError> {
     let c = &summary.counts;
-    println!(
+    outln!(
         "sweep `{name}` {}: {} finished, {} failed, {} pruned, {} interrupted",
         summary.status.as_str(),
         c.finished,
         c.failed,
         c.pruned,
         c.interrupted
-    );
+    )?;
     for (trial, reason) in &summary.failures {
-        println!("  failed {trial}: {}", reason.lines().next().unwrap_or(""));
+        outln!("  failed {trial}: {}", reason.lines().next().unwrap_or(""))?;
     }
     if !summary.left_running.is_empty() {
-        println!("{} Slurm job(s) left running:", summary.left_running.len());
+        outln!("{} Slurm job(s) left running:", summary.left_running.len())?;
         for (trial, job) in &summary.left_running {
-            println!("  job {job}: trial {trial}");
+            outln!("  job {job}: trial {trial}")?;
         }
-        println!(
+        outln!(
             "attach:      palisweep attach {name} --results {}",
             display_path(results)
-        );
+        )?;
     }
     let root = ResultsRoot::new(results);
     let sweep = root.sweep(name);
-    println!("results:     {}", display_path(sweep.path()));
-    println!("store:       {}", display_path(&root.store()));
-    println!(
+    outln!("results:     {}", display_path(sweep.path()))?;
+    outln!("store:       {}", display_path(&root.store()))?;
+    outln!(
         "tensorboard: tensorboard --logdir {}",
         display_path(&sweep.tensorboard())
-    );
-    println!(
+    )?;
+    outln!(
         "inspect:     palisweep status {name} --results {}",
         display_path(results)
-    );
-    println!(
+    )?;
+    outln!(
         "report:      palisweep report {name} --results {}",
         display_path(results)
-    );
+    )?;
     if summary.status == SweepStatus::Interrupted {
-        println!("resume:      run the same command again");
+        outln!("resume:      run the same command again")?;
     }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, Output, Test};
+use crate::util::{BIN, Output, Test, run_spec};
 
 /// A synthetic sweep (no model): trials take milliseconds.
 const SYNTHETIC: &str = "[experiment]\nname = \"s\"\n\
@@ -194,3 +194,59 @@ fn a_huge_grid_is_refused_before_it_is_built_even_with_yes() {
     .stderr_has("4000000000 trials");
 }
 
+/// Spawns `palisweep ARGS`, closes the reading end of its stdout at once,
+/// and returns its exit code and stderr.
+fn with_stdout_closed(test: &Test, args: &[&str]) -> (i32, String) {
+    let mut child = crate::util::spawn(test, args);
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let test = Test::new().spec(SYNTHETIC);
+    run_spec(&test, "fake-cuda:1x24GiB").code(0);
+    let trial = crate::util::trial_dirs(&test, "s")[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let show = format!("s/{trial}");
+    let commands: [&[&str]; 9] = [
+        &["status", "--results", "results", "--json"],
+        &["status", "--results", "results"],
+        &["ls", "--results", "results", "--json"],
+        &["show", &show, "--results", "results", "--json"],
+        &["show", &show, "--results", "results"],
+        &["export-metrics", "s", "--results", "results"],
+        &["plan", "spec.toml", "--devices", "cuda:1x80GiB", "--json"],
+        &["plan", "spec.toml", "--devices", "cuda:1x80GiB"],
+        &["defaults"],
+    ];
+    for args in commands {
+        let (code, stderr) = with_stdout_closed(&test, args);
+        assert_eq!(code, 0, "palisweep {args:?} exited {code}:\n{stderr}");
+        assert!(
+            stderr.is_empty(),
+            "palisweep {args:?} wrote to stderr:\n{stderr}"
+        );
+    }
+    // `run` keeps its own exit code: the sweep finished.
+    let (code, stderr) = with_stdout_closed(
+        &test,
+        &[
+            "run",
+            "spec.toml",
+            "--devices",
+            "fake-cuda:1x24GiB",
+            "--results",
+            "results",
+        ],
+    );
+    assert_eq!(code, 0, "run exited {code}:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
