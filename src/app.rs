@@ -7,6 +7,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 use crate::commands::output::{self, out};
 use crate::error::exit_code;
+use crate::secrets::redact_text;
 use crate::{commands, spec};
 
 /// The binary's whole `main`.
@@ -25,7 +26,8 @@ pub fn main() -> ExitCode {
         // The reader stopped reading (`| head`): nothing went wrong here.
         Err(error) if output::closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", render(&error));
+            // Errors quote values (flags, spec lines): none may echo a secret.
+            eprintln!("error: {}", redact_text(&render(&error)));
             ExitCode::from(exit_code(&error))
         }
     }

@@ -40,6 +40,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 Some(
                     RunError::Plan(_)
                         | RunError::MadeUpDevices { .. }
+                        | RunError::Redacted { .. }
                         | RunError::Slurm(SlurmError::Rejected { .. })
                 )
             )

@@ -9,6 +9,7 @@ use crate::layout::ResultsRoot;
 use crate::plan::build::{SweepPlan, build};
 use crate::plan::render;
 use crate::scheduler::slurm::sbatch::JobRequest;
+use crate::secrets::redact_text;
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::sweep::expand::expand;
@@ -73,5 +74,7 @@ fn sbatch_lines(loaded: &LoadedSpec, plan: &SweepPlan) -> anyhow::Result<Vec<Str
             }
             .command_line()
         })
+        // Shown, not run: `slurm.extra_args` may carry a secret.
+        .map(|line| redact_text(&line))
         .collect())
 }

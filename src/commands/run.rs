@@ -30,6 +30,7 @@ use crate::scheduler::queue::{OpenJob, QueuedTrial, Summary};
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
+use crate::secrets::{REDACTED, redact_json};
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
@@ -66,6 +67,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 pub fn attach(args: &AttachArgs) -> anyhow::Result<ExitCode> {
     let dir = ResultsRoot::new(&args.results).sweep(&args.sweep);
     let invocation = Invocation::read(&dir)?;
+    invocation.check_complete(&dir)?;
     let options = Options {
         quiet: args.quiet,
         kill_grace: args.kill_grace,
@@ -103,10 +105,25 @@ impl Invocation {
         serde_json::from_str(&text).with_context(|| format!("cannot read {}", path.display()))
     }
 
+    /// Writes it with its secrets redacted (a `--set` carrying a token
+    /// stays a valid flag, with `<redacted>` for the token).
     fn write(&self, dir: &SweepDir) -> anyhow::Result<()> {
         let path = Self::path(dir);
-        std::fs::write(&path, serde_json::to_string_pretty(self)?)
+        let json = redact_json(&serde_json::to_value(self)?);
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Refuses a record whose `--set` flags lost a secret: running them
+    /// would submit `<redacted>` where the secret was.
+    fn check_complete(&self, dir: &SweepDir) -> Result<(), RunError> {
+        match self.sets.iter().find(|set| set.contains(REDACTED)) {
+            Some(set) => Err(RunError::Redacted {
+                path: Self::path(dir),
+                set: set.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::events::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, Tr
 use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::{PlanError, PlannedTrial, SweepPlan, build};
 use crate::plan::placement::Limits;
+use crate::secrets::redact_text;
 use crate::spec::load::LoadedSpec;
 use crate::spec::schema::Method;
 use crate::sweep::expand::Expansion;
@@ -38,6 +39,14 @@ pub enum RunError {
     Busy { sweep: String, lock: PathBuf },
     #[error(transparent)]
     Slurm(#[from] crate::scheduler::slurm::client::SlurmError),
+    #[error(
+        "{} recorded `--set {set}` with a secret redacted, so this run cannot be repeated from it\n  \
+         help: keep secrets out of flags and specs: export HF_TOKEN in the shell and pass \
+         `--export=HF_TOKEN` to sbatch (it copies the value from the environment), then \
+         `palisweep run` the spec again",
+        path.display()
+    )]
+    Redacted { path: PathBuf, set: String },
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -92,6 +101,7 @@ pub fn prepare(
     let recorded_before = dir.recorded_trials();
     let plan: SweepPlan = build(&loaded.name, expansion, inventory, limits, &recorded_before)?;
 
+    root.create().map_err(io(root.path()))?;
     std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
     let lock_path = dir.path().join(".lock");
     let lock = File::create(&lock_path).map_err(io(&lock_path))?;
@@ -101,7 +111,7 @@ pub fn prepare(
             lock: lock_path,
         });
     }
-    write_atomically(&dir.spec(), &loaded.text).map_err(io(&dir.spec()))?;
+    write_atomically(&dir.spec(), &redact_text(&loaded.text)).map_err(io(&dir.spec()))?;
 
     let mut recorded = Vec::with_capacity(plan.trials.len());
     let mut queue = Vec::new();
@@ -118,7 +128,7 @@ pub fn prepare(
     let sweep = SweepInfo {
         name: loaded.name.clone(),
         spec_path: loaded.path.display().to_string(),
-        spec_text: loaded.text.clone(),
+        spec_text: redact_text(&loaded.text),
         spec_hash: format!("{:x}", Sha256::digest(loaded.text.as_bytes())),
         results: loaded.results.display().to_string(),
         total_trials: plan.trials.len(),
@@ -192,6 +202,7 @@ fn trial_state(
             path: config_path.clone(),
             source: std::io::Error::other(e),
         })?;
+        let text = redact_text(&text);
         write_atomically(&config_path, &text).map_err(io(&config_path))?;
     }
     let config = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;

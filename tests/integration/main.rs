@@ -13,6 +13,7 @@ mod reliability_input;
 mod report;
 mod rerun;
 mod scheduler;
+mod secrets;
 mod slurm;
 mod spec_errors;
 mod tensorboard;

@@ -37,12 +37,12 @@
 //!
 //! A metric `value` is NULL when the worker reported NaN (`SQLite` has no
 //! NaN). No secret is stored: spec text, configs, parameters and messages
-//! pass through [`redact_text`] / [`redact_json`] first.
+//! pass through [`redact_text`] / [`redact_json`] first (`crate::secrets`,
+//! which every other writer of the results tree uses too).
 
 mod export;
 mod query;
 mod schema;
-mod scrub;
 mod sink;
 pub mod views;
 
@@ -57,7 +57,9 @@ pub use query::{
     RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow, varying_keys,
 };
 pub use schema::SCHEMA_VERSION;
-pub use scrub::{REDACTED, redact_json, redact_text};
+// The store's writer names the redaction `scrub`; it is the crate's one.
+use crate::secrets as scrub;
+pub use crate::secrets::{REDACTED, redact_json, redact_text};
 pub use sink::StoreSink;
 pub use views::{LsView, ShowView, StatusView};
 
