@@ -72,6 +72,15 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<LoadedSpec, SpecError>
     for raw in &overrides.sets {
         layers.push(Layer::flag(raw)?);
     }
+    // Before merging: a scalar where the defaults have a table would
+    // replace the whole table, and the error would then blame the defaults.
+    let problems: Vec<Problem> = layers[1..]
+        .iter()
+        .flat_map(|layer| shape_problems(&layers[0].table, layer, &[]))
+        .collect();
+    if !problems.is_empty() {
+        return Err(SpecError::Invalid(problems));
+    }
 
     let figment = layers
         .iter()
@@ -165,6 +174,46 @@ fn read_with_bases(
     chain.pop();
     files.push(layer);
     Ok(())
+}
+
+/// Keys of `layer` that hold a value where `defaults` hold a table
+/// (`experiment = 5`), at any depth below `path`.
+fn shape_problems(defaults: &toml::Table, layer: &Layer, path: &[&str]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (key, default) in defaults {
+        let toml::Value::Table(default) = default else {
+            continue;
+        };
+        let mut segments = path.to_vec();
+        segments.push(key);
+        match layer.get(&segments) {
+            Some(toml::Value::Table(_)) => {
+                problems.extend(shape_problems(default, layer, &segments));
+            }
+            Some(other) => {
+                let keys: Vec<&str> = default.keys().map(String::as_str).collect();
+                let keys = if keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", keys.join(", "))
+                };
+                let name = join_key(&segments);
+                let help = if path.is_empty() {
+                    format!("write a [{name}] table and its keys on the lines below it{keys}")
+                } else {
+                    format!("write {key} = {{ ... }} with its keys{keys}")
+                };
+                problems.push(Problem {
+                    location: layer.locate(&segments),
+                    key: name,
+                    message: format!("expected a table, found {} `{other}`", other.type_str()),
+                    help: Some(help),
+                });
+            }
+            None => {}
+        }
+    }
+    problems
 }
 
 /// What identifies a spec file in an `extends` chain: its canonical path
@@ -376,6 +425,7 @@ fn plain_type(expected: &str) -> &str {
         "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
         "f32" | "f64" => "a number",
         "a boolean" | "bool" => "true or false",
+        s if s.starts_with("struct ") || s.starts_with("a map") => "a table",
         other => other,
     }
 }
