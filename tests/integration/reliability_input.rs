@@ -250,3 +250,43 @@ fn a_closed_stdout_ends_every_command_quietly() {
     assert_eq!(code, 0, "run exited {code}:\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_prefix_limit_names_the_line_and_explains_where_82_comes_from() {
+    let test = Test::new();
+    test.run_in(&[
+        "init-data",
+        "--task",
+        "json",
+        "--out",
+        "shapes",
+        "--train",
+        "4",
+        "--valid",
+        "2",
+        "--test",
+        "2",
+    ])
+    .code(0);
+    let annotations = test.path().join("shapes/train/annotations.jsonl");
+    let mut lines: Vec<serde_json::Value> = std::fs::read_to_string(&annotations)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[1]["prefix"] = format!("extract JSON {}", "word ".repeat(80)).into();
+    let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    std::fs::write(&annotations, text.join("\n") + "\n").unwrap();
+    // Defaults: data.max_prefix_tokens = 64; the tiny 224 px checkpoint
+    // has 16 image tokens: 16 + `<bos>` + 64 + "\n" = 82.
+    let test = test.spec(
+        "[experiment]\nname = \"p\"\n[data]\npath = \"shapes\"\ntask = \"json\"\n\
+         [model]\ncheckpoint = \"tiny\"\n[train]\nepochs = 1\nbatch_size = 2\n",
+    );
+    let out = run_spec(&test, "cpu");
+    out.code(1)
+        .stderr_has("shapes/train/annotations.jsonl:2: `prefix`")
+        .stderr_has("more than the limit of 82: 16 image tokens")
+        .stderr_has("data.max_prefix_tokens = 64")
+        .stderr_has("help: shorten this line's prefix");
+}
