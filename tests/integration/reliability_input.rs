@@ -290,3 +290,35 @@ fn the_prefix_limit_names_the_line_and_explains_where_82_comes_from() {
         .stderr_has("data.max_prefix_tokens = 64")
         .stderr_has("help: shorten this line's prefix");
 }
+
+#[test]
+fn a_corrupt_store_is_named_by_its_path() {
+    let test = Test::new().file("results/palisweep.sqlite", &"not a database ".repeat(300));
+    for command in ["status", "ls"] {
+        test.run_in(&[command, "--results", "results"])
+            .code(2)
+            .stderr_has("results/palisweep.sqlite is not a readable palisweep store")
+            .stderr_has("help: move it aside");
+    }
+}
+
+#[test]
+fn report_exits_2_on_a_missing_sweep_like_its_siblings() {
+    let test = Test::new().spec(SYNTHETIC);
+    run_spec(&test, "fake-cuda:1x24GiB").code(0);
+    for command in ["report", "status", "export-metrics"] {
+        test.run_in(&[command, "nosuch", "--results", "results"])
+            .code(2)
+            .stderr_has("no sweep `nosuch`");
+    }
+    test.run_in(&[
+        "report",
+        "s",
+        "--results",
+        "results",
+        "--metric",
+        "val/nope",
+    ])
+    .code(2)
+    .stderr_has("val/nope");
+}
