@@ -141,7 +141,15 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     let expansion = expand(&loaded, invocation.yes)?;
     let resources = &loaded.spec.resources;
     let (inventory, limits) = super::runtime::placement(invocation.devices.as_deref(), resources)?;
-    let prepared = prepare(&loaded, expansion, inventory, limits)?;
+    let devices = match &invocation.devices {
+        Some(flag) => format!("--devices {flag}"),
+        None => format!(
+            "{}: resources.devices = {:?}",
+            loaded.locate(&["resources", "devices"]),
+            resources.devices
+        ),
+    };
+    let prepared = prepare(&loaded, expansion, inventory, limits, &devices)?;
     // Recorded with the results root it resolved to, so that `attach` finds
     // the same folders from any working directory.
     let mut recorded = invocation.clone();

@@ -77,11 +77,14 @@ pub struct PreparedSweep {
     pub lock: File,
 }
 
+/// `devices` says where the inventory came from (the `--devices` flag or
+/// the spec's line), for the error that refuses it.
 pub fn prepare(
     loaded: &LoadedSpec,
     expansion: Expansion,
     inventory: Inventory,
     limits: Limits,
+    devices: &str,
 ) -> Result<PreparedSweep, RunError> {
     let root = ResultsRoot::new(&loaded.results);
     let dir = root.sweep(&loaded.name);
@@ -93,7 +96,7 @@ pub fn prepare(
             .count();
         if real > 0 {
             return Err(RunError::MadeUpDevices {
-                devices: loaded.spec.resources.devices.clone(),
+                devices: devices.to_owned(),
                 count: real,
             });
         }

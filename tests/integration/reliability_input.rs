@@ -303,6 +303,22 @@ fn a_corrupt_store_is_named_by_its_path() {
 }
 
 #[test]
+fn made_up_devices_are_blamed_on_where_they_were_given() {
+    let real = "[experiment]\nname = \"d\"\n[data]\npath = \"generated:json\"\n\
+                [model]\ncheckpoint = \"tiny\"\n";
+    let test = Test::new().spec(&format!("{real}[resources]\ndevices = \"cpu:1\"\n"));
+    let out = run_spec(&test, "fake-cuda:2x24GiB");
+    out.code(2)
+        .stderr_has("--devices fake-cuda:2x24GiB is a made-up inventory");
+    assert!(!out.stderr.contains("cpu:1"), "{}", out.stderr);
+
+    let test = Test::new().spec(&format!("{real}[resources]\ndevices = \"cuda:2x24GiB\"\n"));
+    test.run_in(&["run", "spec.toml", "--results", "results"])
+        .code(2)
+        .stderr_has("spec.toml:8:1: resources.devices = \"cuda:2x24GiB\" is a made-up inventory");
+}
+
+#[test]
 fn report_exits_2_on_a_missing_sweep_like_its_siblings() {
     let test = Test::new().spec(SYNTHETIC);
     run_spec(&test, "fake-cuda:1x24GiB").code(0);
