@@ -248,8 +248,9 @@ pub struct CheckpointArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A trial id (its `best/` adapter under --results, else `final/`), a
-    /// trial folder, or an adapter folder.
+    /// A trial id (or a unique prefix, or SWEEP/ID, as `show` takes it;
+    /// its `best/` adapter under --results, else `final/`), a trial folder,
+    /// or an adapter folder.
     #[arg(value_name = "TRIAL|ADAPTER_DIR")]
     pub target: String,
     /// Output folder (created; refused if it exists and is not empty).

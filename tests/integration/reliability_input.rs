@@ -338,3 +338,50 @@ fn report_exits_2_on_a_missing_sweep_like_its_siblings() {
     .code(2)
     .stderr_has("val/nope");
 }
+
+/// A PEFT adapter (a golden fixture) as a trial's `best/`.
+fn give_adapter(trial: &std::path::Path) {
+    let fixture = crate::util::repo_root().join("tests/golden/adapters/peft-default");
+    let best = trial.join("best");
+    std::fs::create_dir_all(&best).unwrap();
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture.join(name), best.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn export_takes_every_trial_form_show_takes() {
+    // Two sweeps of one spec: the same trial id in both.
+    let test = Test::new().spec(SYNTHETIC);
+    run_spec(&test, "fake-cuda:1x24GiB").code(0);
+    let mut args = crate::util::run_args("fake-cuda:1x24GiB");
+    args.extend(["--set".to_owned(), "experiment.name=\"t\"".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    test.run_in(&args).code(0);
+    let trial = crate::util::trial_dirs(&test, "s")[0].clone();
+    let id = trial.file_name().unwrap().to_string_lossy().into_owned();
+    give_adapter(&trial);
+    give_adapter(&test.path().join("results/t/trials").join(&id));
+
+    for (target, out) in [(format!("s/{id}"), "a"), (format!("t/{}", &id[..6]), "b")] {
+        test.run_in(&["show", &target, "--results", "results"])
+            .code(0);
+        test.run_in(&["export", &target, "--results", "results", "--out", out])
+            .code(0)
+            .stdout_has(&format!("/{}/trials/{id}/best", &target[..1]));
+        assert!(test.path().join(out).join("adapter_config.json").is_file());
+    }
+    test.run_in(&["export", &id, "--results", "results", "--out", "c"])
+        .code(2)
+        .stderr_has(&format!("several sweeps (s/{id}, t/{id}): pass SWEEP/ID"));
+    test.run_in(&[
+        "export",
+        "s/000000000000",
+        "--results",
+        "results",
+        "--out",
+        "c",
+    ])
+    .code(2)
+    .stderr_has("`s/000000000000` is neither");
+}
