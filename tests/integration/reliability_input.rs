@@ -385,3 +385,37 @@ fn export_takes_every_trial_form_show_takes() {
     .code(2)
     .stderr_has("`s/000000000000` is neither");
 }
+
+#[test]
+fn resuming_keeps_the_sweep_s_start_time() {
+    let test = Test::new().spec(SYNTHETIC);
+    run_spec(&test, "fake-cuda:1x24GiB").code(0);
+    let first = crate::util::status(&test, "s");
+    let started = |text: &str| {
+        let line = text.lines().next().unwrap();
+        line[line.find("started ").unwrap()..].to_owned()
+    };
+    let text = test
+        .run_in(&["status", "s", "--results", "results"])
+        .code(0)
+        .stdout
+        .clone();
+    assert!(!text.contains("resumed"), "{text}");
+    // Timestamps are shown to the second.
+    std::thread::sleep(Duration::from_millis(1100));
+    run_spec(&test, "fake-cuda:1x24GiB").code(0);
+    let again = crate::util::status(&test, "s");
+    assert_eq!(again["sweep"]["created"], first["sweep"]["created"]);
+    assert!(again["sweep"]["started"].as_f64() > first["sweep"]["started"].as_f64());
+    let resumed = test
+        .run_in(&["status", "s", "--results", "results"])
+        .code(0)
+        .stdout
+        .clone();
+    let before = started(&text);
+    let before = before.split(',').next().unwrap();
+    assert!(
+        started(&resumed).starts_with(&format!("{}, resumed ", before.trim_end())),
+        "before: {text}\nafter: {resumed}"
+    );
+}

@@ -57,12 +57,19 @@ impl StatusView {
     pub fn to_text(&self) -> String {
         let s = &self.sweep;
         let c = &s.counts;
+        // A sweep started when it first ran (`created`); `started` is the
+        // latest run's start, which a resume moves.
         let mut out = format!(
-            "sweep {} ({})  {}  started {}{}\n",
+            "sweep {} ({})  {}  started {}{}{}\n",
             s.name,
             s.id(),
             s.status,
-            timestamp(s.started),
+            timestamp(s.created),
+            if s.started > s.created {
+                format!(", resumed {}", timestamp(s.started))
+            } else {
+                String::new()
+            },
             s.ended
                 .map(|e| format!(", ended {}", timestamp(e)))
                 .unwrap_or_default()
@@ -164,7 +171,7 @@ impl LsView {
                     ),
                     c.running.to_string(),
                     c.failed.to_string(),
-                    timestamp(s.started),
+                    timestamp(s.created),
                     s.select_metric.clone(),
                 ]
             })
