@@ -419,3 +419,38 @@ fn resuming_keeps_the_sweep_s_start_time() {
         "before: {text}\nafter: {resumed}"
     );
 }
+
+#[test]
+fn show_lists_only_the_checkpoints_keep_checkpoints_kept() {
+    let test = Test::new().spec(
+        "[experiment]\nname = \"k\"\n\
+         [data]\npath = \"generated:json\"\ntask = \"json\"\nmax_suffix_tokens = 32\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\nmax_steps = 3\nbatch_size = 8\ngrad_accum = 1\n\
+         [eval]\nevery = 1\ngenerate = false\n\
+         [resources]\nkeep_checkpoints = 1\n",
+    );
+    run_spec(&test, "cpu").code(0);
+    let trial = &crate::util::trial_dirs(&test, "k")[0];
+    let id = trial.file_name().unwrap().to_string_lossy().into_owned();
+    let show = test
+        .run_in(&["show", &id, "--results", "results", "--json"])
+        .code(0)
+        .json();
+    let listed: Vec<String> = show["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap().to_owned())
+        .filter(|p| p.contains("/checkpoints/"))
+        .collect();
+    // Steps 1, 2 and 3 were checkpointed; only step 3 is left.
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].ends_with("/checkpoints/3"), "{listed:?}");
+    let text = test
+        .run_in(&["show", &id, "--results", "results"])
+        .code(0)
+        .stdout
+        .clone();
+    assert!(!text.contains("/checkpoints/1"), "{text}");
+}

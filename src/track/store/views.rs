@@ -46,11 +46,15 @@ pub fn ls(store: &Store) -> Result<LsView, StoreError> {
     })
 }
 
-/// A trial by id, unique id prefix, or `SWEEP/ID`.
+/// A trial by id, unique id prefix, or `SWEEP/ID`. Checkpoints that are
+/// gone from disk (`resources.keep_checkpoints` deletes the older ones)
+/// are not listed; the store keeps their rows as history.
 pub fn show(store: &Store, trial: &str) -> Result<ShowView, StoreError> {
-    Ok(ShowView {
-        detail: store.trial_detail(trial)?,
-    })
+    let mut detail = store.trial_detail(trial)?;
+    detail
+        .artifacts
+        .retain(|a| a.kind != "checkpoint" || std::path::Path::new(&a.path).exists());
+    Ok(ShowView { detail })
 }
 
 impl StatusView {
