@@ -117,6 +117,17 @@ mod tests {
         std::fs::create_dir_all(results.path().join("sweep-b/trials/0123456789ab")).unwrap();
         let err = resolve_adapter("0123456789ab", results.path()).unwrap_err();
         assert!(matches!(err, ExportError::Ambiguous { .. }), "{err}");
-        assert!(err.to_string().contains("sweep-a, sweep-b"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sweep-a/0123456789ab, sweep-b/0123456789ab"),
+            "{err}"
+        );
+        // SWEEP/ID picks one, as `show` takes it.
+        assert_eq!(
+            resolve_adapter("sweep-a/0123456789ab", results.path()).unwrap(),
+            trial.join("best")
+        );
+        let err = resolve_adapter("sweep-b/0123456789ab", results.path()).unwrap_err();
+        assert!(matches!(err, ExportError::NoAdapter { .. }), "{err}");
     }
 }
