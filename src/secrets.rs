@@ -100,7 +100,7 @@ fn redact_toml(text: &str) -> Option<String> {
 /// becomes the quoted [`REDACTED`]; other strings are redacted as free text
 /// (`"--export=HF_TOKEN=hf_…"`) and written back as TOML strings.
 fn table_edits(table: &DeTable<'_>, secret: bool, edits: &mut Vec<(Range<usize>, String)>) {
-    for (key, value) in table.iter() {
+    for (key, value) in table {
         let secret = secret || is_secret_key(key.get_ref());
         value_edits(value, secret, edits);
     }
@@ -222,35 +222,31 @@ fn value_end(value: &str) -> usize {
     let trimmed = value.trim_start();
     let offset = value.len() - trimmed.len();
     let mut chars = trimmed.char_indices();
-    match chars.next() {
-        Some((_, q @ ('"' | '\''))) => {
-            let mut escaped = false;
-            for (i, c) in chars {
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == q {
-                    return offset + i + 1;
-                }
+    if let Some((_, q @ ('"' | '\''))) = chars.next() {
+        let mut escaped = false;
+        for (i, c) in chars {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                return offset + i + 1;
             }
-            value.len()
         }
-        // Unquoted: up to a separator, whitespace or a quote (the value of
-        // `'--export=HF_TOKEN=…'` ends before the shell's closing quote), and
-        // a colon that ends it is punctuation (`--set k=v: message`).
-        _ => {
-            let end = trimmed
-                .find(|c: char| ",}#\"'".contains(c) || c.is_whitespace())
-                .unwrap_or(trimmed.len());
-            let end = if trimmed[..end].len() > 1 && trimmed[..end].ends_with(':') {
-                end - 1
-            } else {
-                end
-            };
-            offset + end
-        }
+        return value.len();
     }
+    // Unquoted: up to a separator, whitespace or a quote (the value of
+    // `'--export=HF_TOKEN=…'` ends before the shell's closing quote), and a
+    // colon that ends it is punctuation (`--set k=v: message`).
+    let end = trimmed
+        .find(|c: char| ",}#\"'".contains(c) || c.is_whitespace())
+        .unwrap_or(trimmed.len());
+    let end = if end > 1 && trimmed[..end].ends_with(':') {
+        end - 1
+    } else {
+        end
+    };
+    offset + end
 }
 
 /// Replaces Hugging Face tokens (`hf_` + 30 or more alphanumerics) anywhere.

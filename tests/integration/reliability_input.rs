@@ -30,14 +30,14 @@ fn run_within(test: &Test, args: &[&str], limit: Duration) -> Output {
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
+        let mut read = String::new();
+        let _ = stdout.read_to_string(&mut read);
+        read
     });
     let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
+        let mut read = String::new();
+        let _ = stderr.read_to_string(&mut read);
+        read
     });
     let deadline = Instant::now() + limit;
     let status = loop {
@@ -275,8 +275,8 @@ fn the_prefix_limit_names_the_line_and_explains_where_82_comes_from() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     lines[1]["prefix"] = format!("extract JSON {}", "word ".repeat(80)).into();
-    let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
-    std::fs::write(&annotations, text.join("\n") + "\n").unwrap();
+    let rewritten: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    std::fs::write(&annotations, rewritten.join("\n") + "\n").unwrap();
     // Defaults: data.max_prefix_tokens = 64; the tiny 224 px checkpoint
     // has 16 image tokens: 16 + `<bos>` + 64 + "\n" = 82.
     let test = test.spec(
@@ -395,12 +395,12 @@ fn resuming_keeps_the_sweep_s_start_time() {
         let line = text.lines().next().unwrap();
         line[line.find("started ").unwrap()..].to_owned()
     };
-    let text = test
+    let first_text = test
         .run_in(&["status", "s", "--results", "results"])
         .code(0)
         .stdout
         .clone();
-    assert!(!text.contains("resumed"), "{text}");
+    assert!(!first_text.contains("resumed"), "{first_text}");
     // Timestamps are shown to the second.
     std::thread::sleep(Duration::from_millis(1100));
     run_spec(&test, "fake-cuda:1x24GiB").code(0);
@@ -412,11 +412,11 @@ fn resuming_keeps_the_sweep_s_start_time() {
         .code(0)
         .stdout
         .clone();
-    let before = started(&text);
+    let before = started(&first_text);
     let before = before.split(',').next().unwrap();
     assert!(
         started(&resumed).starts_with(&format!("{}, resumed ", before.trim_end())),
-        "before: {text}\nafter: {resumed}"
+        "before: {first_text}\nafter: {resumed}"
     );
 }
 
@@ -447,10 +447,10 @@ fn show_lists_only_the_checkpoints_keep_checkpoints_kept() {
     // Steps 1, 2 and 3 were checkpointed; only step 3 is left.
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(listed[0].ends_with("/checkpoints/3"), "{listed:?}");
-    let text = test
+    let shown = test
         .run_in(&["show", &id, "--results", "results"])
         .code(0)
         .stdout
         .clone();
-    assert!(!text.contains("/checkpoints/1"), "{text}");
+    assert!(!shown.contains("/checkpoints/1"), "{shown}");
 }

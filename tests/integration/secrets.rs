@@ -2,6 +2,7 @@
 //! holds them, redacted TOML still parses, no message or plan echoes them,
 //! and a results root `run` creates is owner-only.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::util::{Test, run_args, trial_dirs};
@@ -115,7 +116,6 @@ fn no_file_of_a_sweep_holds_a_secret_and_its_toml_still_parses() {
         .code(0);
 
     // A new results root is the owner's alone.
-    use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&results).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "results/ has mode {mode:o}");
 
