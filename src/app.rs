@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
+use crate::commands::output::{self, out};
 use crate::error::exit_code;
+use crate::secrets::redact_text;
 use crate::{commands, spec};
 
 /// The binary's whole `main`.
@@ -21,8 +23,11 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader stopped reading (`| head`): nothing went wrong here.
+        Err(error) if output::closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", render(&error));
+            // Errors quote values (flags, spec lines): none may echo a secret.
+            eprintln!("error: {}", redact_text(&render(&error)));
             ExitCode::from(exit_code(&error))
         }
     }
@@ -46,7 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(args) => commands::plan::run(args),
         Command::Defaults => {
-            print!("{}", spec::DEFAULTS_TOML);
+            out!("{}", spec::DEFAULTS_TOML)?;
             Ok(())
         }
         Command::Fetch(args) => commands::fetch::run(args),

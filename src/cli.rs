@@ -248,8 +248,9 @@ pub struct CheckpointArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A trial id (its `best/` adapter under --results, else `final/`), a
-    /// trial folder, or an adapter folder.
+    /// A trial id (or a unique prefix, or SWEEP/ID, as `show` takes it;
+    /// its `best/` adapter under --results, else `final/`), a trial folder,
+    /// or an adapter folder.
     #[arg(value_name = "TRIAL|ADAPTER_DIR")]
     pub target: String,
     /// Output folder (created; refused if it exists and is not empty).
@@ -349,8 +350,9 @@ pub struct RunArgs {
     /// No progress display: only failures and the summary.
     #[arg(long)]
     pub quiet: bool,
-    /// Seconds a worker gets to checkpoint after SIGTERM before it is killed.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    /// Seconds a worker gets to checkpoint after SIGTERM before it is
+    /// killed (0 to 86400).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_kill_grace)]
     pub kill_grace: f64,
     /// Where trials run, overriding `resources.backend`.
     #[arg(long, value_parser = ["local", "slurm"])]
@@ -381,11 +383,31 @@ pub struct AttachArgs {
     /// No progress display: only failures and the summary.
     #[arg(long)]
     pub quiet: bool,
-    /// Seconds a worker gets to checkpoint after SIGTERM before it is killed.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    /// Seconds a worker gets to checkpoint after SIGTERM before it is
+    /// killed (0 to 86400).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_kill_grace)]
     pub kill_grace: f64,
     #[command(flatten)]
     pub follow: FollowArgs,
+}
+
+/// The longest `--kill-grace`: a day is more than any checkpoint takes.
+pub const MAX_KILL_GRACE_S: f64 = 86_400.0;
+
+/// `--kill-grace`: a finite number of seconds in `0..=MAX_KILL_GRACE_S`
+/// (it becomes a `Duration`, which NaN, negatives and infinity are not).
+fn parse_kill_grace(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 30".to_owned())?;
+    if seconds.is_finite() && (0.0..=MAX_KILL_GRACE_S).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!(
+            "expected a number of seconds from 0 to {MAX_KILL_GRACE_S}, e.g. 30"
+        ))
+    }
 }
 
 /// The results root of the read-only commands.

@@ -13,6 +13,7 @@ use crate::model::network::paligemma::ModelError;
 use crate::model::preprocess::image::ImageError;
 use crate::model::preprocess::processor::ProcessorError;
 use crate::plan::build::PlanError;
+use crate::report::ReportError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::scheduler::slurm::client::SlurmError;
@@ -40,22 +41,18 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 Some(
                     RunError::Plan(_)
                         | RunError::MadeUpDevices { .. }
+                        | RunError::Redacted { .. }
                         | RunError::Slurm(SlurmError::Rejected { .. })
                 )
             )
-            || matches!(
-                cause.downcast_ref::<StoreError>(),
-                Some(
-                    StoreError::Missing { .. }
-                        | StoreError::TooNew { .. }
-                        | StoreError::NoSweep { .. }
-                        | StoreError::AmbiguousSweep { .. }
-                        | StoreError::NoTrial { .. }
-                        | StoreError::AmbiguousTrial { .. }
-                        | StoreError::Empty
-                        | StoreError::Format(_)
-                )
-            )
+            || cause.downcast_ref::<StoreError>().is_some_and(store_bad_input)
+            // `ReportError::Store` is transparent: its store error is not a
+            // cause of its own in the chain.
+            || match cause.downcast_ref::<ReportError>() {
+                Some(ReportError::Store(e)) => store_bad_input(e),
+                Some(ReportError::UnknownMetric { .. }) => true,
+                _ => false,
+            }
             || cause.is::<ParseDeviceError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()
@@ -93,6 +90,23 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     } else {
         EXIT_FAILURE
     }
+}
+
+/// A store or a sweep or trial that is not there (or not readable as a
+/// store), or a bad export format, is bad input; a failing query is not.
+fn store_bad_input(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Missing { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::NoSweep { .. }
+            | StoreError::AmbiguousSweep { .. }
+            | StoreError::NoTrial { .. }
+            | StoreError::AmbiguousTrial { .. }
+            | StoreError::Empty
+            | StoreError::Format(_)
+    )
 }
 
 /// Checkpoint files that are missing, corrupt or do not fit are bad input;

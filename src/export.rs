@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::layout::ResultsRoot;
 use crate::model::adapt::peft::ADAPTER_CONFIG;
 use crate::sweep::trial_id::TrialId;
+use crate::track::store::{Store, StoreError};
 
 /// Why `export` cannot start (bad arguments, all exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +18,7 @@ pub enum ExportError {
         results.display()
     )]
     NotFound { target: String, results: PathBuf },
-    #[error("trial `{id}` exists in several sweeps ({}): pass its folder instead", sweeps.join(", "))]
+    #[error("trial `{id}` exists in several sweeps ({}): pass SWEEP/ID or its folder", sweeps.join(", "))]
     Ambiguous { id: String, sweeps: Vec<String> },
     #[error("trial folder {} has no adapter yet (neither best/ nor final/)", dir.display())]
     NoAdapter { dir: PathBuf },
@@ -41,46 +42,67 @@ pub fn resolve_adapter(target: &str, results: &Path) -> Result<PathBuf, ExportEr
     if path.join(ADAPTER_CONFIG).is_file() {
         return Ok(path.to_path_buf());
     }
-    if path.join("trial.toml").is_file()
+    let trial = if path.join("trial.toml").is_file()
         || path.join("best").is_dir()
         || path.join("final").is_dir()
     {
-        return trial_adapter(path).ok_or_else(|| ExportError::NoAdapter {
-            dir: path.to_path_buf(),
-        });
-    }
+        path.to_path_buf()
+    } else {
+        find_trial(target, results)?
+    };
+    trial_adapter(&trial).ok_or(ExportError::NoAdapter { dir: trial })
+}
+
+/// The folder of the trial `target` names as `show` takes it (an id, a
+/// unique prefix of one, or `SWEEP/ID`): through the store when the
+/// results root has a readable one, else by the trial folders (whole ids).
+fn find_trial(target: &str, results: &Path) -> Result<PathBuf, ExportError> {
+    let root = ResultsRoot::new(results);
     let not_found = || ExportError::NotFound {
         target: target.to_owned(),
         results: results.to_path_buf(),
     };
-    if target.is_empty() || target.contains(['/', '\\']) || target.starts_with('.') {
-        return Err(not_found());
+    let folder = |sweep: &str, id: &str| -> Option<PathBuf> {
+        let id: TrialId = serde_json::from_value(serde_json::Value::from(id)).ok()?;
+        let dir = root.sweep(sweep).trial(&id);
+        dir.path().is_dir().then(|| dir.path().to_path_buf())
+    };
+    if let Ok(store) = Store::open_read_only(&root.store()) {
+        match store.resolve_trial(target) {
+            Ok(row) => return folder(&row.sweep, &row.id).ok_or_else(not_found),
+            Err(StoreError::AmbiguousTrial { candidates, .. }) => {
+                return Err(ExportError::Ambiguous {
+                    id: target.to_owned(),
+                    sweeps: candidates,
+                });
+            }
+            // Not in the store (or no store to read): the folders may know.
+            Err(_) => {}
+        }
     }
-    let id: TrialId =
-        serde_json::from_value(serde_json::Value::from(target)).map_err(|_| not_found())?;
-    let root = ResultsRoot::new(results);
-    let mut sweeps: Vec<String> = std::fs::read_dir(results)
-        .map_err(|_| not_found())?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with('.'))
-        .filter(|name| root.sweep(name).trial(&id).path().is_dir())
-        .collect();
+    let plain = |part: &str| !part.is_empty() && !part.contains('\\') && !part.starts_with('.');
+    let (sweep, id) = match target.split_once('/') {
+        Some((sweep, id)) if plain(sweep) && plain(id) && !id.contains('/') => (Some(sweep), id),
+        None if plain(target) => (None, target),
+        _ => return Err(not_found()),
+    };
+    let mut sweeps: Vec<String> = match sweep {
+        Some(sweep) => vec![sweep.to_owned()],
+        None => std::fs::read_dir(results)
+            .map_err(|_| not_found())?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with('.'))
+            .collect(),
+    };
+    sweeps.retain(|sweep| folder(sweep, id).is_some());
     sweeps.sort();
     match sweeps.as_slice() {
         [] => Err(not_found()),
-        [sweep] => {
-            let trial = root.sweep(sweep).trial(&id);
-            [trial.best_adapter(), trial.final_adapter()]
-                .into_iter()
-                .find(|dir| dir.join(ADAPTER_CONFIG).is_file())
-                .ok_or_else(|| ExportError::NoAdapter {
-                    dir: trial.path().to_path_buf(),
-                })
-        }
+        [sweep] => folder(sweep, id).ok_or_else(not_found),
         _ => Err(ExportError::Ambiguous {
             id: target.to_owned(),
-            sweeps,
+            sweeps: sweeps.iter().map(|s| format!("{s}/{id}")).collect(),
         }),
     }
 }

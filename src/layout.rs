@@ -25,6 +25,20 @@ impl ResultsRoot {
         &self.0
     }
 
+    /// Creates the root, owner-only (0700) when it is new: it holds the
+    /// store, configs, logs and adapters of every sweep. A root that exists
+    /// keeps the permissions its owner gave it.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        if self.0.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+    }
+
     pub fn store(&self) -> PathBuf {
         self.0.join("palisweep.sqlite")
     }

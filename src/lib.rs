@@ -28,6 +28,7 @@ pub mod report;
 pub mod rerun;
 pub mod rng;
 pub mod scheduler;
+pub mod secrets;
 pub mod spec;
 pub mod sweep;
 pub mod track;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use image::RgbImage;
 
+use super::output::{OutputError, outln};
 use crate::bench::checkpoint;
 use crate::bench::run::{BenchOptions, Modes, Report, run as bench};
 use crate::cli::BenchArgs;
@@ -66,7 +67,7 @@ fn examples(args: &BenchArgs) -> anyhow::Result<Vec<Example>> {
         .collect())
 }
 
-fn print_row(r: &Report) {
+fn print_row(r: &Report) -> Result<(), OutputError> {
     let gpu = r
         .peak_gpu_mb
         .map(|m| format!(", peak GPU {m:.0} MiB"))
@@ -79,7 +80,7 @@ fn print_row(r: &Report) {
         (Some(mb), Some(err)) => format!(", estimate {mb:.0} MiB ({err:+.1}%)"),
         _ => String::new(),
     };
-    println!(
+    outln!(
         "{:<7} {} {}{}batch {} × {} tokens on {} ({}, {} threads): {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, {:.2} TFLOP/s{mfu}, peak RSS {:.0} MiB{gpu}{estimate}",
         r.mode,
         r.method,
@@ -95,7 +96,7 @@ fn print_row(r: &Report) {
         r.tokens_per_s,
         r.achieved_tflops,
         r.peak_rss_mb.unwrap_or(f64::NAN),
-    );
+    )
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -105,7 +106,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let dir = checkpoint(args)?;
     if args.prepare_only {
-        println!("{}", dir.display());
+        outln!("{}", dir.display())?;
         return Ok(());
     }
     let device = runtime::device(args.device.as_deref())?;
@@ -151,9 +152,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("benchmark of {}", dir.display()))?;
     for report in &reports {
         if args.json {
-            println!("{}", serde_json::to_string(report)?);
+            outln!("{}", serde_json::to_string(report)?)?;
         } else {
-            print_row(report);
+            print_row(report)?;
         }
     }
     Ok(())

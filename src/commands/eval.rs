@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use tch::{Device, Kind};
 
+use super::output::{OutputError, outln};
 use crate::cli::EvalArgs;
 use crate::data::annotations::{Split, read_split};
 use crate::metrics::task::Task;
@@ -100,13 +101,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         truncated: result.truncated,
         metrics: result.metrics,
     };
-    print_report(args, &report, task);
+    print_report(args, &report, task)?;
     Ok(())
 }
 
-fn print_report(args: &EvalArgs, report: &EvalReport, task: Task) {
+fn print_report(args: &EvalArgs, report: &EvalReport, task: Task) -> Result<(), OutputError> {
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "loss": report.loss,
@@ -116,26 +117,28 @@ fn print_report(args: &EvalArgs, report: &EvalReport, task: Task) {
                 "task": task.as_str(),
                 "metrics": report.metrics,
             })
-        );
-        return;
+        )?;
+        return Ok(());
     }
-    println!("split      {} of {}", args.split, args.data.display());
+    outln!("split      {} of {}", args.split, args.data.display())?;
     if let Some(adapter) = &args.checkpoint.adapter {
-        println!("adapter    {}", adapter.display());
+        outln!("adapter    {}", adapter.display())?;
     }
-    println!("examples   {}", report.examples);
-    println!("tokens     {} (supervised)", report.tokens);
-    println!("loss       {:.6}", report.loss);
+    outln!("examples   {}", report.examples)?;
+    outln!("tokens     {} (supervised)", report.tokens)?;
+    outln!("loss       {:.6}", report.loss)?;
     if report.truncated > 0 {
-        println!(
+        outln!(
             "truncated  {} suffix(es) at {} tokens",
-            report.truncated, args.max_suffix_tokens
-        );
+            report.truncated,
+            args.max_suffix_tokens
+        )?;
     }
     if args.generate {
-        println!("task       {}", task.as_str());
+        outln!("task       {}", task.as_str())?;
         for (name, value) in &report.metrics {
-            println!("{name:<10} {value:.4}");
+            outln!("{name:<10} {value:.4}")?;
         }
     }
+    Ok(())
 }

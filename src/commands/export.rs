@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use tch::Kind;
 
+use super::output::outln;
 use crate::cli::ExportArgs;
 use crate::export::{ExportError, check_out, resolve_adapter};
 use crate::model::adapt::peft::{self, ADAPTER_CONFIG, ADAPTER_WEIGHTS, PeftAdapter};
@@ -27,13 +28,13 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
                 })?;
             }
         }
-        println!(
+        outln!(
             "adapter    {} ({} LoRA modules, {} saved tensors)",
             adapter_dir.display(),
             adapter.lora.len(),
             adapter.saved.len()
-        );
-        println!("written    {}", args.out.display());
+        )?;
+        outln!("written    {}", args.out.display())?;
         return Ok(());
     }
 
@@ -60,18 +61,20 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
                 base_dir.display()
             )
         })?;
-    println!("adapter    {}", adapter_dir.display());
-    println!("base       {}", base_dir.display());
-    println!(
+    outln!("adapter    {}", adapter_dir.display())?;
+    outln!("base       {}", base_dir.display())?;
+    outln!(
         "merged     {} LoRA weights, {} replaced tensors, {} tensors in all",
-        report.merged, report.replaced, report.tensors
-    );
-    println!(
+        report.merged,
+        report.replaced,
+        report.tensors
+    )?;
+    outln!(
         "written    {} ({}, {:.1} MiB)",
         args.out.display(),
         args.dtype,
         report.bytes as f64 / f64::from(1 << 20)
-    );
+    )?;
     Ok(())
 }
 
@@ -114,6 +117,17 @@ mod tests {
         std::fs::create_dir_all(results.path().join("sweep-b/trials/0123456789ab")).unwrap();
         let err = resolve_adapter("0123456789ab", results.path()).unwrap_err();
         assert!(matches!(err, ExportError::Ambiguous { .. }), "{err}");
-        assert!(err.to_string().contains("sweep-a, sweep-b"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sweep-a/0123456789ab, sweep-b/0123456789ab"),
+            "{err}"
+        );
+        // SWEEP/ID picks one, as `show` takes it.
+        assert_eq!(
+            resolve_adapter("sweep-a/0123456789ab", results.path()).unwrap(),
+            trial.join("best")
+        );
+        let err = resolve_adapter("sweep-b/0123456789ab", results.path()).unwrap_err();
+        assert!(matches!(err, ExportError::NoAdapter { .. }), "{err}");
     }
 }

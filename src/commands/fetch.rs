@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 
+use super::output::outln;
 use crate::cli::FetchArgs;
 use crate::layout::ResultsRoot;
 use crate::model::checkpoint::{hub, tiny};
@@ -36,7 +37,7 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
                 dir.clone()
             }
         };
-        println!("{:<40} {}", resolved.display, path.display());
+        outln!("{:<40} {}", resolved.display, path.display())?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 
+use super::output::outln;
 use crate::cli::InitDataArgs;
 use crate::data::synthetic::{self, SyntheticOptions, SyntheticTask};
 
@@ -22,13 +23,13 @@ pub fn run(args: &InitDataArgs) -> anyhow::Result<()> {
     };
     synthetic::write(&args.out, &options)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote {} train / {} valid / {} test {} examples to {}",
         args.train,
         args.valid,
         args.test,
         task.as_str(),
         args.out.display()
-    );
+    )?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 
+use super::output::outln;
 use crate::cli::InitTinyArgs;
 use crate::model::checkpoint::tiny;
 use crate::variant::{Resolution, Size};
@@ -12,10 +13,10 @@ pub fn run(args: &InitTinyArgs) -> anyhow::Result<()> {
     let resolution: Resolution = args.resolution.parse().map_err(anyhow::Error::msg)?;
     tiny::write(&args.out, size, resolution, args.seed)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote the tiny twin of PaliGemma 2 {size}@{resolution} (seed {}) to {}",
         args.seed,
         args.out.display()
-    );
+    )?;
     Ok(())
 }

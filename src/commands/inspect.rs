@@ -6,36 +6,59 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use crate::cli::{ExportMetricsArgs, LsArgs, ReportArgs, ShowArgs, StatusArgs};
 use crate::devices::grammar::parse_bytes;
 use crate::layout::ResultsRoot;
-use crate::report::{ReportOptions, write as write_report};
+use crate::report::{ReportError, ReportOptions, write as write_report};
 use crate::track::store::{ExportFormat, Store, StoreError, views};
 
 fn open(results: &std::path::Path) -> anyhow::Result<Store> {
     Ok(Store::open_read_only(&ResultsRoot::new(results).store())?)
 }
 
+/// `result`, naming the store's file when SQLite failed to read it (a
+/// damaged page surfaces only when a query reaches it).
+fn reading<T>(store: &Store, result: Result<T, impl Into<anyhow::Error>>) -> anyhow::Result<T> {
+    result.map_err(Into::into).map_err(|error: anyhow::Error| {
+        let sqlite = error.chain().any(|cause| {
+            matches!(cause.downcast_ref(), Some(StoreError::Sqlite(_)))
+                || matches!(
+                    cause.downcast_ref(),
+                    Some(ReportError::Store(StoreError::Sqlite(_)))
+                )
+        });
+        if sqlite {
+            error.context(format!("cannot read the store {}", store.path().display()))
+        } else {
+            error
+        }
+    })
+}
+
 fn print(text: &str, json: Option<serde_json::Value>) -> anyhow::Result<()> {
     match json {
-        Some(value) => println!("{}", serde_json::to_string_pretty(&value)?),
-        None => print!("{text}"),
+        Some(value) => outln!("{}", serde_json::to_string_pretty(&value)?)?,
+        None => out!("{text}")?,
     }
     Ok(())
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let view = views::status(&open(&args.results)?, args.sweep.as_deref())?;
+    let store = open(&args.results)?;
+    let view = reading(&store, views::status(&store, args.sweep.as_deref()))?;
     print(&view.to_text(), args.json.then(|| view.to_json()))
 }
 
 pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
-    let view = views::ls(&open(&args.results)?)?;
+    let store = open(&args.results)?;
+    let view = reading(&store, views::ls(&store))?;
     print(&view.to_text(), args.json.then(|| view.to_json()))
 }
 
 pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
-    let view = views::show(&open(&args.results)?, &args.trial)?;
+    let store = open(&args.results)?;
+    let view = reading(&store, views::show(&store, &args.trial))?;
     print(&view.to_text(), args.json.then(|| view.to_json()))
 }
 
@@ -50,7 +73,7 @@ pub fn export_metrics(args: &ExportMetricsArgs) -> anyhow::Result<()> {
     match written {
         // `| head` closing the pipe is not an error.
         Err(e) if broken_pipe(&e) => Ok(()),
-        other => other,
+        other => reading(&store, other),
     }
 }
 
@@ -76,8 +99,9 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         budget_memory,
         metric: args.metric.clone(),
     };
-    let paths = write_report(&open(&args.results)?, &args.sweep, &options)?;
-    println!("{}", paths.markdown.display());
-    println!("{}", paths.html.display());
+    let store = open(&args.results)?;
+    let paths = reading(&store, write_report(&store, &args.sweep, &options))?;
+    outln!("{}", paths.markdown.display())?;
+    outln!("{}", paths.html.display())?;
     Ok(())
 }

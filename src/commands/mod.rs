@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod init_data;
 pub mod init_tiny;
 pub mod inspect;
+pub mod output;
 pub mod plan;
 pub mod predict;
 pub mod rerun;

@@ -3,11 +3,13 @@
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use crate::cli::PlanArgs;
 use crate::layout::ResultsRoot;
 use crate::plan::build::{SweepPlan, build};
 use crate::plan::render;
 use crate::scheduler::slurm::sbatch::JobRequest;
+use crate::secrets::redact_text;
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::sweep::expand::expand;
@@ -38,13 +40,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                 trial["sbatch"] = serde_json::Value::String(line.clone());
             }
         }
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        print!("{}", render::to_table(&plan));
+        out!("{}", render::to_table(&plan))?;
         if slurm {
-            println!("\nSlurm: one job per trial (first attempt):");
+            outln!("\nSlurm: one job per trial (first attempt):")?;
             for (t, line) in plan.trials.iter().zip(&sbatch) {
-                println!("  {}: {line}", t.trial.id);
+                outln!("  {}: {line}", t.trial.id)?;
             }
         }
     }
@@ -72,5 +74,7 @@ fn sbatch_lines(loaded: &LoadedSpec, plan: &SweepPlan) -> anyhow::Result<Vec<Str
             }
             .command_line()
         })
+        // Shown, not run: `slurm.extra_args` may carry a secret.
+        .map(|line| redact_text(&line))
         .collect())
 }

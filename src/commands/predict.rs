@@ -1,6 +1,7 @@
 //! `palisweep predict`: the greedy answer for one image and prefix; for
 //! detection answers also the boxes in pixels of the original image.
 
+use super::output::outln;
 use crate::cli::PredictArgs;
 use crate::metrics::detection::{loc_to_pixels, parse_detections};
 use crate::model::network::generate::generate;
@@ -31,11 +32,11 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
         i64::from(special.pad),
     )?;
     let text = processor.decode(ids.first().map_or(&[][..], Vec::as_slice));
-    println!("{text}");
+    outln!("{text}")?;
     let detections = parse_detections(&text);
     for object in &detections.objects {
         let b = loc_to_pixels(object.bbox, width, height);
-        println!("  {}: {b}", object.label);
+        outln!("  {}: {b}", object.label)?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use crate::cli::RerunArgs;
 use crate::data::check::check;
 use crate::devices::detect::{self, DeviceKind};
@@ -97,9 +98,9 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
     };
     let comparison = compare(&original, &rerun, tolerance);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        outln!("{}", serde_json::to_string_pretty(&comparison)?)?;
     } else {
-        print!("{}", render(&row.id, &original, &comparison));
+        out!("{}", render(&row.id, &original, &comparison))?;
     }
     Ok(if comparison.reproduced {
         ExitCode::SUCCESS

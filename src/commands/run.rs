@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::output::{OutputError, outln};
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::events::event::{AttemptOutcome, EventSink, SweepEvent, SweepStatus, TrialStatus, now};
@@ -30,6 +31,7 @@ use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_w
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
+use crate::secrets::{REDACTED, redact_json};
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::spec::schema::EarlyStop;
@@ -67,6 +69,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 pub fn attach(args: &AttachArgs) -> anyhow::Result<ExitCode> {
     let dir = ResultsRoot::new(&args.results).sweep(&args.sweep);
     let invocation = Invocation::read(&dir)?;
+    invocation.check_complete(&dir)?;
     let options = Options {
         quiet: args.quiet,
         kill_grace: args.kill_grace,
@@ -104,10 +107,25 @@ impl Invocation {
         serde_json::from_str(&text).with_context(|| format!("cannot read {}", path.display()))
     }
 
+    /// Writes it with its secrets redacted (a `--set` carrying a token
+    /// stays a valid flag, with `<redacted>` for the token).
     fn write(&self, dir: &SweepDir) -> anyhow::Result<()> {
         let path = Self::path(dir);
-        std::fs::write(&path, serde_json::to_string_pretty(self)?)
+        let json = redact_json(&serde_json::to_value(self)?);
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Refuses a record whose `--set` flags lost a secret: running them
+    /// would submit `<redacted>` where the secret was.
+    fn check_complete(&self, dir: &SweepDir) -> Result<(), RunError> {
+        match self.sets.iter().find(|set| set.contains(REDACTED)) {
+            Some(set) => Err(RunError::Redacted {
+                path: Self::path(dir),
+                set: set.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -125,7 +143,15 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     let expansion = expand(&loaded, invocation.yes)?;
     let resources = &loaded.spec.resources;
     let (inventory, limits) = super::runtime::placement(invocation.devices.as_deref(), resources)?;
-    let prepared = prepare(&loaded, expansion, inventory, limits)?;
+    let devices = match &invocation.devices {
+        Some(flag) => format!("--devices {flag}"),
+        None => format!(
+            "{}: resources.devices = {:?}",
+            loaded.locate(&["resources", "devices"]),
+            resources.devices
+        ),
+    };
+    let prepared = prepare(&loaded, expansion, inventory, limits, &devices)?;
     // Recorded with the results root it resolved to, so that `attach` finds
     // the same folders from any working directory.
     let mut recorded = invocation.clone();
@@ -198,7 +224,13 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     });
     let lost = fanout.close();
     drop(prepared.lock);
-    print_summary(&summary, &prepared.sweep.name, &loaded.results);
+    // The exit code says how the sweep went, whether or not anyone still
+    // reads the summary (a closed pipe is no failure).
+    if let Err(OutputError::Io(error)) =
+        print_summary(&summary, &prepared.sweep.name, &loaded.results)
+    {
+        eprintln!("palisweep: {error}");
+    }
     if !lost.is_empty() {
         // The trials ran and their folders hold everything; what a consumer
         // missed, the next run sends it again (`scheduler/reconcile.rs`).
@@ -385,46 +417,51 @@ async fn forward_interrupts(tx: mpsc::UnboundedSender<()>) {
     }
 }
 
-fn print_summary(summary: &Summary, name: &str, results: &std::path::Path) {
+fn print_summary(
+    summary: &Summary,
+    name: &str,
+    results: &std::path::Path,
+) -> Result<(), OutputError> {
     let c = &summary.counts;
-    println!(
+    outln!(
         "sweep `{name}` {}: {} finished, {} failed, {} pruned, {} interrupted",
         summary.status.as_str(),
         c.finished,
         c.failed,
         c.pruned,
         c.interrupted
-    );
+    )?;
     for (trial, reason) in &summary.failures {
-        println!("  failed {trial}: {}", reason.lines().next().unwrap_or(""));
+        outln!("  failed {trial}: {}", reason.lines().next().unwrap_or(""))?;
     }
     if !summary.left_running.is_empty() {
-        println!("{} Slurm job(s) left running:", summary.left_running.len());
+        outln!("{} Slurm job(s) left running:", summary.left_running.len())?;
         for (trial, job) in &summary.left_running {
-            println!("  job {job}: trial {trial}");
+            outln!("  job {job}: trial {trial}")?;
         }
-        println!(
+        outln!(
             "attach:      palisweep attach {name} --results {}",
             display_path(results)
-        );
+        )?;
     }
     let root = ResultsRoot::new(results);
     let sweep = root.sweep(name);
-    println!("results:     {}", display_path(sweep.path()));
-    println!("store:       {}", display_path(&root.store()));
-    println!(
+    outln!("results:     {}", display_path(sweep.path()))?;
+    outln!("store:       {}", display_path(&root.store()))?;
+    outln!(
         "tensorboard: tensorboard --logdir {}",
         display_path(&sweep.tensorboard())
-    );
-    println!(
+    )?;
+    outln!(
         "inspect:     palisweep status {name} --results {}",
         display_path(results)
-    );
-    println!(
+    )?;
+    outln!(
         "report:      palisweep report {name} --results {}",
         display_path(results)
-    );
+    )?;
     if summary.status == SweepStatus::Interrupted {
-        println!("resume:      run the same command again");
+        outln!("resume:      run the same command again")?;
     }
+    Ok(())
 }

@@ -47,7 +47,8 @@ fn materialize(spec_path: &Path, trial: &Path, wanted: Option<&str>) -> anyhow::
     std::fs::create_dir_all(trial)?;
     let mut spec = chosen.spec.clone();
     spec.sweep = loaded.defaults.sweep.clone();
-    std::fs::write(trial.join("trial.toml"), toml::to_string(&spec)?)?;
+    let text = crate::secrets::redact_text(&toml::to_string(&spec)?);
+    std::fs::write(trial.join("trial.toml"), text)?;
     Ok(())
 }
 

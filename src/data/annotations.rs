@@ -51,7 +51,8 @@ pub struct Record {
     pub image: PathBuf,
     pub prefix: String,
     pub suffix: String,
-    /// 1-based line in the annotations file.
+    /// The annotations file it came from, and its 1-based line there.
+    pub file: PathBuf,
     pub line: usize,
 }
 
@@ -159,6 +160,7 @@ fn parse_line(text: &str, file: &Path, line: usize, images: &Path) -> Result<Rec
         image: images.join(field("image")?),
         prefix: field("prefix")?,
         suffix: field("suffix")?,
+        file: file.to_owned(),
         line,
     })
 }

@@ -7,6 +7,7 @@
 //! what ran before. A resumed run skips the batches it already trained
 //! without decoding them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use image::RgbImage;
@@ -25,6 +26,22 @@ pub enum LoaderError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Processor(#[from] ProcessorError),
+    /// The processor's `PrefixTooLong`, at the annotation line it came from.
+    #[error(
+        "{}:{line}: `prefix`: the prefix is {tokens} tokens long, more than the limit of {max}: \
+         {image_tokens} image tokens (the checkpoint's image_seq_length) + `<bos>` + the prompt \
+         (data.max_prefix_tokens = {}) + the closing \"\\n\"\n  \
+         help: shorten this line's prefix, or raise data.max_prefix_tokens",
+        file.display(),
+        max.saturating_sub(image_tokens + 2)
+    )]
+    PrefixTooLong {
+        file: PathBuf,
+        line: usize,
+        tokens: usize,
+        max: usize,
+        image_tokens: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +147,18 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, LoaderError>>()?;
-    let encoded = processor.encode_training(&examples, max_suffix_tokens)?;
+    let encoded = processor
+        .encode_training(&examples, max_suffix_tokens)
+        .map_err(|error| match error {
+            ProcessorError::PrefixTooLong { row, tokens, max } => LoaderError::PrefixTooLong {
+                file: picked[row].file.clone(),
+                line: picked[row].line,
+                tokens,
+                max,
+                image_tokens: processor.image_seq_length(),
+            },
+            other => LoaderError::Processor(other),
+        })?;
     Ok(Batch {
         index,
         encoded,

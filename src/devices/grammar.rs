@@ -3,13 +3,16 @@
 //!
 //! ```text
 //! auto                 CUDA if any GPU is visible, else the host with one slot
-//! cpu | cpu:N          the host, split into N trial slots (default 1)
+//! cpu | cpu:N          the host, split into N trial slots (default 1, at most 1024)
 //! cuda                 every visible GPU
 //! cuda:0,2             GPUs 0 and 2 among the visible ones
 //! cuda:80GiB,80GiB     a hypothetical inventory (planning, synthetic tests)
 //! cuda:4x24GiB         the same, written as count x size
 //! fake-cuda:2x24GiB    the same (the spelling the scheduler's tests use)
 //! ```
+//!
+//! Counts are bounded ([`MAX_CPU_SLOTS`], [`MAX_HYPOTHETICAL_DEVICES`]) so that
+//! a typo is an error before anything is allocated per slot or device.
 //!
 //! Sizes take `GiB`/`MiB`/`KiB`/`TiB` (binary) or `GB`/`MB`/`KB`/`TB`
 //! (decimal) or `B`, case-insensitive, with decimals such as `40.5GiB`.
@@ -26,6 +29,11 @@ pub const VALID_FORMS: &str =
 /// Upper bound on the devices of a hypothetical inventory, so that a typo such
 /// as `cuda:4000000x24GiB` is an error rather than a huge allocation.
 pub const MAX_HYPOTHETICAL_DEVICES: usize = 4096;
+
+/// Upper bound on `cpu:N`: every slot is a device the planner and the
+/// scheduler track, and a slot gets at least one thread, so more slots than
+/// any host has cores only queue trials behind each other.
+pub const MAX_CPU_SLOTS: u32 = 1024;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -87,6 +95,9 @@ pub enum ParseDeviceErrorKind {
     /// `cpu:0`.
     #[error("the slot count must be at least 1")]
     ZeroSlots,
+    /// More than [`MAX_CPU_SLOTS`] slots.
+    #[error("{0} CPU slots is more than the limit of {MAX_CPU_SLOTS}")]
+    TooManySlots(String),
     /// `cuda:` or `cuda:0,,2`.
     #[error("empty entry in the list after `cuda:`")]
     EmptyEntry,
@@ -194,10 +205,11 @@ fn parse_slots(count: &str) -> Result<DeviceRequest, ParseDeviceErrorKind> {
     if !is_digits(count) {
         return Err(ParseDeviceErrorKind::BadSlotCount(count.to_owned()));
     }
+    // All digits: a parse failure can only be an overflow, too many too.
     match count.parse::<u32>() {
         Ok(0) => Err(ParseDeviceErrorKind::ZeroSlots),
-        Ok(slots) => Ok(DeviceRequest::Cpu { slots: Some(slots) }),
-        Err(_) => Err(ParseDeviceErrorKind::BadSlotCount(count.to_owned())),
+        Ok(slots) if slots <= MAX_CPU_SLOTS => Ok(DeviceRequest::Cpu { slots: Some(slots) }),
+        _ => Err(ParseDeviceErrorKind::TooManySlots(count.to_owned())),
     }
 }
 
@@ -559,7 +571,7 @@ mod tests {
     #[test]
     fn rejects_with_the_reason() {
         use ParseDeviceErrorKind as K;
-        let cases: [(&str, K); 15] = [
+        let cases: [(&str, K); 17] = [
             ("", K::Empty),
             ("gpu", K::UnknownKind("gpu".into())),
             ("tpu:0", K::UnknownKind("tpu".into())),
@@ -567,6 +579,8 @@ mod tests {
             ("cpu:0", K::ZeroSlots),
             ("cpu:-1", K::BadSlotCount("-1".into())),
             ("cpu:two", K::BadSlotCount("two".into())),
+            ("cpu:1025", K::TooManySlots("1025".into())),
+            ("cpu:4294967296", K::TooManySlots("4294967296".into())),
             ("cuda:", K::EmptyEntry),
             ("cuda:0,,2", K::EmptyEntry),
             ("cuda:0,2,0", K::DuplicateIndex(0)),

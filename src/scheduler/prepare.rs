@@ -16,6 +16,7 @@ use crate::events::event::{AttemptOutcome, Environment, SweepInfo, TrialInfo, Tr
 use crate::layout::{ResultsRoot, SweepDir};
 use crate::plan::build::{PlanError, PlannedTrial, SweepPlan, build};
 use crate::plan::placement::Limits;
+use crate::secrets::redact_text;
 use crate::spec::load::LoadedSpec;
 use crate::spec::schema::Method;
 use crate::sweep::expand::Expansion;
@@ -50,6 +51,14 @@ pub enum RunError {
     },
     #[error(transparent)]
     Slurm(#[from] crate::scheduler::slurm::client::SlurmError),
+    #[error(
+        "{} recorded `--set {set}` with a secret redacted, so this run cannot be repeated from it\n  \
+         help: keep secrets out of flags and specs: export HF_TOKEN in the shell and pass \
+         `--export=HF_TOKEN` to sbatch (it copies the value from the environment), then \
+         `palisweep run` the spec again",
+        path.display()
+    )]
+    Redacted { path: PathBuf, set: String },
     #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -80,11 +89,14 @@ pub struct PreparedSweep {
     pub lock: File,
 }
 
+/// `devices` says where the inventory came from (the `--devices` flag or
+/// the spec's line), for the error that refuses it.
 pub fn prepare(
     loaded: &LoadedSpec,
     expansion: Expansion,
     inventory: Inventory,
     limits: Limits,
+    devices: &str,
 ) -> Result<PreparedSweep, RunError> {
     let root = ResultsRoot::new(&loaded.results);
     let dir = root.sweep(&loaded.name);
@@ -96,7 +108,7 @@ pub fn prepare(
             .count();
         if real > 0 {
             return Err(RunError::MadeUpDevices {
-                devices: loaded.spec.resources.devices.clone(),
+                devices: devices.to_owned(),
                 count: real,
             });
         }
@@ -104,6 +116,7 @@ pub fn prepare(
     let recorded_before = dir.recorded_trials();
     let plan: SweepPlan = build(&loaded.name, expansion, inventory, limits, &recorded_before)?;
 
+    root.create().map_err(io(root.path()))?;
     std::fs::create_dir_all(dir.path()).map_err(io(dir.path()))?;
     let lock_path = dir.run_lock();
     let lock = File::create(&lock_path).map_err(io(&lock_path))?;
@@ -120,7 +133,7 @@ pub fn prepare(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    write_atomically(&dir.spec(), &loaded.text).map_err(io(&dir.spec()))?;
+    write_atomically(&dir.spec(), &redact_text(&loaded.text)).map_err(io(&dir.spec()))?;
 
     let mut recorded = Vec::with_capacity(plan.trials.len());
     let mut queue = Vec::new();
@@ -137,7 +150,7 @@ pub fn prepare(
     let sweep = SweepInfo {
         name: loaded.name.clone(),
         spec_path: loaded.path.display().to_string(),
-        spec_text: loaded.text.clone(),
+        spec_text: redact_text(&loaded.text),
         spec_hash: format!("{:x}", Sha256::digest(loaded.text.as_bytes())),
         results: loaded.results.display().to_string(),
         total_trials: plan.trials.len(),
@@ -211,6 +224,7 @@ fn trial_state(
             path: config_path.clone(),
             source: std::io::Error::other(e),
         })?;
+        let text = redact_text(&text);
         write_atomically(&config_path, &text).map_err(io(&config_path))?;
     }
     let config = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;

@@ -4,6 +4,8 @@
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
+use crate::secrets::redact_text;
+
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
@@ -33,7 +35,7 @@ impl fmt::Display for Location {
             }
             Location::FileOnly { path } => write!(f, "{}", path.display()),
             Location::Env { var } => write!(f, "environment variable {var}"),
-            Location::Flag { raw } => write!(f, "flag --set {raw}"),
+            Location::Flag { raw } => write!(f, "flag --set {}", redact_text(raw)),
             Location::Defaults => f.write_str("built-in defaults"),
         }
     }
@@ -73,10 +75,9 @@ pub enum SpecError {
         column: usize,
         message: String,
     },
-    #[error("{}: `extends` forms a cycle through {}", path.display(), via.display())]
-    ExtendsCycle { path: PathBuf, via: PathBuf },
     #[error(
-        "invalid `{raw}`: {message}\n  help: write --set key=value, e.g. --set train.lr=3e-5 or --set 'sweep.axes.\"train.lr\"=[1e-5, 3e-5]'"
+        "invalid `{}`: {message}\n  help: write --set key=value, e.g. --set train.lr=3e-5 or --set 'sweep.axes.\"train.lr\"=[1e-5, 3e-5]'",
+        redact_text(raw)
     )]
     BadFlag { raw: String, message: String },
     #[error("environment variable {var}: {message}")]

@@ -57,7 +57,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<LoadedSpec, SpecError>
     })?;
     let mut layers = vec![Layer::defaults(DEFAULTS_TOML)];
     let mut files = Vec::new();
-    read_with_bases(path, &mut files)?;
+    read_with_bases(path, &mut files, &mut Vec::new())?;
     let text = files
         .last()
         .and_then(Layer::text)
@@ -71,6 +71,15 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<LoadedSpec, SpecError>
     }
     for raw in &overrides.sets {
         layers.push(Layer::flag(raw)?);
+    }
+    // Before merging: a scalar where the defaults have a table would
+    // replace the whole table, and the error would then blame the defaults.
+    let problems: Vec<Problem> = layers[1..]
+        .iter()
+        .flat_map(|layer| shape_problems(&layers[0].table, layer, &[]))
+        .collect();
+    if !problems.is_empty() {
+        return Err(SpecError::Invalid(problems));
     }
 
     let figment = layers
@@ -116,34 +125,103 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<LoadedSpec, SpecError>
     Ok(loaded)
 }
 
-/// Reads a spec and, first, the chain of files it `extends`.
-fn read_with_bases(path: &Path, files: &mut Vec<Layer>) -> Result<(), SpecError> {
+/// Reads a spec and, first, the chain of files it `extends`. `chain` holds
+/// the files being read, outermost first: a file is checked against it
+/// before its bases are read, so a cycle of any length is an error, not an
+/// endless recursion. Each entry is the file's identity and its path as
+/// written (for the message).
+fn read_with_bases(
+    path: &Path,
+    files: &mut Vec<Layer>,
+    chain: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<(), SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.to_owned(),
         source,
     })?;
     let layer = Layer::file(path, text)?;
+    chain.push((identity(path), path.to_owned()));
     if let Some(base) = layer.get(&["extends"]) {
-        let Some(base) = base.as_str() else {
-            return Err(SpecError::Invalid(vec![Problem {
+        let problem = |message: String, help: &str| {
+            SpecError::Invalid(vec![Problem {
                 location: layer.locate(&["extends"]),
                 key: "extends".into(),
-                message: "expected a path to a base spec".into(),
-                help: Some("extends = \"base.toml\"".into()),
-            }]));
+                message,
+                help: Some(help.into()),
+            }])
+        };
+        let Some(base) = base.as_str() else {
+            return Err(problem(
+                "expected a path to a base spec".into(),
+                "extends = \"base.toml\"",
+            ));
         };
         let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-        let seen = |p: &Path| files.iter().any(|l| l.origin == Origin::File(p.to_owned()));
-        if base_path == path || seen(&base_path) {
-            return Err(SpecError::ExtendsCycle {
-                path: path.to_owned(),
-                via: base_path,
-            });
+        let base_identity = identity(&base_path);
+        if let Some(start) = chain.iter().position(|(id, _)| *id == base_identity) {
+            let cycle: Vec<String> = chain[start..]
+                .iter()
+                .chain(std::iter::once(&chain[start]))
+                .map(|(_, given)| given.display().to_string())
+                .collect();
+            return Err(problem(
+                format!("`extends` forms a cycle: {}", cycle.join(" extends ")),
+                "remove `extends` from one of these files",
+            ));
         }
-        read_with_bases(&base_path, files)?;
+        read_with_bases(&base_path, files, chain)?;
     }
+    chain.pop();
     files.push(layer);
     Ok(())
+}
+
+/// Keys of `layer` that hold a value where `defaults` hold a table
+/// (`experiment = 5`), at any depth below `path`.
+fn shape_problems(defaults: &toml::Table, layer: &Layer, path: &[&str]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (key, default) in defaults {
+        let toml::Value::Table(default) = default else {
+            continue;
+        };
+        let mut segments = path.to_vec();
+        segments.push(key);
+        match layer.get(&segments) {
+            Some(toml::Value::Table(_)) => {
+                problems.extend(shape_problems(default, layer, &segments));
+            }
+            Some(other) => {
+                let keys: Vec<&str> = default.keys().map(String::as_str).collect();
+                let keys = if keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", keys.join(", "))
+                };
+                let name = join_key(&segments);
+                let help = if path.is_empty() {
+                    format!("write a [{name}] table and its keys on the lines below it{keys}")
+                } else {
+                    format!("write {key} = {{ ... }} with its keys{keys}")
+                };
+                problems.push(Problem {
+                    location: layer.locate(&segments),
+                    key: name,
+                    message: format!("expected a table, found {} `{other}`", other.type_str()),
+                    help: Some(help),
+                });
+            }
+            None => {}
+        }
+    }
+    problems
+}
+
+/// What identifies a spec file in an `extends` chain: its canonical path
+/// (links and `./` resolved), or its absolute path when it cannot be
+/// resolved (it is then reported as unreadable).
+fn identity(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| absolute(&std::env::current_dir().unwrap_or_default(), path))
 }
 
 impl LoadedSpec {
@@ -347,6 +425,7 @@ fn plain_type(expected: &str) -> &str {
         "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
         "f32" | "f64" => "a number",
         "a boolean" | "bool" => "true or false",
+        s if s.starts_with("struct ") || s.starts_with("a map") => "a table",
         other => other,
     }
 }

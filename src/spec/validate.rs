@@ -4,7 +4,7 @@
 use crate::devices::grammar::{DeviceRequest, parse_bytes};
 
 use super::GENERATED_PREFIX;
-use super::schema::{EvalEvery, Method, SelectMode, Softcap, Spec, Warmup};
+use super::schema::{EvalEvery, Method, SelectMode, Softcap, Spec, Strategy, Warmup};
 
 /// One failed check, at a key of the merged spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +57,7 @@ pub fn check(spec: &Spec) -> Vec<Issue> {
     check_train(&mut c, spec);
     check_adapters(&mut c, spec);
     check_eval(&mut c, spec);
+    check_sweep(&mut c, spec);
     check_resources(&mut c, spec);
     check_slurm(&mut c, spec);
     check_synthetic(&mut c, spec);
@@ -326,6 +327,15 @@ fn check_eval(c: &mut Checker, spec: &Spec) {
         }
         Some(_) => {}
     }
+}
+
+fn check_sweep(c: &mut Checker, spec: &Spec) {
+    c.require(
+        spec.sweep.strategy != Strategy::Random || spec.sweep.samples >= 1,
+        "sweep.samples",
+        "must be at least 1: a random sweep of no draws has no trials",
+        "e.g. samples = 8",
+    );
 }
 
 fn check_resources(c: &mut Checker, spec: &Spec) {

@@ -26,6 +26,12 @@ const SWEEPABLE: &[&str] = &[
     "synthetic",
 ];
 
+/// The most trials one sweep may expand to, even with `--yes`: the grid is
+/// counted before it is built, so a typo in the axes is an error, not an
+/// allocation without bound (the store, the plan and the report hold every
+/// trial too).
+pub const MAX_TRIALS: usize = 10_000;
+
 /// One trial: its id, the values its axes gave it, and its resolved spec.
 #[derive(Clone, Debug)]
 pub struct Trial {
@@ -79,11 +85,12 @@ pub fn expand(loaded: &LoadedSpec, allow_large: bool) -> Result<Expansion, SpecE
                 .iter()
                 .try_fold(1usize, |n, g| n.checked_mul(g.len()))
                 .unwrap_or(usize::MAX);
-            check_size(loaded, count, allow_large)?;
+            check_size(loaded, &["sweep", "axes"], count, allow_large)?;
             (grid(&groups), 0)
         }
         Strategy::Random => {
-            check_size(loaded, sweep.samples as usize, allow_large)?;
+            let samples = usize::try_from(sweep.samples).unwrap_or(usize::MAX);
+            check_size(loaded, &["sweep", "samples"], samples, allow_large)?;
             random(&groups, sweep.samples, loaded.spec.experiment.seed)
         }
     };
@@ -94,6 +101,15 @@ pub fn expand(loaded: &LoadedSpec, allow_large: bool) -> Result<Expansion, SpecE
         .filter(|combo| !sweep.exclude.iter().any(|rule| matches_rule(combo, rule)))
         .collect();
     let excluded = before - combos.len();
+    // Later checks speak of what trials use: with none, they would blame
+    // the wrong keys.
+    if combos.is_empty() {
+        return Err(SpecError::Invalid(vec![loaded.problem(
+            &["sweep".into(), "exclude".into()],
+            format!("the exclude rules drop all {before} trials of the sweep"),
+            Some("loosen or remove a rule so that some trial is left".into()),
+        )]));
+    }
 
     let trials = build_trials(loaded, combos)?;
     check_unused_options(loaded, &trials)?;
@@ -310,11 +326,36 @@ fn axis_list(loaded: &LoadedSpec) -> String {
     }
 }
 
-fn check_size(loaded: &LoadedSpec, count: usize, allow_large: bool) -> Result<(), SpecError> {
+/// `count` trials (counted before any is built) against `--yes` and
+/// `sweep.max_trials`, and against [`MAX_TRIALS`] whatever the flags say;
+/// `key` is what set the count.
+fn check_size(
+    loaded: &LoadedSpec,
+    key: &[&str],
+    count: usize,
+    allow_large: bool,
+) -> Result<(), SpecError> {
+    let key: Vec<String> = key.iter().map(|&k| k.to_owned()).collect();
+    let shown = if count == usize::MAX {
+        "more than 2^64".to_owned()
+    } else {
+        count.to_string()
+    };
+    if count > MAX_TRIALS {
+        return Err(SpecError::Invalid(vec![loaded.problem(
+            &key,
+            format!(
+                "the sweep has {shown} trials, more than palisweep expands in one sweep ({MAX_TRIALS}), even with --yes"
+            ),
+            Some(
+                "trim the axes (or sweep.samples), or split the sweep into several specs".into(),
+            ),
+        )]));
+    }
     let limit = loaded.spec.sweep.max_trials as usize;
     if count > limit && !allow_large {
         return Err(SpecError::Invalid(vec![loaded.problem(
-            &["sweep".into(), "axes".into()],
+            &key,
             format!("the sweep has {count} trials, more than sweep.max_trials = {limit}"),
             Some("pass --yes to run it anyway, raise sweep.max_trials, or trim the axes".into()),
         )]));

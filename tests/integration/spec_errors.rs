@@ -237,3 +237,46 @@ fn missing_spec_file_is_bad_input() {
         .code(2)
         .stderr_has("nope.toml");
 }
+
+#[test]
+fn a_value_where_a_table_belongs_is_blamed_on_its_own_line() {
+    plan("experiment = 5\n")
+        .code(2)
+        .stderr_has("spec.toml:1:1: `experiment`: expected a table, found integer `5`")
+        .stderr_has("[experiment]");
+    // With --results (a flag that sets experiment.results), it used to
+    // blame the built-in defaults for a missing key.
+    let out = Test::new()
+        .spec("experiment = 5\n")
+        .args(&["run", "spec.toml", "--results", "results"])
+        .run();
+    out.code(2)
+        .stderr_has("spec.toml:1:1: `experiment`: expected a table");
+    assert!(!out.stderr.contains("built-in defaults"), "{}", out.stderr);
+    Test::new()
+        .spec(BASE)
+        .args(&["plan", "spec.toml", "--set", "eval.select=\"val/loss\""])
+        .run()
+        .code(2)
+        .stderr_has("flag --set eval.select=\"val/loss\": `eval.select`: expected a table")
+        .stderr_has("metric, mode");
+}
+
+#[test]
+fn a_random_sweep_needs_samples_and_exclude_rules_must_leave_a_trial() {
+    let synthetic = "[train]\nmethod = \"synthetic\"\n[synthetic]\nsteps = 2\n";
+    let out = plan(&format!(
+        "{synthetic}[sweep]\nstrategy = \"random\"\nsamples = 0\n\
+         [sweep.axes]\n\"train.lr\" = [1e-5, 2e-5]\n"
+    ));
+    out.code(2)
+        .stderr_has("spec.toml:7:1: `sweep.samples`: must be at least 1");
+    assert!(!out.stderr.contains("synthetic"), "{}", out.stderr);
+    let out = plan(&format!(
+        "{synthetic}[sweep]\nexclude = [{{ \"train.lr\" = 1e-5 }}, {{ \"train.lr\" = 2e-5 }}]\n\
+         [sweep.axes]\n\"train.lr\" = [1e-5, 2e-5]\n"
+    ));
+    out.code(2)
+        .stderr_has("`sweep.exclude`: the exclude rules drop all 2 trials");
+    assert!(!out.stderr.contains("synthetic"), "{}", out.stderr);
+}

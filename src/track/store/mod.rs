@@ -37,14 +37,14 @@
 //!
 //! A metric `value` is NULL when the worker reported NaN (`SQLite` has no
 //! NaN). No secret is stored: spec text, configs, parameters and messages
-//! pass through [`redact_text`] / [`redact_json`] first.
+//! pass through [`redact_text`] / [`redact_json`] first (`crate::secrets`,
+//! which every other writer of the results tree uses too).
 
 mod export;
 mod liveness;
 mod query;
 mod recorded;
 mod schema;
-mod scrub;
 mod sink;
 pub mod views;
 
@@ -60,7 +60,9 @@ pub use query::{
 };
 pub use recorded::RecordedAttempts;
 pub use schema::SCHEMA_VERSION;
-pub use scrub::{REDACTED, redact_json, redact_text};
+// The store's writer names the redaction `scrub`; it is the crate's one.
+use crate::secrets as scrub;
+pub use crate::secrets::{REDACTED, redact_json, redact_text};
 pub use sink::StoreSink;
 pub use views::{LsView, ShowView, StatusView};
 
@@ -84,6 +86,13 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error(
+        "{} is not a readable palisweep store: {reason}\n  help: move it aside (a new one is \
+         made by the next `palisweep run`; the trial folders keep each trial's history in \
+         events.jsonl and attempts.jsonl), or pass --results DIR for another results root",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, reason: String },
     #[error(
         "no store at {}: nothing has run under this results root yet\n  help: run a sweep first, or pass --results DIR",
         path.display()
@@ -138,6 +147,26 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+/// SQLite's "not a database" and "malformed" as [`StoreError::Corrupt`],
+/// which names the file; other errors unchanged.
+fn corrupt(error: StoreError, path: &Path) -> StoreError {
+    match error {
+        StoreError::Sqlite(error)
+            if matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            ) =>
+        {
+            // SQLite's text alone: its error's own cause repeats it.
+            StoreError::Corrupt {
+                path: path.to_owned(),
+                reason: error.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
 fn known_list(known: &[String]) -> String {
     if known.is_empty() {
         String::new()
@@ -167,8 +196,8 @@ impl Store {
         }
         let mut conn = Connection::open(path).map_err(at)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(at)?;
-        // Refuse a newer database before touching it.
-        schema::check_not_newer(&conn, path)?;
+        // Refuse a newer database (or none at all) before touching it.
+        schema::check_not_newer(&conn, path).map_err(|e| corrupt(e, path))?;
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(at)?;
@@ -204,7 +233,7 @@ impl Store {
             });
         }
         let conn = Self::connect_read_only(path)?;
-        let found = schema::check_not_newer(&conn, path)?;
+        let found = schema::check_not_newer(&conn, path).map_err(|e| corrupt(e, path))?;
         if found < SCHEMA_VERSION {
             drop(conn);
             if let Err(e) = Store::open(path) {

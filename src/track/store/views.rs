@@ -52,23 +52,34 @@ pub fn ls(store: &Store) -> Result<LsView, StoreError> {
     })
 }
 
-/// A trial by id, unique id prefix, or `SWEEP/ID`.
+/// A trial by id, unique id prefix, or `SWEEP/ID`. Checkpoints that are
+/// gone from disk (`resources.keep_checkpoints` deletes the older ones)
+/// are not listed; the store keeps their rows as history.
 pub fn show(store: &Store, trial: &str) -> Result<ShowView, StoreError> {
-    Ok(ShowView {
-        detail: store.trial_detail(trial)?,
-    })
+    let mut detail = store.trial_detail(trial)?;
+    detail
+        .artifacts
+        .retain(|a| a.kind != "checkpoint" || std::path::Path::new(&a.path).exists());
+    Ok(ShowView { detail })
 }
 
 impl StatusView {
     pub fn to_text(&self) -> String {
         let s = &self.sweep;
         let c = &s.counts;
+        // A sweep started when it first ran (`created`); `started` is the
+        // latest run's start, which a resume moves.
         let mut out = format!(
-            "sweep {} ({})  {}  started {}{}\n",
+            "sweep {} ({})  {}  started {}{}{}\n",
             s.name,
             s.id(),
             s.status,
-            timestamp(s.started),
+            timestamp(s.created),
+            if s.started > s.created {
+                format!(", resumed {}", timestamp(s.started))
+            } else {
+                String::new()
+            },
             s.ended
                 .map(|e| format!(", ended {}", timestamp(e)))
                 .unwrap_or_default()
@@ -173,7 +184,7 @@ impl LsView {
                     ),
                     c.running.to_string(),
                     c.failed.to_string(),
-                    timestamp(s.started),
+                    timestamp(s.created),
                     s.select_metric.clone(),
                 ]
             })
