@@ -169,33 +169,7 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     ))];
     sinks.extend(crate::track::sinks(&loaded.results)?);
     let fanout = Fanout::start(sinks);
-    fanout.send(&SweepEvent::SweepStarted {
-        sweep: Box::new(prepared.sweep.clone()),
-        environment: Box::new(prepared.environment.clone()),
-        resumed: prepared.resumed,
-        time: now(),
-    });
-    for (info, status) in &prepared.recorded {
-        fanout.send(&SweepEvent::TrialRecorded {
-            trial: Box::new(info.clone()),
-            status: *status,
-        });
-    }
-    for event in &reconciled.events {
-        fanout.send(event);
-    }
-    // A start sent again marks its trial running: say again where it stands.
-    for (info, status) in &prepared.recorded {
-        if reconciled.restarted.contains(&info.id) {
-            fanout.send(&SweepEvent::TrialRecorded {
-                trial: Box::new(info.clone()),
-                status: *status,
-            });
-        }
-    }
-    for event in &reconciled.trial_ends {
-        fanout.send(event);
-    }
+    open_stream(&fanout, &prepared, &reconciled);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -251,6 +225,38 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         SweepStatus::Running | SweepStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         SweepStatus::Failed => ExitCode::from(EXIT_FAILURE),
     })
+}
+
+/// The stream's opening: the sweep, every trial of it, then what the trial
+/// folders hold and the consumers lack.
+fn open_stream(fanout: &Fanout, prepared: &PreparedSweep, reconciled: &Reconciled) {
+    fanout.send(&SweepEvent::SweepStarted {
+        sweep: Box::new(prepared.sweep.clone()),
+        environment: Box::new(prepared.environment.clone()),
+        resumed: prepared.resumed,
+        time: now(),
+    });
+    for (info, status) in &prepared.recorded {
+        fanout.send(&SweepEvent::TrialRecorded {
+            trial: Box::new(info.clone()),
+            status: *status,
+        });
+    }
+    for event in &reconciled.events {
+        fanout.send(event);
+    }
+    // A start sent again marks its trial running: say again where it stands.
+    for (info, status) in &prepared.recorded {
+        if reconciled.restarted.contains(&info.id) {
+            fanout.send(&SweepEvent::TrialRecorded {
+                trial: Box::new(info.clone()),
+                status: *status,
+            });
+        }
+    }
+    for event in &reconciled.trial_ends {
+        fanout.send(event);
+    }
 }
 
 /// Brings what an earlier run left in line before anything starts: waits
