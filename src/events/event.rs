@@ -47,6 +47,14 @@ pub struct TrialInfo {
     pub est_memory_bytes: u64,
     pub batch_size: u32,
     pub grad_accum: u32,
+    /// The plan's relative cost (`estimate/cost.rs`): the trial's share of
+    /// the sweep's work, for progress estimates.
+    #[serde(default = "one")]
+    pub rel_cost: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// How one worker process ended.

@@ -135,6 +135,7 @@ fn stream(points: &[Point], failed: &Point) -> Vec<SweepEvent> {
                 est_memory_bytes: if p.size == "3b" { 20 << 30 } else { 40 << 30 },
                 batch_size: 8,
                 grad_accum: 1,
+                rel_cost: 1.0,
             }),
             status: TrialStatus::Queued,
         });

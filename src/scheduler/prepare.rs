@@ -240,6 +240,7 @@ fn trial_state(
         est_memory_bytes: planned.memory.total,
         batch_size: trial.spec.train.batch_size,
         grad_accum: trial.spec.train.grad_accum,
+        rel_cost: planned.rel_cost,
     };
     let attempts = trial_record::attempts(&trial_dir);
     // A Slurm job that ended while no orchestrator followed it is followed

@@ -1,6 +1,7 @@
 //! Tracking: the consumers of a sweep's event stream (the SQLite store, the
 //! TensorBoard logs and the progress display).
 
+pub mod eta;
 pub mod progress;
 pub mod store;
 pub mod tensorboard;

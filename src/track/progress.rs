@@ -1,19 +1,27 @@
 //! The progress display, a consumer of the event stream: on a terminal, a
 //! sweep bar (done/total, failures, ETA) and a line per running trial
-//! (id, device, step, loss, samples/s); otherwise, or with `--quiet`, plain
-//! log lines on stderr (starts, ends, failures, and a step line at most
-//! every few seconds per trial).
+//! (id, its varying hyperparameters, device, step, loss, samples/s);
+//! otherwise, or with `--quiet`, plain log lines on stderr (starts, ends,
+//! failures, a step line at most every few seconds per trial, and an
+//! overall line every minute). The ETA weighs trials by the plan's relative
+//! cost and the rate measured so far (`track/eta.rs`). The sweep's summary
+//! is `run`'s to print, once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::eta::{self, Progress};
 use crate::events::event::{AttemptOutcome, EventSink, SinkError, SweepEvent, TrialStatus};
 use crate::worker::protocol::WorkerEvent;
 
 /// Plain mode prints a trial's step at most this often.
 const LINE_EVERY: Duration = Duration::from_secs(10);
+/// Plain mode prints the sweep's overall line at most this often.
+const OVERALL_EVERY: Duration = Duration::from_secs(60);
+/// A trial's label shows at most this many characters of its parameters.
+const LABEL_CHARS: usize = 48;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -58,6 +66,35 @@ pub struct ProgressSink {
     done: u64,
     failed: u64,
     select_metric: String,
+    progress: Progress,
+    started_at: Option<Instant>,
+    last_overall: Option<Instant>,
+    /// Each trial's varying hyperparameters, short (`lr=1e-4 r=8`).
+    labels: HashMap<String, String>,
+    /// Trials that ended (this run or before): a trial recorded again
+    /// after a resume's reconciliation counts once.
+    ended: std::collections::HashSet<String>,
+}
+
+/// `train.lr=0.0001, lora.r=8` → `lr=0.0001 r=8`, cut to [`LABEL_CHARS`].
+fn label(params: &std::collections::BTreeMap<String, serde_json::Value>) -> String {
+    let text = params
+        .iter()
+        .map(|(k, v)| {
+            let key = k.rsplit('.').next().unwrap_or(k);
+            let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            format!("{key}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.chars().count() > LABEL_CHARS {
+        format!(
+            "{}…",
+            text.chars().take(LABEL_CHARS - 1).collect::<String>()
+        )
+    } else {
+        text
+    }
 }
 
 impl ProgressSink {
@@ -76,6 +113,49 @@ impl ProgressSink {
             done: 0,
             failed: 0,
             select_metric: String::new(),
+            progress: Progress::default(),
+            started_at: None,
+            last_overall: None,
+            labels: HashMap::new(),
+            ended: std::collections::HashSet::new(),
+        }
+    }
+
+    /// `ETA 12:05` once a rate is known.
+    fn eta_text(&self) -> String {
+        self.started_at
+            .and_then(|t| self.progress.eta(t.elapsed()))
+            .map_or_else(|| "ETA -".to_owned(), |d| format!("ETA {}", eta::clock(d)))
+    }
+
+    /// In plain mode, the whole sweep's state when a trial ends and at
+    /// least every [`OVERALL_EVERY`] while trials run.
+    fn overall_line(&mut self, now: bool) {
+        if self.mode != ProgressMode::Lines || self.total == 0 {
+            return;
+        }
+        let Some(start) = self.started_at else { return };
+        let since = self.last_overall.unwrap_or(start);
+        if !now && since.elapsed() < OVERALL_EVERY {
+            return;
+        }
+        self.last_overall = Some(Instant::now());
+        self.say(&format!(
+            "sweep  {}/{} done, {} running, {} failed; {:.0}% of the work; elapsed {}, {}",
+            self.done,
+            self.total,
+            self.trials.len(),
+            self.failed,
+            100.0 * self.progress.fraction_done(),
+            eta::clock(start.elapsed()),
+            self.eta_text()
+        ));
+    }
+
+    fn trial_name(&self, trial: &str) -> String {
+        match self.labels.get(trial) {
+            Some(label) if !label.is_empty() => format!("{trial} ({label})"),
+            _ => trial.to_owned(),
         }
     }
 
@@ -104,7 +184,7 @@ impl ProgressSink {
         if self.failed > 0 {
             parts.push(format!("{} failed", self.failed));
         }
-        parts.join(", ")
+        format!("{} ({})", parts.join(", "), self.eta_text())
     }
 
     fn refresh_sweep(&self) {
@@ -134,6 +214,7 @@ impl ProgressSink {
             SweepEvent::SweepStarted { sweep, resumed, .. } => {
                 self.total = sweep.total_trials as u64;
                 self.select_metric.clone_from(&sweep.select_metric);
+                self.started_at = Some(Instant::now());
                 self.say(&format!(
                     "{} sweep `{}`: {} trial(s) on {}",
                     if *resumed { "resuming" } else { "starting" },
@@ -145,7 +226,7 @@ impl ProgressSink {
                     let bar = self.multi.add(ProgressBar::new(self.total));
                     bar.set_style(
                         ProgressStyle::with_template(
-                            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials, {msg} (ETA {eta})",
+                            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials, {msg}",
                         )
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
                     );
@@ -153,10 +234,12 @@ impl ProgressSink {
                     self.sweep = Some(bar);
                 }
             }
-            SweepEvent::TrialRecorded { status, .. } => {
-                if matches!(status, TrialStatus::Finished | TrialStatus::Pruned) {
+            SweepEvent::TrialRecorded { trial, status } => {
+                let done = matches!(status, TrialStatus::Finished | TrialStatus::Pruned);
+                self.labels.insert(trial.id.clone(), label(&trial.params));
+                self.progress.add_trial(&trial.id, trial.rel_cost, done);
+                if done && self.ended.insert(trial.id.clone()) {
                     self.done += 1;
-                    self.refresh_sweep();
                 }
             }
             SweepEvent::AttemptStarted {
@@ -199,18 +282,10 @@ impl ProgressSink {
                 ..
             } => self.trial_ended(trial, *status, reason.as_deref(), *best_metric),
             SweepEvent::Artifact { .. } => {}
-            SweepEvent::SweepEnded { status, counts, .. } => {
+            SweepEvent::SweepEnded { .. } => {
                 if let Some(bar) = self.sweep.take() {
                     bar.finish_and_clear();
                 }
-                self.say(&format!(
-                    "sweep {}: {} finished, {} failed, {} pruned, {} interrupted",
-                    status.as_str(),
-                    counts.finished,
-                    counts.failed,
-                    counts.pruned,
-                    counts.interrupted
-                ));
             }
         }
     }
@@ -224,7 +299,8 @@ impl ProgressSink {
         grad_accum: u32,
     ) {
         self.say(&format!(
-            "start  {trial} on {device} (attempt {attempt}, batch {batch_size} × {grad_accum})"
+            "start  {} on {device} (attempt {attempt}, batch {batch_size} × {grad_accum})",
+            self.trial_name(trial)
         ));
         let bar = (self.mode == ProgressMode::Bars).then(|| {
             let bar = self.multi.add(ProgressBar::new(1));
@@ -232,7 +308,7 @@ impl ProgressSink {
                 ProgressStyle::with_template("  {prefix} {bar:20} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            bar.set_prefix(trial.to_owned());
+            bar.set_prefix(self.trial_name(trial));
             bar.set_message(format!("{device} starting"));
             bar
         });
@@ -260,19 +336,29 @@ impl ProgressSink {
     ) {
         match status {
             TrialStatus::Finished | TrialStatus::Pruned => {
+                if !self.ended.insert(trial.to_owned()) {
+                    return;
+                }
                 self.done += 1;
+                self.progress.ended(trial);
                 let best = best_metric
                     .map(|v| format!(" ({} {v:.4})", self.select_metric))
                     .unwrap_or_default();
                 self.say(&format!("done   {trial} {}{best}", status.as_str()));
+                self.overall_line(true);
             }
             TrialStatus::Failed => {
+                if !self.ended.insert(trial.to_owned()) {
+                    return;
+                }
                 self.done += 1;
                 self.failed += 1;
+                self.progress.ended(trial);
                 self.warn(&format!(
                     "FAILED {trial}: {}",
                     reason.unwrap_or("unknown reason")
                 ));
+                self.overall_line(true);
             }
             _ => {}
         }
@@ -280,6 +366,18 @@ impl ProgressSink {
     }
 
     fn worker(&mut self, trial: &str, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::Started {
+                total_steps,
+                resumed_from,
+                ..
+            } => self.progress.started(trial, *resumed_from, *total_steps),
+            WorkerEvent::Step { step, .. } => {
+                let total = self.trials.get(trial).map_or(0, |l| l.total_steps);
+                self.progress.step(trial, *step, total);
+            }
+            _ => {}
+        }
         let Some(line) = self.trials.get_mut(trial) else {
             return;
         };
@@ -348,6 +446,8 @@ impl EventSink for ProgressSink {
         for event in events {
             self.handle_one(event);
         }
+        self.refresh_sweep();
+        self.overall_line(false);
         Ok(())
     }
 }

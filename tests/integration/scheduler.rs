@@ -433,3 +433,34 @@ fn early_stopping_prunes_trials_worse_than_the_median() {
         .code(0)
         .stdout_has("3 finished, 0 failed, 2 pruned");
 }
+
+#[test]
+fn plain_progress_names_each_trials_parameters_gives_an_overall_line_and_one_summary() {
+    let test = Test::new().spec(&synthetic(
+        "[synthetic]\nsteps = 6\nstep_ms = 10\n\
+         [sweep.axes]\n\"train.lr\" = [1e-5, 1e-3]\n",
+    ));
+    // Not a terminal: plain lines on stderr, the summary on stdout.
+    let out = run(&test, "fake-cuda:1x80GiB");
+    out.code(0);
+    assert!(
+        out.stderr.contains("(lr=0.00001) on cuda:0"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("(lr=0.001) on cuda:0"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("sweep  1/2 done, ")
+            && out.stderr.contains("sweep  2/2 done, 0 running"),
+        "{}",
+        out.stderr
+    );
+    let summaries = format!("{}{}", out.stdout, out.stderr)
+        .matches("2 finished, 0 failed")
+        .count();
+    assert_eq!(summaries, 1, "{}\n{}", out.stdout, out.stderr);
+}

@@ -73,6 +73,7 @@ pub(super) fn recorded(id: &str, lr: f64, status: TrialStatus) -> SweepEvent {
             est_memory_bytes: 10 << 30,
             batch_size: 8,
             grad_accum: 1,
+            rel_cost: 1.0,
         }),
         status,
     }

@@ -60,6 +60,7 @@ fn recorded(statuses: [TrialStatus; 3]) -> Vec<SweepEvent> {
                 est_memory_bytes: 0,
                 batch_size: 2,
                 grad_accum: 1,
+                rel_cost: 1.0,
             }),
             status,
         })
