@@ -25,6 +25,7 @@ use crate::rerun::{
 };
 use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
+use crate::track::progress::{ProgressMode, ProgressSink};
 use crate::track::store::{Store, StoreSink};
 use crate::train::determinism::CUBLAS_WORKSPACE_CONFIG;
 use crate::train::learner::{checkpoint_dir, dataset_root, spec_task};
@@ -78,11 +79,15 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
         original.grad_accum,
         original.threads
     );
-    let mut sink = StoreSink::for_sweep(Store::open(&store_path)?, &row.sweep);
+    let sink = StoreSink::for_sweep(Store::open(&store_path)?, &row.sweep);
     // Recorded as one more attempt (`rerun`): the trial keeps its status,
     // attempt, best and wall time.
-    let (status, rerun) = run_worker(&mut sink, &row.id, &dir, attempt, device, &original)?;
-    let _ = sink.close();
+    let mut sinks = Sinks {
+        store: sink,
+        progress: ProgressSink::new(ProgressMode::detect(false)),
+    };
+    let (status, rerun) = run_worker(&mut sinks, &row.id, &dir, attempt, device, &original)?;
+    let _ = sinks.store.close();
     let Some(rerun) = rerun else {
         anyhow::bail!(
             "the rerun of {} did not finish (exit {:?}); see {}",
@@ -109,8 +114,16 @@ pub fn run(args: &RerunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn record(sink: &mut StoreSink, event: SweepEvent) {
-    if let Err(e) = sink.handle(&[event]) {
+/// Where a rerun's events go: the store, and the progress display `run`
+/// uses (a bar per step on a terminal, plain lines otherwise).
+struct Sinks {
+    store: StoreSink,
+    progress: ProgressSink,
+}
+
+fn record(sinks: &mut Sinks, event: SweepEvent) {
+    let _ = sinks.progress.handle(std::slice::from_ref(&event));
+    if let Err(e) = sinks.store.handle(&[event]) {
         eprintln!("palisweep: the store did not take the rerun: {e}");
     }
 }
@@ -118,7 +131,7 @@ fn record(sink: &mut StoreSink, event: SweepEvent) {
 /// Runs the worker in `dir` with the original's batch shape, threads and
 /// device kind, recording its events as attempt `attempt`.
 fn run_worker(
-    sink: &mut StoreSink,
+    sink: &mut Sinks,
     id: &str,
     dir: &TrialDir,
     attempt: u32,

@@ -36,10 +36,12 @@ fn a_rerun_reproduces_a_cpu_trial_bit_for_bit_and_refuses_a_changed_dataset() {
         std::fs::read_to_string(test.path().join("results/r/report/report.md")).unwrap()
     };
     let (before, report_before) = (show(&test), report(&test));
-    let json = test
-        .run_in(&["rerun", &id, "--results", "results", "--json"])
-        .code(0)
-        .json();
+    let out = test.run_in(&["rerun", &id, "--results", "results", "--json"]);
+    let json = out.code(0).json();
+    // Its progress, as `run` shows it: the attempt's start and its steps.
+    out.stderr_has(&format!("start  {id}"))
+        .stderr_has(&format!("       {id} "))
+        .stderr_has(" step 1/12 ");
     assert_eq!(json["reproduced"], true, "{json}");
     assert_eq!(json["curve_identical"], true, "{json}");
     assert_eq!(json["steps"], 12);
