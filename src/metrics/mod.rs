@@ -3,6 +3,7 @@
 //! `<locNNNN>` boxes, exact match and character error rate, corpus BLEU for
 //! free text, gathered by one
 //! per-task accumulator ([`task::TaskMetrics`]).
+pub mod average_precision;
 pub mod bleu;
 pub mod detection;
 #[cfg(test)]
