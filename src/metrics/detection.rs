@@ -11,6 +11,10 @@
 //!
 //! # mAP conventions
 //!
+//! pycocotools' `COCOeval` (bbox, area range `all`, `maxDets` 100), given
+//! scores that reproduce the ranking below; see [`super::average_precision`]
+//! for the pinned source.
+//!
 //! * **Ranking.** Generated boxes carry no scores, so an object's confidence
 //!   is its position in its own output: every example's first object ranks
 //!   above every second object, and so on; ties between examples go to the
@@ -19,14 +23,20 @@
 //!   predicted box takes the unmatched reference box of the same class and
 //!   image with the highest `IoU`, if that `IoU` is ≥ the threshold (true
 //!   positive); otherwise it is a false positive. A duplicate of a matched
-//!   box is therefore a false positive.
-//! * **AP.** All-point interpolation (VOC 2010+/COCO-style area under the
-//!   monotone precision envelope, not COCO's 101-point sampling).
+//!   box is therefore a false positive. Equal `IoU`s go to the later
+//!   reference, as in `COCOeval.evaluateImg`.
+//! * **Detections per image.** Only the first 100 predicted objects of each
+//!   class in an example count (COCO's `maxDets`); later ones are dropped,
+//!   neither true nor false positives.
+//! * **AP.** COCO's 101-point interpolation: the monotone precision envelope
+//!   sampled at recalls 0, 0.01, …, 1 and averaged
+//!   ([`coco_average_precision`]), not the all-point area under it.
 //! * **Averaging.** Over the classes that occur in the references; a
 //!   reference class never predicted scores AP 0. Predicted labels that occur
 //!   in no reference are ignored, as COCO ignores categories outside its
-//!   list. `map` is the mean over the ten `IoU` thresholds 0.50:0.05:0.95,
-//!   `map50` the value at 0.50. A split with no reference objects scores 1
+//!   list. `map` is the mean over the ten `IoU` thresholds 0.50:0.05:0.95
+//!   (numpy's `linspace` values, [`IOU_THRESHOLDS`]), `map50` the value at
+//!   0.50. A split with no reference objects scores 1
 //!   if nothing was predicted either, else 0.
 //! * `IoU` is computed on bins, which equals pixel `IoU` since it does not change
 //!   under per-axis scaling. Boxes with `max < min` have zero area.
@@ -38,14 +48,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use super::average_precision::IOU_THRESHOLDS;
+use super::average_precision::{MAX_DETECTIONS, coco_average_precision};
+
 /// Number of `<locNNNN>` bins per axis.
 pub const LOC_BINS: u16 = 1024;
 /// Number of `<segNNN>` codes (the VQ-VAE codebook size).
 pub const SEG_CODES: u16 = 128;
 /// `<segNNN>` tokens per segmentation object.
 pub const SEG_TOKENS: usize = 16;
-/// The `IoU` thresholds averaged by `map`: 0.50, 0.55, …, 0.95.
-pub const IOU_THRESHOLDS: [f64; 10] = [0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95];
 
 /// A box as four loc bins (0…1023 each), in PaliGemma's token order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -331,15 +342,20 @@ impl DetectionAccumulator {
         self.parse_errors += predicted.errors.len() as u64;
         self.predicted_objects += predicted.objects.len() as u64;
         for (rank, object) in predicted.objects.into_iter().enumerate() {
-            self.classes
-                .entry(object.label)
-                .or_default()
-                .predictions
-                .push(RankedBox {
+            let predictions = &mut self.classes.entry(object.label).or_default().predictions;
+            // This example's boxes of the class are the last ones pushed.
+            let kept = predictions
+                .iter()
+                .rev()
+                .take_while(|p| p.example == example)
+                .count();
+            if kept < MAX_DETECTIONS {
+                predictions.push(RankedBox {
                     rank,
                     example,
                     bbox: object.bbox,
                 });
+            }
         }
     }
 
@@ -426,35 +442,9 @@ impl ClassBoxes {
                     }
                 })
                 .collect();
-            all_point_average_precision(&hits, total)
+            coco_average_precision(&hits, total)
         })
     }
-}
-
-/// Area under the monotone precision envelope of a ranked list of hits
-/// (`true` = true positive) against `references` reference objects
-/// (all-point interpolation); 0 when there are no references.
-pub fn all_point_average_precision(hits: &[bool], references: usize) -> f64 {
-    if references == 0 {
-        return 0.0;
-    }
-    let mut precision = Vec::with_capacity(hits.len());
-    let mut true_positives = 0usize;
-    for (i, hit) in hits.iter().enumerate() {
-        true_positives += usize::from(*hit);
-        precision.push(true_positives as f64 / (i + 1) as f64);
-    }
-    // Envelope: precision at rank i becomes the best precision at any rank ≥ i.
-    for i in (0..precision.len().saturating_sub(1)).rev() {
-        precision[i] = precision[i].max(precision[i + 1]);
-    }
-    // Recall rises by 1/references at each hit and nowhere else.
-    let step = 1.0 / references as f64;
-    hits.iter()
-        .zip(&precision)
-        .filter(|(hit, _)| **hit)
-        .map(|(_, p)| p * step)
-        .sum()
 }
 
 #[cfg(test)]
@@ -631,15 +621,16 @@ mod tests {
         // A false positive ranked before the hit: precision 1/2 at recall 1.
         let first = format!("{} ; {reference}", object(500, 500, 600, 600, "cat"));
         assert!(close(scores(&[(&first, &reference)]).map, 0.5));
-        // Ranked after the hit, it does not lower all-point AP.
+        // Ranked after the hit, it does not lower AP.
         let last = format!("{reference} ; {}", object(500, 500, 600, 600, "cat"));
         assert!(close(scores(&[(&last, &reference)]).map, 1.0));
         // A duplicate of a matched box is a false positive too.
         let twice = format!("{} ; {reference}", object(0, 0, 100, 100, "cat"));
         let two = format!("{reference} ; {}", object(300, 300, 400, 400, "cat"));
         let s = scores(&[(&twice, &two)]);
-        // A hit, then the duplicate: recall 1/2 at precision 1.
-        assert!(close(s.map, 0.5));
+        // A hit, then the duplicate: recall 1/2 at precision 1, so 51 of the
+        // 101 recall points (0.00…0.50) score 1 (all-point AP would say 0.5).
+        assert!(close(s.map, 51.0 / 101.0));
     }
 
     #[test]
@@ -647,14 +638,30 @@ mod tests {
         let a = object(0, 0, 100, 100, "cat");
         let miss = object(500, 500, 600, 600, "cat");
         // Example 1: hit at position 0. Example 2: miss at 0, hit at 1.
-        // Ranked: hit, miss, hit → precision 1, 1/2, 2/3 → envelope 1, 2/3, 2/3.
+        // Ranked: hit, miss, hit → precision 1, 1/2, 2/3 → envelope 1, 2/3, 2/3:
+        // recalls 0.00…0.50 sample 1, recalls 0.51…1 sample 2/3.
         let s = scores(&[(&a, &a), (&format!("{miss} ; {a}"), &a)]);
-        assert!(close(s.map, 0.5 * 1.0 + 0.5 * (2.0 / 3.0)));
-        assert!(close(
-            all_point_average_precision(&[true, false, true], 2),
-            0.5 + 1.0 / 3.0
-        ));
-        assert!(close(all_point_average_precision(&[], 3), 0.0));
+        assert!(close(s.map, (51.0 + 50.0 * (2.0 / 3.0)) / 101.0));
+        // Swapping the examples' outputs puts the miss (rank 0 of example 0)
+        // ahead of both hits.
+        let s = scores(&[(&format!("{miss} ; {a}"), &a), (&a, &a)]);
+        // Miss, hit, hit: precision 0, 1/2, 2/3 → envelope 2/3 everywhere.
+        assert!(close(s.map, 2.0 / 3.0));
+    }
+
+    #[test]
+    fn only_the_first_100_boxes_per_example_and_class_count() {
+        let hit = object(0, 0, 100, 100, "cat");
+        let miss = object(500, 500, 600, 600, "cat");
+        let other = object(500, 500, 600, 600, "dog");
+        // 99 misses, then the hit as the 100th cat box: kept, precision 1/100.
+        let mut output = vec![miss.clone(); 99];
+        output.push(other);
+        output.push(hit.clone());
+        assert!(close(scores(&[(&output.join(" ; "), &hit)]).map, 0.01));
+        // As the 101st cat box it is dropped: AP 0.
+        output.insert(0, miss);
+        assert!(close(scores(&[(&output.join(" ; "), &hit)]).map, 0.0));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const DETECT_PARSE_ERRORS: &str = "detect_parse_errors";
 pub const EXACT_MATCH: &str = "exact_match";
 /// Character error rate (edits per reference character); lower is better.
 pub const CER: &str = "cer";
+/// Corpus BLEU (sacreBLEU's defaults) on a 0–1 scale; higher is better.
+pub const BLEU: &str = "bleu";
 /// Cross-entropy loss on the suffix tokens; lower is better.
 pub const LOSS: &str = "loss";
 
@@ -33,7 +35,7 @@ pub const LOSS: &str = "loss";
 ///
 /// Lower is better for `loss` and any `*_loss`, `cer`, `wer`, `perplexity`
 /// `detect_parse_errors` and `peak_memory_bytes`; every other name (F1, precision, recall,
-/// validity, mAP, exact match, accuracy, …) is higher-is-better. A prefix up
+/// validity, mAP, exact match, BLEU, accuracy, …) is higher-is-better. A prefix up
 /// to the last `/` (`eval/loss`, `valid/cer`) is ignored.
 pub fn higher_is_better(metric: &str) -> bool {
     let base = metric.rsplit('/').next().unwrap_or(metric);
@@ -77,6 +79,7 @@ mod tests {
             MAP,
             MAP50,
             EXACT_MATCH,
+            BLEU,
             "accuracy",
         ] {
             assert!(higher_is_better(name), "{name}");

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::bleu::BleuAccumulator;
 use super::detection::{DetectionAccumulator, parse_detections};
 use super::json_fields::JsonFieldAccumulator;
 use super::names;
@@ -22,7 +23,7 @@ pub enum Task {
     Detect,
     /// Boxes with `<seg…>` codes: box mAP (the masks are not scored).
     Segment,
-    /// Free text: exact match and CER only.
+    /// Free text: corpus BLEU, besides exact match and CER.
     Text,
 }
 
@@ -97,7 +98,7 @@ impl Task {
                 names::MAP50,
                 names::MAP,
             ],
-            Task::Text => &[names::CER, names::EXACT_MATCH],
+            Task::Text => &[names::BLEU, names::CER, names::EXACT_MATCH],
         }
     }
 }
@@ -128,7 +129,7 @@ impl FromStr for Task {
 enum Specific {
     Json(JsonFieldAccumulator),
     Detection(DetectionAccumulator),
-    None,
+    Bleu(BleuAccumulator),
 }
 
 /// Accumulates one split's (prediction, reference) pairs and reports the
@@ -146,7 +147,7 @@ impl TaskMetrics {
         let specific = match task {
             Task::Json => Specific::Json(JsonFieldAccumulator::new()),
             Task::Detect | Task::Segment => Specific::Detection(DetectionAccumulator::new()),
-            Task::Text => Specific::None,
+            Task::Text => Specific::Bleu(BleuAccumulator::new()),
         };
         Self {
             task,
@@ -171,7 +172,7 @@ impl TaskMetrics {
         match &mut self.specific {
             Specific::Json(acc) => acc.add(prediction, reference),
             Specific::Detection(acc) => acc.add(prediction, reference),
-            Specific::None => {}
+            Specific::Bleu(acc) => acc.add(prediction, reference),
         }
     }
 
@@ -204,7 +205,11 @@ impl TaskMetrics {
                     put(names::DETECT_PARSE_ERRORS, detection.parse_errors as f64);
                 }
             }
-            Specific::None => {}
+            Specific::Bleu(acc) => {
+                if let Some(bleu) = acc.finish() {
+                    put(names::BLEU, bleu);
+                }
+            }
         }
         out
     }
@@ -261,7 +266,8 @@ mod tests {
             (Task::Json, r#"{"a": 1}"#),
             (Task::Detect, "<loc0001><loc0002><loc0003><loc0004> cat"),
             (Task::Segment, "<loc0001><loc0002><loc0003><loc0004> cat"),
-            (Task::Text, "a cat"),
+            // BLEU-4 needs 4-grams: a shorter corpus scores 0 even when exact.
+            (Task::Text, "a cat on the mat"),
         ];
         for (task, suffix) in examples {
             let mut metrics = TaskMetrics::new(task);
@@ -312,5 +318,19 @@ mod tests {
         assert!(close(report[names::MAP50], 0.5));
         assert!(close(report[names::DETECT_PARSE_ERRORS], 1.0));
         assert!(report[names::CER] > 0.0);
+    }
+
+    #[test]
+    fn text_split_reports_bleu() {
+        let mut metrics = TaskMetrics::new(Task::Text);
+        metrics.add("a cat sat on the mat", "a cat sat on the mat");
+        metrics.add("", "the dog barked twice");
+        let report = metrics.finish();
+        // Half the reference tokens are missing: the brevity penalty applies.
+        assert!(report[names::BLEU] > 0.0 && report[names::BLEU] < 1.0);
+        assert!(close(report[names::EXACT_MATCH], 0.5));
+        for task in [Task::Json, Task::Detect, Task::Segment] {
+            assert!(!task.metric_names().contains(&names::BLEU), "{task}");
+        }
     }
 }
