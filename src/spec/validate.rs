@@ -26,6 +26,7 @@ pub const METRICS: &[(&str, SelectMode)] = &[
     ("map50_95", SelectMode::Max),
     ("exact_match", SelectMode::Max),
     ("cer", SelectMode::Min),
+    ("bleu", SelectMode::Max),
 ];
 
 struct Checker {
