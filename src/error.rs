@@ -80,7 +80,13 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<CheckpointError>()
             || matches!(
                 cause.downcast_ref::<HubError>(),
-                Some(HubError::NotCached { .. } | HubError::Incomplete { .. })
+                Some(
+                    HubError::NotCached { .. }
+                        | HubError::Incomplete { .. }
+                        | HubError::Unreachable { .. }
+                        | HubError::Denied { .. }
+                        | HubError::NotFound { .. }
+                )
             )
             || matches!(
                 cause.downcast_ref::<DeviceError>(),
