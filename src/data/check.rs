@@ -107,9 +107,10 @@ pub fn check(
     })
 }
 
-/// Checks one split as [`check`] checks each (what `eval` reads); `task`
-/// `None` means guess it from this split's suffixes. Returns the records
-/// and the task. An empty split is an error.
+/// Checks one split as [`check`] checks each (what `eval` reads), except
+/// that JSON references need not be JSON; `task` `None` means guess it
+/// from this split's suffixes. Returns the records and the task. An empty
+/// split is an error.
 pub fn check_split(
     root: &Path,
     split: Split,
@@ -120,7 +121,10 @@ pub fn check_split(
     let records = read_lines(root, split, &mut total, &mut errors)?;
     let task = task.unwrap_or_else(|| guess_task(Some(&records)));
     let file = locate(root, split).map(|(f, _)| f).unwrap_or_default();
-    let kept = check_records(records, task, &file, &mut Sha256::new(), &mut errors);
+    // A reference that is not JSON is a case the JSON metrics score (as a
+    // string); a malformed detection reference would be dropped unscored.
+    let suffixes = if task == Task::Json { Task::Text } else { task };
+    let kept = check_records(records, suffixes, &file, &mut Sha256::new(), &mut errors);
     if !errors.is_empty() {
         return Err(invalid(&errors, total));
     }
