@@ -252,7 +252,7 @@ fn api(cache: &Path, progress: bool) -> Result<Api, ApiError> {
 /// would each try (and fail) the download.
 pub fn probe(id: &str, revision: &str) -> Result<(), HubError> {
     let cache = cache_dir();
-    let failed = |e: ApiError| request_error(id, revision, &cache, e);
+    let failed = |e: ApiError| request_error(id, revision, &cache, &e);
     let api = api(&cache, false).map_err(failed)?;
     api.repo(Repo::with_revision(
         id.to_owned(),
@@ -266,8 +266,8 @@ pub fn probe(id: &str, revision: &str) -> Result<(), HubError> {
 
 /// A failed hub request, by its cause: the network, the hub's refusal, a
 /// missing repo, or anything else.
-fn request_error(id: &str, revision: &str, cache: &Path, error: ApiError) -> HubError {
-    let request = match &error {
+fn request_error(id: &str, revision: &str, cache: &Path, error: &ApiError) -> HubError {
+    let request = match error {
         ApiError::RequestError(e) => Some(e.as_ref()),
         ApiError::TooManyRetries(inner) => match inner.as_ref() {
             ApiError::RequestError(e) => Some(e.as_ref()),
@@ -325,7 +325,7 @@ pub fn download(id: &str, revision: &str, cache: &Path) -> Result<PathBuf, HubEr
         id: id.to_owned(),
         message,
     };
-    let request = |e: ApiError| request_error(id, revision, cache, e);
+    let request = |e: ApiError| request_error(id, revision, cache, &e);
     let api = api(cache, true).map_err(request)?;
     let repo = api.repo(Repo::with_revision(
         id.to_owned(),
@@ -338,7 +338,7 @@ pub fn download(id: &str, revision: &str, cache: &Path) -> Result<PathBuf, HubEr
     let get = |file: &str| {
         repo.get(file).map_err(|e| {
             let message = format!("{file}: {e}");
-            match request_error(id, revision, cache, e) {
+            match request_error(id, revision, cache, &e) {
                 HubError::Download { .. } => failed(message),
                 known => known,
             }

@@ -39,7 +39,7 @@ pub enum JpegError {
 /// What the walk found in a complete JPEG stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JpegLayout {
-    /// `(width, height)` of the first frame header (SOFn), if any.
+    /// `(width, height)` of the first frame header (`SOFn`), if any.
     pub frame: Option<(u32, u32)>,
 }
 
