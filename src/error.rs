@@ -14,6 +14,7 @@ use crate::model::network::paligemma::ModelError;
 use crate::model::preprocess::image::ImageError;
 use crate::model::preprocess::processor::ProcessorError;
 use crate::plan::build::PlanError;
+use crate::preflight::PreflightError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::scheduler::slurm::client::SlurmError;
@@ -78,6 +79,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 .downcast_ref::<ModelError>()
                 .is_some_and(ModelError::is_bad_input)
             || cause.is::<CheckpointError>()
+            || cause
+                .downcast_ref::<PreflightError>()
+                .is_some_and(PreflightError::is_bad_input)
             || matches!(
                 cause.downcast_ref::<HubError>(),
                 Some(
