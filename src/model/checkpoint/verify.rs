@@ -49,8 +49,8 @@ pub fn verify(dir: &Path) -> Result<PaliGemmaConfig, CheckpointError> {
     if !dir.is_dir() {
         return Err(failed(Problem::NotAFolder));
     }
-    let config = PaliGemmaConfig::from_json_file(dir.join("config.json"))
-        .map_err(|e| failed(e.into()))?;
+    let config =
+        PaliGemmaConfig::from_json_file(dir.join("config.json")).map_err(|e| failed(e.into()))?;
     check_weights(dir, &config).map_err(|e| failed(e.into()))?;
     Ok(config)
 }
@@ -115,7 +115,10 @@ mod tests {
 
         let missing = tempfile::tempdir().unwrap();
         let text = err(&missing.path().join("nowhere"));
-        assert!(text.contains("nowhere") && text.contains("not a folder"), "{text}");
+        assert!(
+            text.contains("nowhere") && text.contains("not a folder"),
+            "{text}"
+        );
 
         let dir = copy();
         std::fs::remove_file(dir.path().join("config.json")).unwrap();
@@ -127,7 +130,10 @@ mod tests {
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
         let text = err(dir.path());
-        assert!(text.contains("truncated") && text.contains("model.safetensors"), "{text}");
+        assert!(
+            text.contains("truncated") && text.contains("model.safetensors"),
+            "{text}"
+        );
 
         // A config whose layers are wider than the stored tensors.
         let dir = copy();
