@@ -35,7 +35,6 @@ use crate::model::checkpoint::verify::{CheckpointError, verify};
 use crate::model::preprocess::processor::{Processor, ProcessorError};
 use crate::spec::GENERATED_PREFIX;
 use crate::spec::checkpoint::{CheckpointRef, resolve};
-use crate::spec::load::LoadedSpec;
 use crate::spec::schema::{Method, Spec};
 use crate::sweep::expand::Expansion;
 use crate::train::learner::spec_task;
@@ -93,23 +92,15 @@ fn other(task: SyntheticTask) -> &'static str {
 
 /// Checks the inputs of every trial of `expansion` that reads any, each
 /// distinct dataset and checkpoint once; prints the warnings on stderr.
-pub fn check_inputs(
-    loaded: &LoadedSpec,
-    expansion: &Expansion,
-    purpose: Purpose,
-) -> Result<(), PreflightError> {
-    for warning in warnings(loaded, expansion, purpose)? {
+pub fn check_inputs(expansion: &Expansion, purpose: Purpose) -> Result<(), PreflightError> {
+    for warning in warnings(expansion, purpose)? {
         eprintln!("warning: {warning}");
     }
     Ok(())
 }
 
 /// [`check_inputs`]' work: the warnings, or the first error.
-fn warnings(
-    loaded: &LoadedSpec,
-    expansion: &Expansion,
-    purpose: Purpose,
-) -> Result<Vec<String>, PreflightError> {
+fn warnings(expansion: &Expansion, purpose: Purpose) -> Result<Vec<String>, PreflightError> {
     let specs: Vec<&Spec> = expansion
         .trials
         .iter()
@@ -133,11 +124,7 @@ fn warnings(
             format!("{:?}", data.task),
             data.skip_invalid,
         )) {
-            warnings.extend(check_dataset(
-                spec,
-                &loaded.spec.eval.select.metric,
-                purpose,
-            )?);
+            warnings.extend(check_dataset(spec, purpose)?);
         }
     }
     Ok(warnings)
@@ -178,12 +165,9 @@ fn check_checkpoint(
 }
 
 /// Checks one dataset as the worker will; returns what is worth a warning.
-fn check_dataset(
-    spec: &Spec,
-    select_metric: &str,
-    purpose: Purpose,
-) -> Result<Vec<String>, PreflightError> {
+fn check_dataset(spec: &Spec, purpose: Purpose) -> Result<Vec<String>, PreflightError> {
     let data = &spec.data;
+    let select_metric = &spec.eval.select.metric;
     let task = spec_task(spec);
     if let Some(kind) = data.path.strip_prefix(GENERATED_PREFIX) {
         return match (kind.parse::<SyntheticTask>(), task) {
@@ -294,7 +278,7 @@ mod tests {
         };
         let loaded = load(&path, &overrides).unwrap();
         let expansion = expand(&loaded, true).unwrap();
-        warnings(&loaded, &expansion, purpose)
+        warnings(&expansion, purpose)
     }
 
     const TINY: &str = "[model]\ncheckpoint = \"tiny\"\n";

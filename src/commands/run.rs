@@ -123,7 +123,7 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
     let expansion = expand(&loaded, invocation.yes)?;
     let resources = &loaded.spec.resources;
     let (inventory, limits) = super::runtime::placement(invocation.devices.as_deref(), resources)?;
-    crate::preflight::check_inputs(&loaded, &expansion, crate::preflight::Purpose::Run)?;
+    crate::preflight::check_inputs(&expansion, crate::preflight::Purpose::Run)?;
     let prepared = prepare(&loaded, expansion, inventory, limits)?;
     // Recorded with the results root it resolved to, so that `attach` finds
     // the same folders from any working directory.
