@@ -7,12 +7,14 @@ use crate::devices::grammar::ParseDeviceError;
 use crate::export::ExportError;
 use crate::model::adapt::peft::PeftError;
 use crate::model::checkpoint::hub::HubError;
+use crate::model::checkpoint::verify::CheckpointError;
 use crate::model::checkpoint::weights::WeightError;
 use crate::model::config::ConfigError;
 use crate::model::network::paligemma::ModelError;
 use crate::model::preprocess::image::ImageError;
 use crate::model::preprocess::processor::ProcessorError;
 use crate::plan::build::PlanError;
+use crate::preflight::PreflightError;
 use crate::report::ReportError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
@@ -70,15 +72,22 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<PeftError>()
                 .is_some_and(adapter_bad_input)
-            || match cause.downcast_ref::<ModelError>() {
-                Some(ModelError::Config(_) | ModelError::Input(_)) => true,
-                Some(ModelError::Weights(e)) => weights_bad_input(e),
-                Some(ModelError::Adapter(e)) => adapter_bad_input(e),
-                _ => false,
-            }
+            || cause
+                .downcast_ref::<ModelError>()
+                .is_some_and(ModelError::is_bad_input)
+            || cause.is::<CheckpointError>()
+            || cause
+                .downcast_ref::<PreflightError>()
+                .is_some_and(PreflightError::is_bad_input)
             || matches!(
                 cause.downcast_ref::<HubError>(),
-                Some(HubError::NotCached { .. } | HubError::Incomplete { .. })
+                Some(
+                    HubError::NotCached { .. }
+                        | HubError::Incomplete { .. }
+                        | HubError::Unreachable { .. }
+                        | HubError::Denied { .. }
+                        | HubError::NotFound { .. }
+                )
             )
             || matches!(
                 cause.downcast_ref::<DeviceError>(),
@@ -112,15 +121,11 @@ fn store_bad_input(error: &StoreError) -> bool {
 /// Checkpoint files that are missing, corrupt or do not fit are bad input;
 /// a failure to quantise them is not.
 fn weights_bad_input(error: &WeightError) -> bool {
-    !matches!(error, WeightError::Quantize { .. })
+    error.is_bad_input()
 }
 
 /// An adapter folder that is missing, unreadable, unsupported or does not
 /// fit the model is bad input; libtorch failures are not.
 fn adapter_bad_input(error: &PeftError) -> bool {
-    match error {
-        PeftError::Tch { .. } | PeftError::NotAnAdapter => false,
-        PeftError::Weights(e) => weights_bad_input(e),
-        _ => true,
-    }
+    crate::model::network::paligemma::adapter_is_bad_input(error)
 }

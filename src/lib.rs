@@ -7,8 +7,9 @@
 //! as a `worker` process, whose work is `train` on `model`) → `events` (the
 //! one stream the scheduler produces) → `track` (its consumers: the store,
 //! TensorBoard, progress) → `report`. `data` and `metrics` serve training and
-//! evaluation; `commands` wire everything to the CLI, and `error` maps
-//! errors to exit codes.
+//! evaluation; `preflight` checks a sweep's datasets and checkpoints once
+//! before `run` or `plan` goes on; `commands` wire everything to the CLI,
+//! and `error` maps errors to exit codes.
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod layout;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod preflight;
 pub mod report;
 pub mod rerun;
 pub mod rng;

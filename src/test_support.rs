@@ -2,12 +2,16 @@
 
 /// Tests that touch libtorch's process-wide state (its generator, its
 /// determinism switches) rerun themselves alone in a child process, where
-/// tests on other threads cannot interfere. `test` is the full path
+/// tests on other threads cannot interfere, on one intra-op thread. `test` is the full path
 /// (`model::network::backward::tests::name`). True in that child, where the
 /// test body runs; the parent asserts that the child ran exactly that one
 /// test and passed (a renamed test would otherwise run nothing and pass).
 pub fn alone(test: &str) -> bool {
     if std::env::var_os("PALISWEEP_TEST_ALONE").is_some() {
+        // One intra-op thread: MKL's dynamic threading otherwise picks a
+        // thread count per call from the machine's load, which moves the
+        // last bits of a sum between two passes that must agree.
+        tch::set_num_threads(1);
         return true;
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())

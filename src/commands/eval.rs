@@ -11,7 +11,8 @@ use tch::{Device, Kind};
 
 use super::output::{OutputError, outln};
 use crate::cli::EvalArgs;
-use crate::data::annotations::{Split, read_split};
+use crate::data::annotations::Split;
+use crate::data::check::check_split;
 use crate::metrics::task::Task;
 use crate::model::network::paligemma::PaliGemma;
 use crate::model::preprocess::processor::Processor;
@@ -63,12 +64,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         ),
     };
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
-    let records = read_split(&args.data, split)?;
-    anyhow::ensure!(
-        !records.is_empty(),
-        "the {split} split of {} is empty",
-        args.data.display()
-    );
+    // Every line, image and reference checked first, as training checks
+    // them: a bad one is named by file and line, not scored silently.
+    let (records, task) = check_split(&args.data, split, task)?;
 
     let c = &args.checkpoint;
     let dir = checkpoint::resolve(&c.checkpoint, c.revision.as_deref(), &c.cache)?;
@@ -77,8 +75,6 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let model = load_model(&dir, c.adapter.as_deref(), device, kind)?;
     let processor = Processor::from_dir(&dir)?;
 
-    let suffixes: Vec<&str> = records.iter().map(|r| r.suffix.as_str()).collect();
-    let task = task.unwrap_or_else(|| Task::guess(&suffixes));
     let options = EvalOptions {
         batch_size: args.batch_size,
         max_suffix_tokens: args.max_suffix_tokens,

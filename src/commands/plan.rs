@@ -24,6 +24,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let slurm = loaded.spec.resources.backend == Backend::Slurm;
     let (inventory, limits) =
         super::runtime::placement(args.devices.as_deref(), &loaded.spec.resources)?;
+    crate::preflight::check_inputs(&expansion, crate::preflight::Purpose::Plan)?;
     let recorded = ResultsRoot::new(&loaded.results)
         .sweep(&loaded.name)
         .recorded_trials();

@@ -151,6 +151,7 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
             resources.devices
         ),
     };
+    crate::preflight::check_inputs(&expansion, crate::preflight::Purpose::Run)?;
     let prepared = prepare(&loaded, expansion, inventory, limits, &devices)?;
     // Recorded with the results root it resolved to, so that `attach` finds
     // the same folders from any working directory.

@@ -225,6 +225,8 @@ fn classify(error: &TrainError) -> (FailureKind, WorkerExit) {
         | TrainError::Processor(_)
         | TrainError::Loader(_)
         | TrainError::Input(_) => (FailureKind::Data, WorkerExit::BadInput),
+        // A checkpoint that is missing, corrupt or does not fit its config.
+        TrainError::Model(e) if e.is_bad_input() => (FailureKind::Data, WorkerExit::BadInput),
         _ => (FailureKind::Other, WorkerExit::Failed),
     }
 }

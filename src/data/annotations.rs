@@ -75,6 +75,19 @@ pub enum DataError {
         message: String,
     },
     #[error(
+        "{}: the {split} split has no {}examples{}: {}\n  help: add examples to it, one {{\"image\": ..., \"prefix\": ..., \"suffix\": ...}} object per line",
+        file.display(),
+        if *skipped > 0 { "valid " } else { "" },
+        if *skipped > 0 { format!(" ({skipped} invalid lines were skipped)") } else { String::new() },
+        if *split == Split::Train { "training would run no step and save an untrained adapter" } else { "there is nothing to evaluate" },
+    )]
+    EmptySplit {
+        file: PathBuf,
+        split: Split,
+        /// Invalid lines skipped with `data.skip_invalid`.
+        skipped: usize,
+    },
+    #[error(
         "{bad} of {total} dataset lines are invalid; the first:\n{first}\n  help: fix them, or set data.skip_invalid = true to skip (and count) them"
     )]
     Invalid {

@@ -37,6 +37,8 @@ impl CheckedDataset {
 }
 
 /// Checks every split; `task` `None` means guess it from the train suffixes.
+/// A train split without a usable example is an error: training would run
+/// zero steps and save an untrained adapter.
 pub fn check(
     root: &Path,
     task: Option<Task>,
@@ -62,52 +64,30 @@ pub fn check(
         })?;
         hasher.update(split.as_str().as_bytes());
         hasher.update(&bytes);
-        let mut records = Vec::new();
-        for line in read_split_lines(root, split)? {
-            total += 1;
-            match line {
-                Ok(record) => records.push(record),
-                Err(e) => errors.push(e),
-            }
-        }
-        parsed.insert(split, records);
+        parsed.insert(split, read_lines(root, split, &mut total, &mut errors)?);
     }
 
-    let task = task.unwrap_or_else(|| {
-        let suffixes: Vec<&str> = parsed
-            .get(&Split::Train)
-            .map(|r| r.iter().map(|r| r.suffix.as_str()).collect())
-            .unwrap_or_default();
-        Task::guess(&suffixes)
-    });
+    let task = task.unwrap_or_else(|| guess_task(parsed.get(&Split::Train)));
 
     let mut splits = BTreeMap::new();
     for (split, records) in parsed {
         let file = locate(root, split).map(|(f, _)| f).unwrap_or_default();
-        let mut kept = Vec::new();
-        for record in records {
-            match check_record(&record, task, &file, &mut hasher) {
-                Ok(()) => kept.push(record),
-                Err(e) => errors.push(e),
-            }
-        }
+        let kept = check_records(records, task, &file, &mut hasher, &mut errors);
         splits.insert(split, kept);
     }
 
     let skipped = errors.len();
     if skipped > 0 && !skip_invalid {
-        let mut first: Vec<String> = errors
-            .iter()
-            .take(SHOWN_ERRORS)
-            .map(|e| format!("  {e}"))
-            .collect();
-        if skipped > SHOWN_ERRORS {
-            first.push(format!("  … and {} more", skipped - SHOWN_ERRORS));
-        }
-        return Err(DataError::Invalid {
-            bad: skipped,
-            total,
-            first: first.join("\n"),
+        return Err(invalid(&errors, total));
+    }
+    if splits.get(&Split::Train).is_none_or(Vec::is_empty) {
+        let file = locate(root, Split::Train)
+            .map(|(f, _)| f)
+            .unwrap_or_default();
+        return Err(DataError::EmptySplit {
+            file,
+            split: Split::Train,
+            skipped,
         });
     }
     let fingerprint = hasher
@@ -125,6 +105,99 @@ pub fn check(
         skipped,
         fingerprint,
     })
+}
+
+/// Checks one split as [`check`] checks each (what `eval` reads), except
+/// that JSON references need not be JSON; `task` `None` means guess it
+/// from this split's suffixes. Returns the records and the task. An empty
+/// split is an error.
+pub fn check_split(
+    root: &Path,
+    split: Split,
+    task: Option<Task>,
+) -> Result<(Vec<Record>, Task), DataError> {
+    let mut errors = Vec::new();
+    let mut total = 0;
+    let records = read_lines(root, split, &mut total, &mut errors)?;
+    let task = task.unwrap_or_else(|| guess_task(Some(&records)));
+    let file = locate(root, split).map(|(f, _)| f).unwrap_or_default();
+    // A reference that is not JSON is a case the JSON metrics score (as a
+    // string); a malformed detection reference would be dropped unscored.
+    let suffixes = if task == Task::Json { Task::Text } else { task };
+    let kept = check_records(records, suffixes, &file, &mut Sha256::new(), &mut errors);
+    if !errors.is_empty() {
+        return Err(invalid(&errors, total));
+    }
+    if kept.is_empty() {
+        return Err(DataError::EmptySplit {
+            file,
+            split,
+            skipped: 0,
+        });
+    }
+    Ok((kept, task))
+}
+
+/// The parsed lines of a split; bad lines go to `errors`.
+fn read_lines(
+    root: &Path,
+    split: Split,
+    total: &mut usize,
+    errors: &mut Vec<DataError>,
+) -> Result<Vec<Record>, DataError> {
+    let mut records = Vec::new();
+    for line in read_split_lines(root, split)? {
+        *total += 1;
+        match line {
+            Ok(record) => records.push(record),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok(records)
+}
+
+fn guess_task(records: Option<&Vec<Record>>) -> Task {
+    let suffixes: Vec<&str> = records
+        .map(|r| r.iter().map(|r| r.suffix.as_str()).collect())
+        .unwrap_or_default();
+    Task::guess(&suffixes)
+}
+
+/// The records whose image and suffix pass; the others' errors go to
+/// `errors`.
+fn check_records(
+    records: Vec<Record>,
+    task: Task,
+    file: &Path,
+    hasher: &mut Sha256,
+    errors: &mut Vec<DataError>,
+) -> Vec<Record> {
+    let mut kept = Vec::new();
+    for record in records {
+        match check_record(&record, task, file, hasher) {
+            Ok(()) => kept.push(record),
+            Err(e) => errors.push(e),
+        }
+    }
+    kept
+}
+
+/// The error listing the first few bad lines of `total`.
+fn invalid(errors: &[DataError], total: usize) -> DataError {
+    let bad = errors.len();
+    let mut first: Vec<String> = errors
+        .iter()
+        .take(SHOWN_ERRORS)
+        .map(|e| format!("  {e}"))
+        .collect();
+    if bad > SHOWN_ERRORS {
+        first.push(format!("  … and {} more", bad - SHOWN_ERRORS));
+    }
+    DataError::Invalid {
+        bad,
+        total,
+        first: first.join("\n"),
+    }
 }
 
 /// The image exists and decodes (its bytes join the fingerprint) and the
@@ -254,6 +327,59 @@ mod tests {
         let checked = check(dir.path(), Some(Task::Detect), true).unwrap();
         assert_eq!(checked.skipped, 1);
         assert_eq!(checked.split(Split::Train).len(), 5);
+    }
+
+    #[test]
+    fn an_empty_train_split_is_an_error_and_an_empty_valid_split_is_not() {
+        let dir = dataset(SyntheticTask::Json);
+        std::fs::write(dir.path().join("valid/annotations.jsonl"), "").unwrap();
+        let checked = check(dir.path(), None, false).unwrap();
+        assert!(checked.splits.contains_key(&Split::Valid));
+        assert!(checked.split(Split::Valid).is_empty());
+
+        std::fs::write(dir.path().join("train/annotations.jsonl"), "\n").unwrap();
+        let err = check(dir.path(), None, false).unwrap_err();
+        assert!(matches!(
+            err,
+            DataError::EmptySplit {
+                split: Split::Train,
+                ..
+            }
+        ));
+        let text = err.to_string();
+        assert!(text.contains("train/annotations.jsonl"), "{text}");
+        assert!(text.contains("no step"), "{text}");
+
+        // Every line skipped as invalid leaves nothing to train on either.
+        std::fs::write(dir.path().join("train/annotations.jsonl"), "oops\n").unwrap();
+        let err = check(dir.path(), None, true).unwrap_err().to_string();
+        assert!(err.contains("1 invalid lines were skipped"), "{err}");
+    }
+
+    #[test]
+    fn one_split_is_checked_like_the_whole_dataset() {
+        let dir = dataset(SyntheticTask::Detect);
+        let (records, task) = check_split(dir.path(), Split::Valid, None).unwrap();
+        assert_eq!((records.len(), task), (2, Task::Detect));
+        let file = dir.path().join("valid/annotations.jsonl");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(
+            r#"{"image": "valid_0000.png", "prefix": "p", "suffix": "<loc0256><loc12><loc0784><loc0736> square"}"#,
+        );
+        std::fs::write(&file, text).unwrap();
+        let err = check_split(dir.path(), Split::Valid, Some(Task::Detect))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("annotations.jsonl:3"), "{err}");
+        assert!(err.contains("<loc12>"), "{err}");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            check_split(dir.path(), Split::Valid, None),
+            Err(DataError::EmptySplit {
+                split: Split::Valid,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -42,8 +42,9 @@
 //!   under per-axis scaling. Boxes with `max < min` have zero area.
 //!
 //! Malformed predicted objects are skipped and counted
-//! ([`DetectionScores::parse_errors`]); malformed reference objects are
-//! skipped silently.
+//! ([`DetectionScores::parse_errors`]). Malformed reference objects are
+//! skipped here too, but the dataset checks (`data::check`) refuse them
+//! before training or evaluation starts.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -158,8 +159,9 @@ pub enum ObjectParseErrorKind {
     /// Fewer than four `<locNNNN>` tokens at the start.
     #[error("expected 4 <locNNNN> tokens, found {0}")]
     MissingLocs(usize),
-    /// A `<loc…>` or `<seg…>` token whose number is missing or not decimal.
-    #[error("malformed token `{0}`")]
+    /// A `<loc…>` or `<seg…>` token that is not `<loc` + 4 digits + `>` or
+    /// `<seg` + 3 digits + `>`.
+    #[error("malformed token `{0}`: PaliGemma's are <locNNNN> (4 digits) and <segNNN> (3 digits)")]
     BadToken(String),
     /// A loc bin above 1023.
     #[error("loc bin {0} is out of range 0..=1023")]
@@ -215,7 +217,7 @@ pub fn parse_object(text: &str) -> Result<DetectedObject, ObjectParseError> {
     let mut rest = text;
     let mut locs = [0u16; 4];
     for (found, slot) in locs.iter_mut().enumerate() {
-        let Some((bin, after)) = take_token(rest, "loc").map_err(error)? else {
+        let Some((bin, after)) = take_token(rest, "loc", 4).map_err(error)? else {
             return Err(error(ObjectParseErrorKind::MissingLocs(found)));
         };
         *slot = u16::try_from(bin)
@@ -225,7 +227,7 @@ pub fn parse_object(text: &str) -> Result<DetectedObject, ObjectParseError> {
         rest = after;
     }
     let mut seg = Vec::new();
-    while let Some((code, after)) = take_token(rest, "seg").map_err(error)? {
+    while let Some((code, after)) = take_token(rest, "seg", 3).map_err(error)? {
         let code = u8::try_from(code)
             .ok()
             .filter(|c| u16::from(*c) < SEG_CODES)
@@ -261,10 +263,13 @@ pub fn parse_object(text: &str) -> Result<DetectedObject, ObjectParseError> {
 }
 
 /// Takes `<{name}DIGITS>` (after optional whitespace) from the start of
-/// `text`: `Ok(None)` when `text` does not start with `<{name}`.
+/// `text`, with exactly `width` digits: `<loc0012>`, `<seg007>`, the only
+/// spellings the tokenizer has (`<loc12>` is plain text to it).
+/// `Ok(None)` when `text` does not start with `<{name}`.
 fn take_token<'a>(
     text: &'a str,
     name: &str,
+    width: usize,
 ) -> Result<Option<(u32, &'a str)>, ObjectParseErrorKind> {
     let text = text.trim_start();
     let Some(after_name) = text.strip_prefix('<').and_then(|t| t.strip_prefix(name)) else {
@@ -275,7 +280,7 @@ fn take_token<'a>(
         ObjectParseErrorKind::BadToken(text[..end].to_owned())
     };
     let (digits, after) = after_name.split_once('>').ok_or_else(bad)?;
-    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.len() != width || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let value = digits.parse::<u32>().map_err(|_| bad())?;
@@ -523,6 +528,19 @@ mod tests {
         assert_eq!(
             kinds("<loc0001><loc0002><loc0003><locxy> cat"),
             [ObjectParseErrorKind::BadToken("<locxy>".into())]
+        );
+        // The tokenizer has only 4-digit locs and 3-digit segs.
+        assert_eq!(
+            kinds("<loc0256><loc12><loc0784><loc0736> square"),
+            [ObjectParseErrorKind::BadToken("<loc12>".into())]
+        );
+        assert_eq!(
+            kinds("<loc0256><loc00012><loc0784><loc0736> square"),
+            [ObjectParseErrorKind::BadToken("<loc00012>".into())]
+        );
+        assert_eq!(
+            kinds("<loc0001><loc0002><loc0003><loc0004><seg1> cat"),
+            [ObjectParseErrorKind::BadToken("<seg1>".into())]
         );
         assert_eq!(
             kinds("<loc0001><loc0002><loc0003><loc0004>"),

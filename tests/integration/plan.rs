@@ -158,6 +158,12 @@ fn dataset_lengths_are_measured_when_present() {
     let test = Test::new()
         .file("data/train/annotations.jsonl", rows)
         .spec("[data]\npath = \"data\"\nmax_suffix_tokens = 512\n");
+    // A dataset that is present is checked whole: its image must be there.
+    std::fs::copy(
+        crate::util::golden("data/valid/v0_rgb.png"),
+        test.path().join("data/train/a.png"),
+    )
+    .unwrap();
     let measured = test
         .run_in(&["plan", "spec.toml", "--json", "--devices", "cuda:1x80GiB"])
         .code(0)

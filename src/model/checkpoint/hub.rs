@@ -1,14 +1,16 @@
 //! Hugging Face hub checkpoints: resolved through the standard cache layout
 //! (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`),
-//! downloaded with `hf-hub` when online (`HF_TOKEN` for gated repos;
-//! `HF_HUB_OFFLINE=1` forbids the network).
+//! downloaded with `hf-hub` when online from `HF_ENDPOINT` (default
+//! `https://huggingface.co`; `HF_TOKEN` for gated repos; `HF_HUB_OFFLINE=1`
+//! forbids the network). A failed request says whether the network (DNS, a
+//! connection) or the hub (a refused token, no such repo) is the cause.
 //!
 //! Cache layout: `models--<owner>--<name>/refs/<revision>` holds a commit
 //! hash, `snapshots/<commit>/` holds the files.
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 /// Files a checkpoint folder must have, besides its weights.
@@ -22,6 +24,8 @@ const OPTIONAL: &[&str] = &[
 ];
 const INDEX: &str = "model.safetensors.index.json";
 const SINGLE: &str = "model.safetensors";
+/// The hub `hf-hub` and `huggingface_hub` use when `HF_ENDPOINT` is unset.
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -49,6 +53,46 @@ pub enum HubError {
         "cannot download `{id}`: {message}\n  help: the google/paligemma2-* repos are gated: accept the licence on the model page and set HF_TOKEN"
     )]
     Download { id: String, message: String },
+    /// The network failed before the hub answered: DNS, a refused or
+    /// broken connection, a proxy.
+    #[error(
+        "cannot download `{id}` (it is not in the Hugging Face cache at {}): {endpoint} cannot be reached: {cause}\n  \
+         help: this is a network failure, not a permission one: connect this machine (or set HTTPS_PROXY, \
+         or HF_ENDPOINT for a mirror); or run `palisweep fetch SPEC` where there is internet, copy the cache \
+         folder here and point HF_HUB_CACHE at it (HF_HUB_OFFLINE=1 then keeps palisweep off the network)",
+        cache.display()
+    )]
+    Unreachable {
+        id: String,
+        endpoint: String,
+        cache: PathBuf,
+        /// What failed: DNS, the connection, ...
+        cause: String,
+    },
+    /// The hub answered 401 or 403: no access without (another) token.
+    #[error(
+        "cannot download `{id}`: {endpoint} refused it (HTTP {status}){}\n  \
+         help: the repo is gated, private or does not exist: check model.checkpoint; for the gated \
+         google/paligemma2-* repos accept the licence on the model page and set HF_TOKEN to a token \
+         of that account",
+        if *token { " with the token given" } else { " without a token (HF_TOKEN is unset)" }
+    )]
+    Denied {
+        id: String,
+        endpoint: String,
+        status: u16,
+        token: bool,
+    },
+    /// The hub answered 404.
+    #[error(
+        "cannot download `{id}`: {endpoint} has no such repo or revision `{revision}` (HTTP 404)\n  \
+         help: check model.checkpoint and model.revision"
+    )]
+    NotFound {
+        id: String,
+        revision: String,
+        endpoint: String,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -185,44 +229,135 @@ pub fn resolve(id: &str, revision: Option<&str>) -> Result<PathBuf, HubError> {
     download(id, revision, &cache)
 }
 
+/// The hub endpoint: `HF_ENDPOINT`, as `huggingface_hub` reads it, or the
+/// public hub.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .map(|e| e.trim().trim_end_matches('/').to_owned())
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
+}
+
+fn api(cache: &Path, progress: bool) -> Result<Api, ApiError> {
+    ApiBuilder::from_cache(Cache::new(cache.to_owned()))
+        .with_endpoint(endpoint())
+        .with_token(token())
+        .with_progress(progress)
+        .build()
+}
+
+/// Whether `id` at `revision` can be downloaded: one request for the repo's
+/// description, no files. What a sweep checks once, before its trials
+/// would each try (and fail) the download.
+pub fn probe(id: &str, revision: &str) -> Result<(), HubError> {
+    let cache = cache_dir();
+    let failed = |e: ApiError| request_error(id, revision, &cache, &e);
+    let api = api(&cache, false).map_err(failed)?;
+    api.repo(Repo::with_revision(
+        id.to_owned(),
+        RepoType::Model,
+        revision.to_owned(),
+    ))
+    .info()
+    .map_err(failed)?;
+    Ok(())
+}
+
+/// A failed hub request, by its cause: the network, the hub's refusal, a
+/// missing repo, or anything else.
+fn request_error(id: &str, revision: &str, cache: &Path, error: &ApiError) -> HubError {
+    let request = match error {
+        ApiError::RequestError(e) => Some(e.as_ref()),
+        ApiError::TooManyRetries(inner) => match inner.as_ref() {
+            ApiError::RequestError(e) => Some(e.as_ref()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match request {
+        Some(ureq::Error::Status(status @ (401 | 403), _)) => HubError::Denied {
+            id: id.to_owned(),
+            endpoint: endpoint(),
+            status: *status,
+            token: token().is_some(),
+        },
+        Some(ureq::Error::Status(404, _)) => HubError::NotFound {
+            id: id.to_owned(),
+            revision: revision.to_owned(),
+            endpoint: endpoint(),
+        },
+        Some(ureq::Error::Transport(transport)) if unreachable(transport.kind()) => {
+            let what = match transport.kind() {
+                ureq::ErrorKind::Dns => "the host name does not resolve (DNS)",
+                ureq::ErrorKind::ConnectionFailed => "the connection failed",
+                ureq::ErrorKind::ProxyConnect | ureq::ErrorKind::InvalidProxyUrl => {
+                    "the proxy failed"
+                }
+                _ => "the network failed",
+            };
+            HubError::Unreachable {
+                id: id.to_owned(),
+                endpoint: endpoint(),
+                cache: cache.to_owned(),
+                cause: format!("{what} ({transport})"),
+            }
+        }
+        _ => HubError::Download {
+            id: id.to_owned(),
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Transport failures that mean the hub was never reached.
+fn unreachable(kind: ureq::ErrorKind) -> bool {
+    use ureq::ErrorKind as K;
+    matches!(
+        kind,
+        K::Dns | K::ConnectionFailed | K::Io | K::ProxyConnect | K::InvalidProxyUrl
+    )
+}
+
 /// Downloads a checkpoint into the cache and returns its snapshot folder.
 pub fn download(id: &str, revision: &str, cache: &Path) -> Result<PathBuf, HubError> {
     let failed = |message: String| HubError::Download {
         id: id.to_owned(),
         message,
     };
-    let api = ApiBuilder::from_cache(Cache::new(cache.to_owned()))
-        .with_token(token())
-        .with_progress(true)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
+    let request = |e: ApiError| request_error(id, revision, cache, &e);
+    let api = api(cache, true).map_err(request)?;
     let repo = api.repo(Repo::with_revision(
         id.to_owned(),
         RepoType::Model,
         revision.to_owned(),
     ));
-    let info = repo.info().map_err(|e| failed(e.to_string()))?;
+    let info = repo.info().map_err(request)?;
     let present: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    // Each file's failure says its name, and its cause when it is known.
+    let get = |file: &str| {
+        repo.get(file).map_err(|e| {
+            let message = format!("{file}: {e}");
+            match request_error(id, revision, cache, &e) {
+                HubError::Download { .. } => failed(message),
+                known => known,
+            }
+        })
+    };
     let mut snapshot = None;
     for file in REQUIRED
         .iter()
         .chain(OPTIONAL)
         .filter(|f| present.contains(f))
     {
-        let path = repo.get(file).map_err(|e| failed(format!("{file}: {e}")))?;
-        snapshot = path.parent().map(Path::to_path_buf);
+        snapshot = get(file)?.parent().map(Path::to_path_buf);
     }
     if present.contains(&INDEX) {
-        let index = repo
-            .get(INDEX)
-            .map_err(|e| failed(format!("{INDEX}: {e}")))?;
-        for shard in shard_names(&index)? {
-            repo.get(&shard)
-                .map_err(|e| failed(format!("{shard}: {e}")))?;
+        for shard in shard_names(&get(INDEX)?)? {
+            get(&shard)?;
         }
     } else {
-        repo.get(SINGLE)
-            .map_err(|e| failed(format!("{SINGLE}: {e}")))?;
+        get(SINGLE)?;
     }
     let snapshot = snapshot.ok_or_else(|| failed("the repo has no config.json".into()))?;
     check_complete(id, &snapshot)?;

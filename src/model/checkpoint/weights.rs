@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, TensorInfo};
 use tch::{Device, Kind, TchError, Tensor};
 
 /// Single-file checkpoint name.
@@ -88,6 +88,14 @@ pub enum WeightError {
         name: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl WeightError {
+    /// Checkpoint files that are missing, corrupt or do not fit are bad
+    /// input; a failure to quantise them is not.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, WeightError::Quantize { .. })
+    }
 }
 
 /// Formats a list of paths as `a, b, c`.
@@ -389,7 +397,23 @@ impl Weights {
         Ok(dims(&info.shape))
     }
 
-    fn load(&self, name: &str, expected: &[i64]) -> Result<Tensor, WeightError> {
+    /// Checks that `name` is stored with shape `expected` and a floating
+    /// dtype, reading no tensor data, and counts it as used (for
+    /// [`Weights::finish`]): a checkpoint checked name by name this way
+    /// loads, as far as its files go.
+    pub fn check(&self, name: &str, expected: &[i64]) -> Result<(), WeightError> {
+        self.stored(name, expected)?;
+        self.used.borrow_mut().insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Where `name` is stored and as what, after checking its shape and
+    /// dtype.
+    fn stored(
+        &self,
+        name: &str,
+        expected: &[i64],
+    ) -> Result<(&Shard, &Entry, &TensorInfo, Kind), WeightError> {
         let (shard, entry) = self.entry(name)?;
         let info = shard
             .metadata
@@ -420,6 +444,11 @@ impl Weights {
                 });
             }
         };
+        Ok((shard, entry, info, stored))
+    }
+
+    fn load(&self, name: &str, expected: &[i64]) -> Result<Tensor, WeightError> {
+        let (shard, entry, info, stored) = self.stored(name, expected)?;
         let (start, end) = info.data_offsets;
         // `read_metadata` checked that every tensor lies inside the file.
         let bytes = shard
@@ -435,7 +464,7 @@ impl Weights {
         };
         // One copy out of the mapping, then convert where it is cheaper:
         // narrow the dtype before a transfer, widen it after.
-        let tensor = Tensor::f_from_data_size(bytes, &found, stored).map_err(tch_err)?;
+        let tensor = Tensor::f_from_data_size(bytes, expected, stored).map_err(tch_err)?;
         let tensor = if self.kind.elt_size_in_bytes() < stored.elt_size_in_bytes() {
             tensor
                 .f_to_kind(self.kind)

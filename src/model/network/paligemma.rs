@@ -53,6 +53,29 @@ pub enum ModelError {
     Adapter(#[from] PeftError),
 }
 
+impl ModelError {
+    /// Whether the checkpoint, the adapter or the input is at fault (bad
+    /// input: exit 2, never retried) rather than libtorch.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            ModelError::Config(_) | ModelError::Input(_) => true,
+            ModelError::Weights(e) => e.is_bad_input(),
+            ModelError::Adapter(e) => adapter_is_bad_input(e),
+            ModelError::Tch(_) => false,
+        }
+    }
+}
+
+/// An adapter folder that is missing, unreadable, unsupported or does not
+/// fit the model is bad input; libtorch failures are not.
+pub fn adapter_is_bad_input(error: &PeftError) -> bool {
+    match error {
+        PeftError::Tch { .. } | PeftError::NotAnAdapter => false,
+        PeftError::Weights(e) => e.is_bad_input(),
+        _ => true,
+    }
+}
+
 /// The summed token cross-entropy of a batch; `sum / tokens` is the
 /// token-weighted mean transformers reports.
 #[derive(Debug)]

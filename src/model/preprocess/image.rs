@@ -15,7 +15,21 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageReader, Rgb, RgbImage};
+use image::{DynamicImage, ImageReader, Limits, Rgb, RgbImage};
+
+use super::jpeg::{self, JpegError};
+
+/// The most pixels an image may have: Pillow's `Image.open` raises
+/// `DecompressionBombError` above `2 * MAX_IMAGE_PIXELS`, with
+/// `MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)` (`Image.py`,
+/// `_decompression_bomb_check`,
+/// <https://github.com/python-pillow/Pillow/blob/13.0.0/src/PIL/Image.py>).
+/// transformers opens images with Pillow, so it never sees a larger one.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// Bytes per pixel of the widest layout the `image` crate decodes to here
+/// (16-bit RGBA), for its allocation limit: every image Pillow opens fits.
+const WIDEST_PIXEL_BYTES: u64 = 8;
 
 /// An image file that could not be turned into an RGB image.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +43,31 @@ pub enum ImageError {
         source: std::io::Error,
     },
     /// The bytes are not an image in a supported format (PNG, JPEG, WebP, BMP,
-    /// GIF) or are corrupt.
+    /// GIF), are corrupt or truncated, or declare too many pixels.
     #[error("cannot decode image file {}: {source}", path.display())]
     Decode {
         /// The file.
         path: PathBuf,
-        /// What the decoder said.
-        source: image::ImageError,
+        /// What was wrong.
+        source: DecodeError,
     },
+}
+
+/// Why image bytes are not an image this crate (or Pillow) would use.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The header declares more pixels than Pillow opens: refused before
+    /// anything the size of the image is allocated.
+    #[error(
+        "its header declares {width} × {height} pixels, more than the {MAX_PIXELS} Pillow opens \
+         (a decompression bomb, or a corrupt header); resize it below that, or drop it"
+    )]
+    TooLarge { width: u32, height: u32 },
+    /// A JPEG whose data ends early, or whose markers are broken.
+    #[error(transparent)]
+    Jpeg(#[from] JpegError),
+    #[error(transparent)]
+    Format(#[from] image::ImageError),
 }
 
 /// Reads and decodes an image file and converts it to 8-bit RGB exactly as
@@ -62,45 +93,73 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
 }
 
 /// Decodes image bytes (format detected from content) and converts them to
-/// RGB like [`load_image`].
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, image::ImageError> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF])
-        && let Some(rgb) = decode_jpeg_like_pillow(bytes)
-    {
-        return Ok(rgb);
+/// RGB like [`load_image`]. Images Pillow would refuse are refused: more
+/// than [`MAX_PIXELS`] (checked on the header, before decoding), and
+/// truncated JPEGs.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    if jpeg::is_jpeg(bytes) {
+        if let Some((width, height)) = jpeg::scan(bytes)?.frame {
+            check_pixels(width, height)?;
+        }
+        if let Some(rgb) = decode_jpeg_like_pillow(bytes)? {
+            return Ok(rgb);
+        }
     }
-    let decoded = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()?
-        .decode()?;
-    Ok(to_rgb(decoded))
+    let (width, height) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(image::ImageError::IoError)?
+        .into_dimensions()?;
+    check_pixels(width, height)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(image::ImageError::IoError)?;
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * WIDEST_PIXEL_BYTES);
+    reader.limits(limits);
+    Ok(to_rgb(reader.decode()?))
+}
+
+/// Pillow's decompression-bomb check: `max(1, w) · max(1, h)` against the
+/// limit.
+fn check_pixels(width: u32, height: u32) -> Result<(), DecodeError> {
+    let pixels = u64::from(width.max(1)) * u64::from(height.max(1));
+    if pixels > MAX_PIXELS {
+        return Err(DecodeError::TooLarge { width, height });
+    }
+    Ok(())
 }
 
 /// libjpeg-turbo's default decode (integer slow IDCT, fancy upsampling), as
-/// Pillow runs it. `None` when libjpeg refuses (corrupt data, CMYK): the
+/// Pillow runs it. `Ok(None)` when libjpeg refuses (corrupt data, CMYK): the
 /// caller then lets the `image` crate decode or report the error.
-fn decode_jpeg_like_pillow(bytes: &[u8]) -> Option<RgbImage> {
+fn decode_jpeg_like_pillow(bytes: &[u8]) -> Result<Option<RgbImage>, DecodeError> {
     // mozjpeg reports libjpeg's fatal errors by unwinding.
     std::panic::catch_unwind(|| {
-        let decompress = mozjpeg::Decompress::builder().from_mem(bytes).ok()?;
+        let Ok(decompress) = mozjpeg::Decompress::builder().from_mem(bytes) else {
+            return Ok(None);
+        };
+        // libjpeg's own reading of the header, checked before `rgb()`
+        // allocates anything the size of the image.
+        let (width, height) = (
+            u32::try_from(decompress.width()).unwrap_or(u32::MAX),
+            u32::try_from(decompress.height()).unwrap_or(u32::MAX),
+        );
+        check_pixels(width, height)?;
         if matches!(
             decompress.color_space(),
             mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
         ) {
-            return None;
+            return Ok(None);
         }
-        let mut started = decompress.rgb().ok()?;
-        let (width, height) = (started.width(), started.height());
-        let pixels: Vec<[u8; 3]> = started.read_scanlines().ok()?;
-        started.finish().ok()?;
-        let flat: Vec<u8> = pixels.into_iter().flatten().collect();
-        RgbImage::from_raw(
-            u32::try_from(width).ok()?,
-            u32::try_from(height).ok()?,
-            flat,
-        )
+        let decoded = (|| {
+            let mut started = decompress.rgb().ok()?;
+            let flat: Vec<u8> = started.read_scanlines().ok()?;
+            started.finish().ok()?;
+            RgbImage::from_raw(width, height, flat)
+        })();
+        Ok(decoded)
     })
-    .ok()
-    .flatten()
+    .unwrap_or(Ok(None))
 }
 
 /// Pillow's `alpha_composite(white, src)` for one pixel, then alpha dropped.
@@ -611,6 +670,69 @@ mod tests {
         std::fs::write(&path, &bytes[..40]).expect("write");
         let err = load_image(&path).expect_err("truncated JPEG");
         assert!(err.to_string().contains("cut.jpg"), "{err}");
+    }
+
+    /// `bytes` with the first JPEG frame header's size replaced.
+    fn with_declared_size(mut bytes: Vec<u8>, width: u16, height: u16) -> Vec<u8> {
+        let sof = bytes
+            .windows(2)
+            .position(|w| w[0] == 0xFF && w[1] == 0xC0)
+            .expect("a baseline frame header");
+        bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_jpeg_declaring_too_many_pixels_is_refused_before_decoding() {
+        let photo = std::fs::read(golden_dir().join("resize/photo.jpg")).expect("jpeg");
+        // 1.8 KB claiming 65500 × 65500: decoding it would take 13 GB.
+        let bomb = with_declared_size(photo.clone(), 65_500, 65_500);
+        let err = decode_image(&bomb).expect_err("bomb");
+        assert!(
+            matches!(
+                err,
+                DecodeError::TooLarge {
+                    width: 65_500,
+                    height: 65_500
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("178956970"), "{err}");
+        // Pillow's limit is inclusive: 13377 × 13378 = 178,957,506 > limit;
+        // 13377 × 13377 = 178,944,129 passes the check (not decoded here).
+        assert!(check_pixels(13_377, 13_378).is_err());
+        assert!(check_pixels(13_377, 13_377).is_ok());
+        assert!(check_pixels(0, 178_956_970).is_ok());
+        assert!(check_pixels(0, 178_956_971).is_err());
+    }
+
+    #[test]
+    fn other_formats_declaring_too_many_pixels_are_refused_before_decoding() {
+        // A BMP whose header claims 20000 × 20000 and whose data is 12 bytes.
+        let mut bmp = Vec::new();
+        RgbImage::new(2, 2)
+            .write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+            .expect("bmp");
+        bmp[18..22].copy_from_slice(&20_000_i32.to_le_bytes());
+        bmp[22..26].copy_from_slice(&20_000_i32.to_le_bytes());
+        let err = decode_image(&bmp).expect_err("bomb");
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_as_truncated() {
+        let photo = std::fs::read(golden_dir().join("resize/photo.jpg")).expect("jpeg");
+        let cut = &photo[..photo.len() - 200];
+        let err = decode_image(cut).expect_err("truncated");
+        assert!(
+            matches!(err, DecodeError::Jpeg(JpegError::Truncated { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("truncated"), "{err}");
+        // The whole file still decodes.
+        assert!(decode_image(&photo).is_ok());
     }
 
     #[test]

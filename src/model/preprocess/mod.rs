@@ -1,5 +1,7 @@
 //! Preprocessing: the `PaliGemma` processor (tokenizer and prompts), image
-//! decoding and resizing, and the batched model inputs.
+//! decoding (with the JPEG structure checks) and resizing, and the batched
+//! model inputs.
 pub mod image;
 pub mod input;
+pub mod jpeg;
 pub mod processor;
