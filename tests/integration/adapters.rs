@@ -141,8 +141,11 @@ fn merged_export_evaluates_like_the_adapter() {
     let merged = eval(&test, "./merged32", None, "train")["loss"]
         .as_f64()
         .unwrap();
+    // Relative: x·(W + s·BA) and x·W + s·(x·A)·B round differently, and
+    // MKL's thread count (it varies with the machine's load) moves the
+    // last bits too: 2.2e-5 absolute seen on a loss near 7 under load.
     assert!(
-        (merged - unmerged).abs() < 1e-5,
+        (merged - unmerged).abs() <= 1e-5 * unmerged.abs().max(1.0),
         "merged {merged} vs unmerged {unmerged}"
     );
 
