@@ -508,7 +508,7 @@ fn hyperparameters(report: &Report, with_plots: bool) -> Result<Section, ReportE
         // One figure, a panel per checkpoint, to compare them side by side.
         sec.blocks.push(Block::Plot {
             title: format!("{} per checkpoint", sec.title.to_lowercase()),
-            svg: plots::grids(report, &report.grids)?,
+            svg: plots::grids(&report.metric, report.higher_is_better, &report.grids)?,
         });
     }
     Ok(sec)

@@ -139,7 +139,11 @@ fn shade(t: f64) -> RGBColor {
 /// Quality over learning rate × weight decay: one figure, a panel per
 /// checkpoint (heatmaps when both vary, else lines over the one that
 /// does), on one colour scale and one y range so panels compare.
-pub fn grids(report: &Report, grids: &[HyperGrid]) -> Result<String, ReportError> {
+pub fn grids(
+    metric: &str,
+    higher_is_better: bool,
+    grids: &[HyperGrid],
+) -> Result<String, ReportError> {
     let n = grids.len().max(1);
     let columns = n.min(2);
     let rows = n.div_ceil(columns);
@@ -155,16 +159,16 @@ pub fn grids(report: &Report, grids: &[HyperGrid]) -> Result<String, ReportError
         .iter()
         .flat_map(|g| g.cells.iter().flatten().filter_map(|c| *c))
         .collect();
-    let title = format!("{} by lr × weight decay", report.metric);
+    let title = format!("{metric} by lr × weight decay");
     svg(&title, size, |root| {
         let panels = root.split_evenly((rows, columns));
         for (grid, panel) in grids.iter().zip(&panels) {
             let title = grid.checkpoint.as_str();
             if grid.lrs.len() > 1 && grid.weight_decays.len() > 1 {
-                heatmap(report, grid, &values, panel, title)?;
+                heatmap(higher_is_better, grid, &values, panel, title)?;
             } else if grid.lrs.len() > 1 {
                 line(
-                    report,
+                    metric,
                     panel,
                     title,
                     "learning rate",
@@ -175,7 +179,7 @@ pub fn grids(report: &Report, grids: &[HyperGrid]) -> Result<String, ReportError
             } else {
                 let column: Vec<Option<f64>> = grid.cells.iter().map(|row| row[0]).collect();
                 line(
-                    report,
+                    metric,
                     panel,
                     title,
                     "weight decay",
@@ -190,7 +194,7 @@ pub fn grids(report: &Report, grids: &[HyperGrid]) -> Result<String, ReportError
 }
 
 fn heatmap(
-    report: &Report,
+    higher: bool,
     grid: &HyperGrid,
     all: &[f64],
     root: &Area<'_>,
@@ -201,7 +205,6 @@ fn heatmap(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         });
-    let higher = report.higher_is_better;
     // 1 for the best cell, 0 for the worst.
     let goodness = |v: f64| {
         if hi > lo {
@@ -264,7 +267,7 @@ fn heatmap(
 }
 
 fn line(
-    report: &Report,
+    metric: &str,
     root: &Area<'_>,
     title: &str,
     x_desc: &str,
@@ -273,11 +276,11 @@ fn line(
     all: &[f64],
 ) -> DrawResult {
     let n = index(xs.len());
-    let (lo, hi) = value_range(&report.metric, all.iter().copied());
+    let (lo, hi) = value_range(metric, all.iter().copied());
     let mut chart = frame(root, title).build_cartesian_2d((0..n - 1).into_segmented(), lo..hi)?;
     mesh!(chart)
         .x_desc(x_desc)
-        .y_desc(report.metric.as_str())
+        .y_desc(metric)
         .x_labels(xs.len())
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => xs
@@ -328,11 +331,21 @@ pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, Rep
                 });
             let mut chart =
                 frame(&plot, title).build_cartesian_2d(x, (lo / 1.2..hi * 1.2).log_scale())?;
+            // Ticks at 1, 2 and 5 of each decade are labelled; the others
+            // stay unlabelled marks, with no grid line each.
             mesh!(chart)
+                .disable_y_mesh()
+                .y_labels(30)
                 .x_desc("step")
                 .y_desc(format!("{metric} (log scale)"))
                 .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| number(*v))
+                .y_label_formatter(&|v| {
+                    if is_1_2_5(*v) {
+                        number(*v)
+                    } else {
+                        String::new()
+                    }
+                })
                 .draw()?;
             draw_curves(&mut chart, curves)?;
         } else {
@@ -348,6 +361,17 @@ pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, Rep
         }
         legend(&legend_area, curves)
     })
+}
+
+/// Whether `v` is 1, 2 or 5 times a power of ten.
+fn is_1_2_5(v: f64) -> bool {
+    if v <= 0.0 || !v.is_finite() {
+        return false;
+    }
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6 * m)
 }
 
 fn draw_curves<Y>(
@@ -458,4 +482,215 @@ pub fn pareto(report: &Report) -> Result<String, ReportError> {
         }))?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each `<text>`'s attributes and content.
+    fn texts(svg: &str) -> Vec<(BTreeMap<String, String>, String)> {
+        let mut out = Vec::new();
+        let mut rest = svg;
+        while let Some(open) = rest.find("<text ") {
+            rest = &rest[open + 6..];
+            let end = rest.find('>').unwrap();
+            let attrs = attributes(&rest[..end]);
+            let close = rest.find("</text>").unwrap();
+            out.push((attrs, rest[end + 1..close].trim().to_owned()));
+            rest = &rest[close..];
+        }
+        out
+    }
+
+    fn attributes(tag: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut rest = tag;
+        while let Some(eq) = rest.find("=\"") {
+            let name = rest[..eq].trim().rsplit(' ').next().unwrap().to_owned();
+            let value_end = rest[eq + 2..].find('"').unwrap();
+            out.insert(name, rest[eq + 2..eq + 2 + value_end].to_owned());
+            rest = &rest[eq + 2 + value_end + 1..];
+        }
+        out
+    }
+
+    fn num(attrs: &BTreeMap<String, String>, name: &str) -> f64 {
+        attrs[name].parse().unwrap()
+    }
+
+    /// The y tick labels (right-aligned text left of the axis) as
+    /// `(value, y)`.
+    fn y_ticks(svg: &str) -> Vec<(f64, f64)> {
+        texts(svg)
+            .into_iter()
+            .filter(|(a, _)| a.get("text-anchor").map(String::as_str) == Some("end"))
+            .filter_map(|(a, t)| Some((t.parse::<f64>().ok()?, num(&a, "y"))))
+            .collect()
+    }
+
+    /// The y of every point of the curves: polylines of more than two
+    /// points (a legend swatch has two).
+    fn polyline_ys(svg: &str) -> Vec<f64> {
+        svg.match_indices("<polyline")
+            .flat_map(|(i, _)| {
+                let tag = &svg[i..i + svg[i..].find("/>").unwrap()];
+                let ys: Vec<f64> = attributes(tag)["points"]
+                    .split_whitespace()
+                    .map(|p| p.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+                    .collect();
+                if ys.len() > 2 { ys } else { Vec::new() }
+            })
+            .collect()
+    }
+
+    fn curve(label: &str, points: &[(u64, f64)]) -> Curve {
+        Curve {
+            label: label.into(),
+            points: points.to_vec(),
+        }
+    }
+
+    fn runs() -> Vec<Curve> {
+        (0..5)
+            .map(|i| {
+                let k = f64::from(i);
+                curve(
+                    &format!("#{} trial{i}", i + 1),
+                    &[(10, 2.0 + k), (20, 0.5 + k), (30, 0.05 + k / 10.0)],
+                )
+            })
+            .collect()
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn every_label_is_at_least_11_px_and_there_is_no_minor_grid() {
+        let svg = curves("val/field_f1 over steps", "val/field_f1", &runs()).unwrap();
+        let sizes: Vec<f64> = texts(&svg)
+            .iter()
+            .map(|(a, _)| num(a, "font-size"))
+            .collect();
+        assert!(sizes.len() > 10, "{svg}");
+        assert!(sizes.iter().all(|&s| s >= 11.0), "{sizes:?}");
+        // Grid lines are the major ones only: at most one per tick label
+        // (plotters draws the minor grid as extra lines between them).
+        let ticks = texts(&svg)
+            .iter()
+            .filter(|(a, t)| a.contains_key("text-anchor") && t.parse::<f64>().is_ok())
+            .count();
+        let lines = svg.matches("<line").count();
+        assert!(lines <= 2 * ticks + 4, "{lines} lines for {ticks} ticks");
+        assert!(!svg.contains("opacity=\"0.1\""), "a minor grid line: {svg}");
+        let w: u32 = attributes(&svg[..svg.find('>').unwrap()])["width"]
+            .parse()
+            .unwrap();
+        assert!(w <= MAX_WIDTH);
+    }
+
+    #[test]
+    fn a_loss_is_drawn_on_a_log_axis() {
+        let svg = curves("train/loss over steps", "train/loss", &runs()).unwrap();
+        let mut ticks = y_ticks(&svg);
+        // plotters labels a decade's end and the next one's start both.
+        ticks.dedup();
+        assert!(ticks.len() >= 3, "{ticks:?}");
+        // Pixel distance is proportional to log(value): the same per decade
+        // or per factor, whichever ticks are drawn.
+        let per_ln: Vec<f64> = ticks
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1) / (w[1].0.ln() - w[0].0.ln()))
+            .collect();
+        for r in &per_ln {
+            assert!(
+                (r - per_ln[0]).abs() < 0.02 * per_ln[0].abs() + 1.0,
+                "{ticks:?}"
+            );
+        }
+        assert!(svg.contains("(log scale)"));
+        // The same values as a bounded metric are linear from 0 instead.
+        let linear = curves("f1", "val/field_f1", &runs()).unwrap();
+        let ticks = y_ticks(&linear);
+        let per_unit: Vec<f64> = ticks
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1) / (w[1].0 - w[0].0))
+            .collect();
+        assert!(
+            per_unit.iter().all(|r| (r - per_unit[0]).abs() < 1.0),
+            "{ticks:?}"
+        );
+    }
+
+    #[test]
+    fn a_bounded_metric_starts_at_zero() {
+        let runs = [
+            curve("#1 a", &[(1, 0.80), (2, 0.85)]),
+            curve("#2 b", &[(1, 0.82), (2, 0.84)]),
+        ];
+        let svg = curves("f1", "val/field_f1", &runs).unwrap();
+        let ticks = y_ticks(&svg);
+        let lowest = ticks.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert!(lowest.0.abs() < f64::EPSILON, "{ticks:?}");
+        // An unbounded one keeps its span.
+        let svg = curves("x", "val/score", &runs).unwrap();
+        let lowest = y_ticks(&svg)
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        assert!(lowest.0 > 0.5, "{lowest:?}");
+    }
+
+    #[test]
+    fn the_legend_is_below_every_curve_and_tick() {
+        let runs = runs();
+        let svg = curves("train/loss over steps", "train/loss", &runs).unwrap();
+        let all = texts(&svg);
+        let legend: Vec<f64> = all
+            .iter()
+            .filter(|(_, t)| runs.iter().any(|r| &r.label == t))
+            .map(|(a, _)| num(a, "y"))
+            .collect();
+        assert_eq!(legend.len(), runs.len(), "{svg}");
+        let curve_ys = polyline_ys(&svg);
+        assert_eq!(curve_ys.len(), 3 * runs.len());
+        let lowest_curve = curve_ys.into_iter().fold(f64::MIN, f64::max);
+        let lowest_tick = all
+            .iter()
+            .filter(|(_, t)| t.parse::<f64>().is_ok())
+            .map(|(a, _)| num(a, "y"))
+            .fold(f64::MIN, f64::max);
+        let top_of_legend = legend.iter().copied().fold(f64::MAX, f64::min);
+        assert!(
+            top_of_legend > lowest_curve + 10.0,
+            "{top_of_legend} vs {lowest_curve}"
+        );
+        assert!(
+            top_of_legend > lowest_tick + 10.0,
+            "{top_of_legend} vs {lowest_tick}"
+        );
+    }
+
+    #[test]
+    fn lr_grids_are_one_figure_with_a_panel_per_checkpoint() {
+        let grid = |checkpoint: &str| HyperGrid {
+            checkpoint: checkpoint.into(),
+            lrs: vec![1e-4, 3e-4],
+            weight_decays: vec![0.0],
+            cells: vec![vec![Some(0.5), Some(0.6)]],
+        };
+        let grids: Vec<HyperGrid> = ["3b-224", "3b-448", "10b-224"].map(grid).into();
+        let svg = super::grids("val/field_f1", true, &grids).unwrap();
+        assert_eq!(svg.matches("<svg").count(), 1);
+        let captions: Vec<String> = texts(&svg)
+            .into_iter()
+            .filter(|(a, _)| num(a, "font-size") > 14.0)
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(captions, ["3b-224", "3b-448", "10b-224"], "{svg}");
+        let width: u32 = attributes(&svg[..svg.find('>').unwrap()])["width"]
+            .parse()
+            .unwrap();
+        assert!(width <= MAX_WIDTH);
+    }
 }
