@@ -27,6 +27,10 @@ pub struct TrialFacts {
     pub weight_decay: Option<f64>,
     /// The best value of the selection metric (None: never reported).
     pub quality: Option<f64>,
+    /// The step of that value: the trial's selected checkpoint.
+    pub best_step: Option<u64>,
+    /// The trial's folder (`trials.dir`); its selected adapter is `best/`.
+    pub dir: String,
     pub wall_time_s: Option<f64>,
     /// Measured peak memory.
     pub peak_memory_bytes: Option<u64>,
@@ -512,6 +516,8 @@ mod tests {
             lr: Some(lr),
             weight_decay: Some(0.0),
             quality: Some(q),
+            best_step: Some(10),
+            dir: format!("results/demo/trials/{id}"),
             wall_time_s: Some(if method == "qlora" { 150.0 } else { 100.0 }),
             peak_memory_bytes: Some(if method == "qlora" { 8 << 30 } else { 20 << 30 }),
             est_memory_bytes: Some(30 << 30),

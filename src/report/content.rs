@@ -13,6 +13,8 @@ pub enum Block {
         headers: Vec<String>,
         rows: Vec<Vec<String>>,
     },
+    /// Shell commands, one a line, to copy as they are.
+    Code(String),
     /// An inline SVG (HTML); Markdown points to the HTML for it.
     Plot {
         title: String,
@@ -27,22 +29,22 @@ pub struct Section {
 }
 
 impl Section {
-    fn new(title: impl Into<String>) -> Self {
+    pub(super) fn new(title: impl Into<String>) -> Self {
         Section {
             title: title.into(),
             blocks: Vec::new(),
         }
     }
 
-    fn para(&mut self, text: impl Into<String>) {
+    pub(super) fn para(&mut self, text: impl Into<String>) {
         self.blocks.push(Block::Para(text.into()));
     }
 
-    fn warning(&mut self, text: impl Into<String>) {
+    pub(super) fn warning(&mut self, text: impl Into<String>) {
         self.blocks.push(Block::Warning(text.into()));
     }
 
-    fn table(&mut self, headers: &[&str], rows: Vec<Vec<String>>) {
+    pub(super) fn table(&mut self, headers: &[&str], rows: Vec<Vec<String>>) {
         self.blocks.push(Block::Table {
             headers: headers.iter().map(|&h| h.to_owned()).collect(),
             rows,
@@ -58,11 +60,18 @@ pub fn title(report: &Report) -> String {
 /// Every section, in order. `with_plots`: draw the SVGs (the HTML needs
 /// them, the Markdown does not).
 pub fn sections(report: &Report, with_plots: bool) -> Result<Vec<Section>, ReportError> {
-    let mut out = vec![overview(report), recommendation(report)];
+    let mut out = vec![super::decision::section(report), overview(report)];
+    out.push(recommendation(report));
     out.push(leaderboard(report));
     out.push(per_checkpoint(report));
-    out.push(methods(report));
-    out.push(hyperparameters(report, with_plots)?);
+    // Only what the sweep varied: no LoRA-vs-QLoRA section without both
+    // methods, no learning-rate section when neither lr nor decay varied.
+    if !matches!(report.methods, MethodComparison::NotApplicable { .. }) {
+        out.push(methods(report));
+    }
+    if !report.grids.is_empty() {
+        out.push(hyperparameters(report, with_plots)?);
+    }
     out.push(curves(report, with_plots)?);
     out.push(pareto(report, with_plots)?);
     out.push(excluded(report));
@@ -254,6 +263,10 @@ fn pick_lines(report: &Report, sec: &mut Section, heading: &str, pick: &Pick) {
 fn recommendation(report: &Report) -> Section {
     let mut sec = Section::new("Recommendation");
     let rec = &report.recommendation;
+    if let super::decision::Decision::NoSignal { why } = &report.decision {
+        sec.warning(format!("{why}: nothing to recommend, under any budget."));
+        return sec;
+    }
     let Some(overall) = &rec.overall else {
         sec.warning(format!(
             "No trial finished with a value of {}: nothing to recommend.",
@@ -464,11 +477,13 @@ fn methods(report: &Report) -> Section {
 }
 
 fn hyperparameters(report: &Report, with_plots: bool) -> Result<Section, ReportError> {
-    let mut sec = Section::new("Learning rate × weight decay");
-    if report.grids.is_empty() {
-        sec.para("Neither the learning rate nor the weight decay varies within a checkpoint.");
-        return Ok(sec);
-    }
+    let lr_varies = report.grids.iter().any(|g| g.lrs.len() > 1);
+    let wd_varies = report.grids.iter().any(|g| g.weight_decays.len() > 1);
+    let mut sec = Section::new(match (lr_varies, wd_varies) {
+        (true, true) => "Learning rate × weight decay",
+        (true, false) => "Learning rate",
+        _ => "Weight decay",
+    });
     sec.para(format!(
         "Per checkpoint, the best {} (group mean) at each learning rate and weight decay, over the other keys; – marks a combination with no ranked run.",
         report.metric
@@ -488,12 +503,13 @@ fn hyperparameters(report: &Report, with_plots: bool) -> Result<Section, ReportE
             .collect();
         sec.para(format!("Checkpoint {}:", grid.checkpoint));
         sec.blocks.push(Block::Table { headers, rows });
-        if with_plots {
-            sec.blocks.push(Block::Plot {
-                title: format!("{}: lr × weight decay", grid.checkpoint),
-                svg: plots::grid(report, grid)?,
-            });
-        }
+    }
+    if with_plots {
+        // One figure, a panel per checkpoint, to compare them side by side.
+        sec.blocks.push(Block::Plot {
+            title: format!("{} per checkpoint", sec.title.to_lowercase()),
+            svg: plots::grids(&report.metric, report.higher_is_better, &report.grids)?,
+        });
     }
     Ok(sec)
 }

@@ -14,7 +14,8 @@ tr:nth-child(even) td{background:#fafbfc}
 .warning{border-left:4px solid #d62728;background:#fff4f4;padding:.5em .8em}
 figure{margin:1em 0}
 figure svg{max-width:100%;height:auto}
-figcaption{font-size:.85em;color:#555}";
+figcaption{font-size:.85em;color:#555}
+pre{background:#f3f5f8;padding:.6em .8em;overflow-x:auto}";
 
 /// The HTML report; fails only when a plot cannot be drawn.
 pub fn render_html(report: &Report) -> Result<String, ReportError> {
@@ -39,6 +40,9 @@ pub fn render_html(report: &Report) -> Result<String, ReportError> {
                     );
                 }
                 Block::Table { headers, rows } => table(&mut out, headers, rows),
+                Block::Code(text) => {
+                    let _ = writeln!(out, "<pre><code>{}</code></pre>", escape(text.trim_end()));
+                }
                 Block::Plot { title, svg } => {
                     let _ = writeln!(
                         out,

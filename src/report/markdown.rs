@@ -23,6 +23,9 @@ pub fn render_markdown(report: &Report) -> String {
                     let _ = writeln!(out, "> **Warning:** {}", one_line(text));
                 }
                 Block::Table { headers, rows } => out.push_str(&table(headers, rows)),
+                Block::Code(text) => {
+                    let _ = writeln!(out, "```sh\n{}\n```", text.trim_end());
+                }
                 Block::Plot { title, .. } => {
                     let _ = writeln!(out, "_Plot: {} (see report.html)._", one_line(title));
                 }

@@ -14,6 +14,7 @@
 
 pub mod analysis;
 mod content;
+pub mod decision;
 mod format;
 mod html;
 mod markdown;
@@ -27,6 +28,7 @@ use serde_json::Value;
 use crate::metrics::names::higher_is_better;
 use crate::track::store::{Store, StoreError, SweepRow};
 use analysis::{Group, HyperGrid, MethodComparison, Recommendation, TrialFacts};
+use decision::Decision;
 
 pub use html::render_html;
 pub use markdown::render_markdown;
@@ -114,6 +116,10 @@ pub struct Report {
     /// (false without a wall time).
     pub pareto: Vec<bool>,
     pub recommendation: Recommendation,
+    /// The section at the top: the pick, or why there is none.
+    pub decision: Decision,
+    /// The results root the store is in (quoted in commands as `--results`).
+    pub results: PathBuf,
     /// The selection metric of the top groups' best runs.
     pub metric_curves: Vec<Curve>,
     pub loss_curves: Vec<Curve>,
@@ -179,6 +185,8 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
             lr: float_at(&config, "train.lr"),
             weight_decay: float_at(&config, "train.weight_decay"),
             quality: result.and_then(|r| r.best),
+            best_step: result.and_then(|r| r.best_step),
+            dir: row.dir.clone(),
             wall_time_s: result.and_then(|r| r.wall_time_s),
             peak_memory_bytes: result.and_then(|r| r.peak_memory_bytes),
             est_memory_bytes: row.est_memory_bytes,
@@ -202,6 +210,14 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         .any(|d| d.starts_with("cuda"));
 
     let (metric_curves, loss_curves) = top_curves(store, &sweep.name, &metric, &groups, &trials)?;
+    let recommendation = analysis::recommend(&groups, options.budget_memory);
+    let decision = decision::decide(
+        &trials,
+        &groups,
+        recommendation.overall.as_ref(),
+        decision::no_signal(&trials, &metric, higher),
+        |t| test_metrics(store, &sweep.name, &t.id),
+    )?;
 
     Ok(Report {
         gpu_names: store
@@ -214,7 +230,9 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         best_per_checkpoint: analysis::best_per_checkpoint(&groups),
         methods: analysis::compare_methods(&groups),
         grids: analysis::hyper_grids(&groups, higher),
-        recommendation: analysis::recommend(&groups, options.budget_memory),
+        recommendation,
+        decision,
+        results: store.path().parent().unwrap_or(Path::new(".")).to_owned(),
         pareto,
         groups,
         trials,
@@ -255,6 +273,21 @@ fn top_curves(
     }
 
     Ok((metric_curves, loss_curves))
+}
+
+/// A trial's test-split metrics (`test/...`): scored once, on its
+/// selected checkpoint, at the end of training.
+fn test_metrics(
+    store: &Store,
+    sweep: &str,
+    trial: &str,
+) -> Result<Vec<(String, Option<f64>)>, StoreError> {
+    Ok(store
+        .metric_summary(sweep, trial)?
+        .into_iter()
+        .filter(|m| m.name.starts_with("test/"))
+        .map(|m| (m.name, m.last))
+        .collect())
 }
 
 /// Builds the report and writes `report.md` and `report.html` into

@@ -209,12 +209,26 @@ fn stream(points: &[Point], failed: &Point) -> Vec<SweepEvent> {
                         metrics: BTreeMap::from([
                             ("val/field_f1".into(), value),
                             ("val/loss".into(), 1.0 - value),
+                            // Never valid: a metric with no signal.
+                            ("val/json_valid".into(), 0.0),
                         ]),
                         truncated: 0,
                     },
                 ));
             }
         }
+        // The best checkpoint (step 4) scored on test, as the trainer does.
+        events.push(worker(
+            id,
+            start + 45.0,
+            WorkerEvent::Eval {
+                step: 4,
+                epoch: 2,
+                split: "test".into(),
+                metrics: BTreeMap::from([("test/field_f1".into(), f1 - 0.05)]),
+                truncated: 0,
+            },
+        ));
         let size_gib: u64 = if p.size == "3b" { 12 } else { 30 };
         events.extend([
             SweepEvent::AttemptEnded {
@@ -319,6 +333,69 @@ fn assert_well_formed(html: &str) {
     assert!(stack.is_empty(), "unclosed: {stack:?}");
 }
 
+/// The decision, first: the pick is the best run of the top group, its
+/// runner-up the best run of the second, with their test metrics, checkpoint
+/// and commands.
+fn assert_decision(md: &str, points: &[Point], results: &Path) {
+    // The decision, first: the pick is the best run of the top group, its
+    // runner-up the best run of the second, with their test metrics.
+    let decision = md
+        .split("## Decision")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(md.find("## Decision") < md.find("## Overview"));
+    // Independently: configurations by mean F1 over seeds, and the best
+    // seed of each.
+    let mut configs: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
+    for p in points {
+        let key = format!("{}-{}/{}/{}", p.size, p.resolution, p.lr, p.wd);
+        configs.entry(key).or_default().push(p);
+    }
+    let mut ranked: Vec<(f64, &Point)> = configs
+        .values()
+        .map(|ps| {
+            let mean = ps.iter().map(|p| final_f1(p)).sum::<f64>() / ps.len() as f64;
+            let best = *ps
+                .iter()
+                .max_by(|a, b| final_f1(a).total_cmp(&final_f1(b)))
+                .unwrap();
+            (mean, best)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(
+        ranked[0].0 > ranked[1].0,
+        "the hand-made sweep has a clear winner"
+    );
+    let top = |g: usize| (ranked[g].1.id.clone(), final_f1(ranked[g].1));
+    for (role, (id, f1)) in [("pick", top(0)), ("runner-up", top(1))] {
+        let row = decision
+            .lines()
+            .find(|l| l.starts_with(&format!("| {role} ")))
+            .unwrap_or_else(|| panic!("no {role} row in\n{decision}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[2], id, "{row}");
+        assert_eq!(cells[4], format::number(f1), "{row}");
+        assert_eq!(cells[5], "4", "best step: {row}");
+        assert_eq!(cells[6], format::number(f1 - 0.05), "test/field_f1: {row}");
+    }
+    let pick = top(0).0;
+    assert!(decision.contains(&format!("/tmp/results/grid/trials/{pick}/best")));
+    let results = results.display().to_string();
+    assert!(decision.contains(&format!(
+        "palisweep export grid/{pick} --out grid-{} --results {results}\npalisweep rerun grid/{pick} --results {results}\n",
+        short_id(&pick)
+    )), "{decision}");
+    assert!(
+        decision.contains("larger than the seed-to-seed spread"),
+        "{decision}"
+    );
+    assert!(decision.contains("bootstrap of the margin is not possible yet"));
+}
+
 #[test]
 fn report_names_the_best_trial_per_checkpoint_and_writes_valid_html() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,12 +456,15 @@ fn report_names_the_best_trial_per_checkpoint_and_writes_valid_html() {
         assert!(line.contains(&format::hyper(*wd)), "{line}");
     }
     assert!(md.contains("zz_failed") && md.contains("out of memory at batch 1"));
-    assert!(md.contains("Not applicable"));
+    // Only what varied: one method, so no LoRA-vs-QLoRA section.
+    assert!(!md.contains("## LoRA vs QLoRA"), "{md}");
+    assert!(md.contains("## Learning rate × weight decay"));
+    assert_decision(&md, &points, dir.path());
 
     assert_well_formed(&html);
     let svgs = html.matches("<svg").count();
-    // Two heatmaps, two learning-curve plots, one Pareto plot.
-    assert_eq!(svgs, 5, "{html}");
+    // One figure of two heatmaps, two learning-curve plots, one Pareto plot.
+    assert_eq!(svgs, 4, "{html}");
     assert_eq!(html.matches("</svg>").count(), svgs);
     // Nothing to fetch: no script, link, source or URL but SVG's namespace.
     assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("src="));
@@ -450,4 +530,124 @@ fn a_sweep_with_no_ranked_trial_still_reports_its_failures() {
     let html = std::fs::read_to_string(&paths.html).unwrap();
     assert_well_formed(&html);
     assert_eq!(html.matches("<svg").count(), 0);
+}
+
+#[test]
+fn scores_that_all_tie_at_zero_get_no_pick_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_sweep(dir.path());
+    let options = ReportOptions {
+        metric: Some("val/json_valid".into()),
+        budget_memory: Some(24 << 30),
+        ..ReportOptions::default()
+    };
+    let report = build(&store, "grid", &options).unwrap();
+    let why = "no pick: every finished trial (16) scored 0 on val/json_valid";
+    assert_eq!(
+        report.decision,
+        decision::Decision::NoSignal { why: why.into() }
+    );
+    let md = render_markdown(&report);
+    assert!(md.contains(why), "{md}");
+    // Neither the decision nor the recommendation names a pick.
+    assert!(
+        !md.contains("Pick:") && !md.contains("Overall:") && !md.contains("palisweep export"),
+        "{md}"
+    );
+    assert!(!md.contains("Under the memory budget"), "{md}");
+}
+
+#[test]
+fn no_signal_needs_equal_scores_or_nothing_above_the_floor() {
+    let fact = |id: &str, q: f64| analysis::TrialFacts {
+        id: id.into(),
+        params: BTreeMap::new(),
+        status: "finished".into(),
+        reason: None,
+        checkpoint: "3b-224".into(),
+        method: "lora".into(),
+        lr: None,
+        weight_decay: None,
+        quality: Some(q),
+        best_step: Some(1),
+        dir: String::new(),
+        wall_time_s: None,
+        peak_memory_bytes: None,
+        est_memory_bytes: None,
+        device: None,
+    };
+    let no_signal = decision::no_signal;
+    assert_eq!(
+        no_signal(&[fact("a", 0.5), fact("b", 0.5)], "val/loss", false).as_deref(),
+        Some("no pick: every finished trial (2) scored 0.5 on val/loss")
+    );
+    assert_eq!(
+        no_signal(&[fact("a", 0.5), fact("b", 0.4)], "val/loss", false),
+        None
+    );
+    // One trial at the floor of a bounded metric: nothing learned.
+    assert_eq!(
+        no_signal(&[fact("a", 0.0)], "val/field_f1", true).as_deref(),
+        Some("no pick: no finished trial scored above 0 on val/field_f1 (best 0)")
+    );
+    // A lone trial above the floor, or a loss at 0, is a signal.
+    assert_eq!(no_signal(&[fact("a", 0.3)], "val/field_f1", true), None);
+    assert_eq!(no_signal(&[fact("a", 0.0)], "val/loss", false), None);
+    // Unranked trials do not count.
+    let mut failed = fact("c", 0.9);
+    failed.status = "failed".into();
+    assert!(
+        no_signal(
+            &[fact("a", 0.0), fact("b", 0.0), failed],
+            "val/field_f1",
+            true
+        )
+        .is_some()
+    );
+}
+
+#[test]
+fn the_margin_says_whether_it_is_within_the_seed_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_sweep(dir.path());
+    let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    let within = decision::margin_text(
+        &report,
+        0.01,
+        analysis::Noise::Estimated {
+            std: 0.02,
+            within: true,
+        },
+    );
+    assert_eq!(
+        within,
+        "Margin over the runner-up: 0.01 on val/field_f1 (between the two configurations' means over seeds). This is within the seed-to-seed spread (pooled std 0.02 of one configuration across seeds): the two are not clearly different; run more seeds, or take the cheaper one."
+    );
+    let clear = decision::margin_text(
+        &report,
+        0.05,
+        analysis::Noise::Estimated {
+            std: 0.02,
+            within: false,
+        },
+    );
+    assert!(
+        clear.contains("0.05") && clear.contains("larger than the seed-to-seed spread"),
+        "{clear}"
+    );
+    let unknown = decision::margin_text(&report, 0.05, analysis::Noise::NoRepeats);
+    assert!(unknown.contains("spread is unknown"), "{unknown}");
+}
+
+#[test]
+fn commands_quote_the_results_root_only_when_it_is_not_the_default() {
+    use std::path::Path;
+    assert_eq!(
+        decision::export_command("demo", "0123456789abcdef", Path::new("results")),
+        "palisweep export demo/0123456789abcdef --out demo-0123456789ab"
+    );
+    assert_eq!(
+        decision::rerun_command("demo", "0123456789abcdef", Path::new("my results")),
+        "palisweep rerun demo/0123456789abcdef --results 'my results'"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::util::Test;
+use crate::util::{Test, repo_root};
 
 #[test]
 fn the_report_names_the_best_trial_per_checkpoint_and_embeds_its_plots() {
@@ -94,4 +94,134 @@ fn the_report_names_the_best_trial_per_checkpoint_and_embeds_its_plots() {
     assert!(svgs >= 2, "{svgs} plots");
     assert_eq!(svgs, html.matches("</svg>").count());
     assert!(!html.contains("<script"), "self-contained, no scripts");
+
+    check_decision(&test, &md);
+}
+
+/// One trial's score as the raw metrics give it: the best `val/loss` of
+/// its curve (`in_curve` rows) and the first step that reached it.
+#[derive(Debug)]
+struct Score {
+    value: f64,
+    step: u64,
+}
+
+/// The decision section against an independent computation from
+/// `export-metrics --format jsonl`, and its export command run for real.
+#[allow(clippy::float_cmp)] // the store's own values, compared exactly
+fn check_decision(test: &Test, md: &str) {
+    let jsonl = test
+        .run_in(&[
+            "export-metrics",
+            "r",
+            "--format",
+            "jsonl",
+            "--results",
+            "results",
+        ])
+        .code(0)
+        .stdout
+        .clone();
+    let mut scores: BTreeMap<String, Score> = BTreeMap::new();
+    for line in jsonl.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        if row["name"] != "val/loss" || row["in_curve"] != true {
+            continue;
+        }
+        let (Some(value), Some(step)) = (row["value"].as_f64(), row["step"].as_u64()) else {
+            continue;
+        };
+        let id = row["trial_id"].as_str().unwrap().to_owned();
+        let score = scores.entry(id).or_insert(Score { value, step });
+        if value < score.value || (value == score.value && step < score.step) {
+            *score = Score { value, step };
+        }
+    }
+    assert_eq!(scores.len(), 12);
+    let mut ranked: Vec<(&String, &Score)> = scores.iter().collect();
+    ranked.sort_by(|a, b| a.1.value.total_cmp(&b.1.value));
+
+    let section = md
+        .split("## Decision")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no decision section in\n{md}"))
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(
+        md.find("## Decision") < md.find("## Overview"),
+        "the decision comes first"
+    );
+    let row = |role: &str| -> Vec<String> {
+        section
+            .lines()
+            .find(|l| l.starts_with(&format!("| {role} ")))
+            .unwrap_or_else(|| panic!("no {role} row in\n{section}"))
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let (pick, runner_up) = (row("pick"), row("runner-up"));
+    // The pick has the lowest val/loss of all (ties: any of the tied), at
+    // the step that first reached it; the runner-up, the next lowest.
+    let score = &scores[&pick[2]];
+    assert_eq!(
+        score.value, ranked[0].1.value,
+        "pick {pick:?}, ranked {ranked:?}"
+    );
+    assert!((pick[4].parse::<f64>().unwrap() - score.value).abs() <= 1e-3 * score.value.abs());
+    assert_eq!(pick[5], score.step.to_string(), "{pick:?}");
+    let second = &scores[&runner_up[2]];
+    assert_ne!(runner_up[2], pick[2]);
+    assert_eq!(
+        second.value, ranked[1].1.value,
+        "runner-up {runner_up:?}, ranked {ranked:?}"
+    );
+    assert_eq!(runner_up[5], second.step.to_string());
+    let best_dir = format!("results/r/trials/{}/best", pick[2]);
+    assert!(section.contains(&best_dir), "{section}");
+    assert!(
+        section.contains("seed-to-seed spread is unknown"),
+        "{section}"
+    );
+    assert!(section.contains("bootstrap of the margin is not possible yet"));
+
+    let commands: Vec<&str> = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap()
+        .lines()
+        .collect();
+    let export = format!(
+        "palisweep export r/{0} --out r-{1}",
+        pick[2],
+        &pick[2][..12]
+    );
+    assert_eq!(
+        commands,
+        [export.as_str(), &format!("palisweep rerun r/{}", pick[2])]
+    );
+    export_for_real(test, commands[0], &best_dir, &pick[2]);
+}
+
+/// Runs the quoted export command in the test folder.
+fn export_for_real(test: &Test, command: &str, best_dir: &str, pick: &str) {
+    // The synthetic worker leaves a stand-in in `best/`: put a real PEFT
+    // adapter there, so that the quoted command exports what the report
+    // points at.
+    let best = test.path().join(best_dir);
+    let fixture = repo_root().join("tests/golden/adapters/peft-default");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture.join(file), best.join(file)).unwrap();
+    }
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    test.run_in(&args).code(0).stdout_has("best");
+    let out = test.path().join(format!("r-{}", &pick[..12]));
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(best.join("adapter_model.safetensors")).unwrap()
+    );
 }
