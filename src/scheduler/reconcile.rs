@@ -232,7 +232,8 @@ fn end_again(trial: &TrialFolder, last: Option<(f64, AttemptOutcome)>, out: &mut
     let Some((time, outcome)) = last else {
         return;
     };
-    let status = match (trial_record::finished(&trial.dir), outcome) {
+    let finished = trial_record::finished(&trial.dir);
+    let status = match (finished, outcome) {
         (Some(_), _) => TrialStatus::Finished,
         (None, AttemptOutcome::Pruned) => TrialStatus::Pruned,
         _ => return,
@@ -241,7 +242,7 @@ fn end_again(trial: &TrialFolder, last: Option<(f64, AttemptOutcome)>, out: &mut
         trial: trial.id.clone(),
         status,
         reason: None,
-        best_metric: trial_record::finished(&trial.dir).flatten(),
+        best_metric: finished.flatten(),
         time,
     });
     if status == TrialStatus::Finished {

@@ -15,19 +15,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::util::{BIN, Test, jsonl, signal, trial_dirs, wait_for_steps};
+use crate::util::{BIN, Test, jsonl, processes_under, signal, trial_dirs, wait_for_steps};
 
 /// How long a worker outlives its scheduler here (the default is 30 s).
 const GRACE: &str = "2";
 
 fn spec(extra: &str) -> String {
-    format!(
-        "[experiment]\nname = \"c\"\n\
-         [data]\npath = \"generated:json\"\n\
-         [model]\ncheckpoint = \"tiny\"\n\
-         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
-         {extra}\n"
-    )
+    crate::util::synthetic_spec("c", extra)
 }
 
 fn run_args(results: &str) -> Vec<String> {
@@ -71,30 +65,6 @@ fn run_to_end(test: &Test, results: &str, env: &[(&str, &str)]) -> (i32, String)
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Live processes whose command line mentions `dir`.
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // A zombie is dead; its parent (this test) has not reaped it yet.
-            let zombie = state
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z'));
-            !zombie
-                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                })
-        })
-        .collect()
 }
 
 fn wait_until_no_process_under(dir: &Path, limit: Duration, what: &str) {

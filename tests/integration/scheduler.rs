@@ -7,17 +7,11 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::util::{Test, count, signal, spawn, trial_dirs, wait_for_steps};
+use crate::util::{Test, count, processes_under, signal, spawn, trial_dirs, wait_for_steps};
 
-/// A synthetic sweep: `extra` adds tables or keys (axes, failures).
+/// A synthetic sweep named `s`.
 fn synthetic(extra: &str) -> String {
-    format!(
-        "[experiment]\nname = \"s\"\n\
-         [data]\npath = \"generated:json\"\n\
-         [model]\ncheckpoint = \"tiny\"\n\
-         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
-         {extra}\n"
-    )
+    crate::util::synthetic_spec("s", extra)
 }
 
 fn run_args(devices: &str) -> Vec<String> {
@@ -223,23 +217,6 @@ fn real_trials_refuse_made_up_devices_before_anything_starts() {
 fn spawn_run(test: &Test) -> Child {
     let args = run_args("fake-cuda:2x80GiB");
     spawn(test, &args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Processes whose command line mentions `dir` (the workers of a test).
-fn processes_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .replace('\0', " ")
-                    .contains(&needle)
-            })
-        })
-        .collect()
 }
 
 const LONG_SWEEP: &str = "[synthetic]\nsteps = 30\nstep_ms = 100\n\

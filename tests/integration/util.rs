@@ -260,3 +260,39 @@ pub fn wait_for_steps(test: &Test, sweep: &str, count: usize, steps: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A spec of synthetic trials (no model) named `name` on generated data:
+/// `extra` adds tables or keys (axes, failures, `[synthetic]`).
+pub fn synthetic_spec(name: &str, extra: &str) -> String {
+    format!(
+        "[experiment]\nname = \"{name}\"\n\
+         [data]\npath = \"generated:json\"\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
+         {extra}\n"
+    )
+}
+
+/// Live processes whose command line mentions `dir` (the workers of a
+/// test); zombies (dead, not yet reaped) do not count.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&needle)
+                })
+        })
+        .collect()
+}
