@@ -131,4 +131,12 @@ impl TrialDir {
     pub fn best_adapter(&self) -> PathBuf {
         self.0.join("best")
     }
+
+    /// The per-example predictions of the evaluation of `split` (`val`,
+    /// `test`) at `step`: `predictions/val-step00000040.jsonl.gz`.
+    pub fn predictions(&self, split: &str, step: u64) -> PathBuf {
+        self.0
+            .join("predictions")
+            .join(format!("{split}-step{step:08}.jsonl.gz"))
+    }
 }

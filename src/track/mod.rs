@@ -2,6 +2,7 @@
 //! TensorBoard logs and the progress display).
 
 pub mod eta;
+pub mod predictions;
 pub mod progress;
 pub mod store;
 pub mod tensorboard;
