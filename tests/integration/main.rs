@@ -6,6 +6,7 @@ mod adapters;
 mod architecture;
 mod bad_input;
 mod bench;
+mod browser;
 mod chaos;
 mod expansion;
 mod experiments;

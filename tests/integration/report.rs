@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::browser::{Browser, PAGE_WIDTH, ink};
 use crate::util::{Test, repo_root};
 
 #[test]
@@ -96,6 +97,32 @@ fn the_report_names_the_best_trial_per_checkpoint_and_embeds_its_plots() {
     assert!(!html.contains("<script"), "self-contained, no scripts");
 
     check_decision(&test, &md);
+    check_page(&test.path().join("results/r/report/report.html"));
+}
+
+/// The page in a real browser: it fits 900 px without a horizontal scroll
+/// bar, and its screenshot is not blank.
+pub fn check_page(page: &std::path::Path) -> Option<std::path::PathBuf> {
+    let browser = Browser::find()?;
+    let layout = browser.layout(page, PAGE_WIDTH);
+    assert!(
+        layout.overflow_px <= 0,
+        "{}: {} px of horizontal overflow at {PAGE_WIDTH} px (widest: {})",
+        page.display(),
+        layout.overflow_px,
+        layout.widest
+    );
+    assert!(layout.height_px > 1000, "{layout:?}");
+    let png = page.with_extension("png");
+    browser.screenshot(page, PAGE_WIDTH, layout.height_px, &png);
+    let (ink, colours) = ink(&png);
+    assert!(
+        ink > 0.02 && colours > 50,
+        "{}: a blank page? {:.3} of pixels inked, {colours} colours",
+        png.display(),
+        ink
+    );
+    Some(png)
 }
 
 /// One trial's score as the raw metrics give it: the best `val/loss` of
