@@ -33,24 +33,22 @@ impl Browser {
         let program = ["chromium", "chromium-browser", "google-chrome"]
             .iter()
             .find_map(|name| which(name));
-        match program {
-            Some(program) => Some(Browser {
+        if let Some(program) = program {
+            return Some(Browser {
                 program,
                 profile: tempfile::tempdir().expect("profile dir"),
-            }),
-            None => {
-                assert!(
-                    std::env::var_os("PALISWEEP_REQUIRE_CHROMIUM").is_none(),
-                    "PALISWEEP_REQUIRE_CHROMIUM is set but no chromium is on PATH: run \
-                     scripts/browser/install.sh as root"
-                );
-                eprintln!(
-                    "page test not run: no chromium on PATH (scripts/browser/install.sh installs \
-                     it as root; scripts/test.sh does that when run as root and then requires it)"
-                );
-                None
-            }
+            });
         }
+        assert!(
+            std::env::var_os("PALISWEEP_REQUIRE_CHROMIUM").is_none(),
+            "PALISWEEP_REQUIRE_CHROMIUM is set but no chromium is on PATH: run \
+             scripts/browser/install.sh as root"
+        );
+        eprintln!(
+            "page test not run: no chromium on PATH (scripts/browser/install.sh installs \
+             it as root; scripts/test.sh does that when run as root and then requires it)"
+        );
+        None
     }
 
     fn command(&self, width: u32, height: u32) -> Command {
