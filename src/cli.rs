@@ -302,6 +302,10 @@ pub struct EvalArgs {
     /// `json`, `detect`, `segment`, `text` or `auto` (guessed from the suffixes).
     #[arg(long, default_value = "auto")]
     pub task: String,
+    /// With --generate: also write each example's answer and score to FILE
+    /// (gzip-compressed JSON lines, as trials keep them in predictions/).
+    #[arg(long, value_name = "FILE", requires = "generate")]
+    pub predictions: Option<PathBuf>,
     /// Print JSON: loss, examples, tokens, metrics.
     #[arg(long)]
     pub json: bool,
