@@ -37,7 +37,8 @@ pub enum Command {
     Status(StatusArgs),
     /// The sweeps recorded under a results root.
     Ls(LsArgs),
-    /// One trial: resolved config, attempts, metric summary, artifacts.
+    /// One trial: resolved config, attempts, metric summary, artifacts;
+    /// with --predictions, the examples of one of its evaluations.
     Show(ShowArgs),
     /// Every metric of a sweep as CSV or JSON lines, on stdout.
     ExportMetrics(ExportMetricsArgs),
@@ -302,6 +303,10 @@ pub struct EvalArgs {
     /// `json`, `detect`, `segment`, `text` or `auto` (guessed from the suffixes).
     #[arg(long, default_value = "auto")]
     pub task: String,
+    /// With --generate: also write each example's answer and score to FILE
+    /// (gzip-compressed JSON lines, as trials keep them in predictions/).
+    #[arg(long, value_name = "FILE", requires = "generate")]
+    pub predictions: Option<PathBuf>,
     /// Print JSON: loss, examples, tokens, metrics.
     #[arg(long)]
     pub json: bool,
@@ -437,8 +442,23 @@ pub struct ShowArgs {
     pub trial: String,
     #[arg(long, default_value = "results", help = RESULTS_HELP)]
     pub results: PathBuf,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "predictions")]
     pub json: bool,
+    /// List the examples of one evaluation with generation: index, score,
+    /// image, reference and prediction (by default the validation at the
+    /// trial's best step, else its latest).
+    #[arg(long)]
+    pub predictions: bool,
+    /// With --predictions: `val` or `test`.
+    #[arg(long, default_value = "val", requires = "predictions", value_parser = ["val", "test"])]
+    pub split: String,
+    /// With --predictions: the evaluation at this step.
+    #[arg(long, value_name = "N", requires = "predictions")]
+    pub step: Option<u64>,
+    /// With --predictions: `table` (cells cut to fit) or `jsonl` (the
+    /// stored lines, whole).
+    #[arg(long, default_value = "table", requires = "predictions", value_parser = ["table", "jsonl"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]

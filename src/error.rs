@@ -20,6 +20,7 @@ use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::scheduler::slurm::client::SlurmError;
 use crate::spec::error::SpecError;
+use crate::track::show_predictions::ShowPredictionsError;
 use crate::track::store::StoreError;
 use crate::train::evaluate::EvalError;
 
@@ -55,6 +56,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 Some(ReportError::UnknownMetric { .. }) => true,
                 _ => false,
             }
+            || cause
+                .downcast_ref::<ShowPredictionsError>()
+                .is_some_and(ShowPredictionsError::is_bad_input)
             || cause.is::<ParseDeviceError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()

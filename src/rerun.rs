@@ -130,7 +130,9 @@ pub fn read_original(events: &Path) -> Result<Option<Original>, RerunError> {
                     finished = Some(run);
                 }
             }
-            WorkerEvent::Checkpoint { .. } | WorkerEvent::Failed { .. } => {}
+            WorkerEvent::Checkpoint { .. }
+            | WorkerEvent::Predictions { .. }
+            | WorkerEvent::Failed { .. } => {}
         }
     }
     Ok(finished.map(|mut run| {

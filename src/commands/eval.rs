@@ -1,5 +1,6 @@
 //! `palisweep eval`: token-weighted loss of a checkpoint on a dataset split
-//! and, with `--generate`, the task metrics of its greedy answers.
+//! and, with `--generate`, the task metrics of its greedy answers (and with
+//! `--predictions FILE`, each answer and its score).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +17,7 @@ use crate::data::check::check_split;
 use crate::metrics::task::Task;
 use crate::model::network::paligemma::PaliGemma;
 use crate::model::preprocess::processor::Processor;
+use crate::track::predictions;
 use crate::train::evaluate::{EvalOptions, evaluate};
 
 use super::{checkpoint, runtime};
@@ -90,6 +92,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         task,
         &options,
     )?;
+    if let Some(path) = &args.predictions {
+        predictions::write(path, &result.predictions)?;
+    }
     let report = EvalReport {
         loss: result.loss,
         examples: result.examples,

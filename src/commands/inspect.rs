@@ -1,5 +1,5 @@
-//! The read-only store commands: `status`, `ls`, `show`, `export-metrics`,
-//! `report`.
+//! The read-only store commands: `status`, `ls`, `show` (and `show
+//! --predictions`), `export-metrics`, `report`.
 //! They open the store read-only, so they work while a sweep writes it.
 
 use std::io::Write as _;
@@ -11,6 +11,7 @@ use crate::cli::{ExportMetricsArgs, LsArgs, ReportArgs, ShowArgs, StatusArgs};
 use crate::devices::grammar::parse_bytes;
 use crate::layout::ResultsRoot;
 use crate::report::{ReportError, ReportOptions, write as write_report};
+use crate::track::show_predictions::{self, Request};
 use crate::track::store::{ExportFormat, Store, StoreError, views};
 
 fn open(results: &std::path::Path) -> anyhow::Result<Store> {
@@ -58,8 +59,36 @@ pub fn ls(args: &LsArgs) -> anyhow::Result<()> {
 
 pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
     let store = open(&args.results)?;
+    if args.predictions {
+        return show_predictions(args, &store);
+    }
     let view = reading(&store, views::show(&store, &args.trial))?;
     print(&view.to_text(), args.json.then(|| view.to_json()))
+}
+
+/// `show --predictions`: what was read goes first, on stderr for JSON
+/// lines so that stdout holds the stored lines alone.
+fn show_predictions(args: &ShowArgs, store: &Store) -> anyhow::Result<()> {
+    let request = Request {
+        trial: &args.trial,
+        split: &args.split,
+        step: args.step,
+    };
+    let view = reading(
+        store,
+        show_predictions::load(store, &args.results, &request),
+    )?;
+    if args.format == "jsonl" {
+        eprint!("{}", view.header());
+        out!("{}", view.to_jsonl())?;
+    } else {
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(show_predictions::DEFAULT_WIDTH);
+        out!("{}\n{}", view.header(), view.to_table(width))?;
+    }
+    Ok(())
 }
 
 pub fn export_metrics(args: &ExportMetricsArgs) -> anyhow::Result<()> {

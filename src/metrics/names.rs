@@ -19,6 +19,9 @@ pub const JSON_VALID: &str = "json_valid";
 pub const MAP: &str = "map50_95";
 /// Box mAP at `IoU` 0.50; higher is better.
 pub const MAP50: &str = "map50";
+/// One example's box F1 at `IoU` 0.5 with matching labels
+/// (`per_example`); higher is better.
+pub const BOX_F1: &str = "box_f1";
 /// Number of predicted objects that did not parse; lower is better.
 pub const DETECT_PARSE_ERRORS: &str = "detect_parse_errors";
 /// Fraction of predictions equal to their reference after trimming; higher is
@@ -78,6 +81,7 @@ mod tests {
             JSON_VALID,
             MAP,
             MAP50,
+            BOX_F1,
             EXACT_MATCH,
             BLEU,
             "accuracy",

@@ -344,6 +344,12 @@ fn backfill(
                     ))
                 })
             }
+            // By path, as the store keys them: a store from before the
+            // `predictions` table (or one that lost it) gains the rows of
+            // attempts it had seen end.
+            WorkerEvent::Predictions { path, .. } => !store
+                .predictions
+                .contains(&(trial.id.clone(), path.clone())),
             // Upserts: harmless to send again for an attempt the store
             // never saw end.
             _ => !ended,
@@ -455,6 +461,64 @@ mod tests {
         let closed = trial_record::attempts(&dir);
         assert_eq!(closed[0].outcome, Some(AttemptOutcome::OrchestratorLost));
         assert!(reconcile(&trials, &store).closed.is_empty());
+    }
+
+    #[test]
+    fn predictions_the_store_lacks_are_sent_even_for_an_attempt_it_saw_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TrialDir::from_path(tmp.path());
+        trial_record::append(
+            &dir,
+            &AttemptRecord {
+                end: Some(9.0),
+                outcome: Some(AttemptOutcome::Finished),
+                exit_code: Some(0),
+                ..start(1)
+            },
+        )
+        .unwrap();
+        let file = |step: u64| dir.predictions("val", step).display().to_string();
+        let mut writer = EventWriter::open(&dir.events(), 1).unwrap();
+        writer.emit(step(1)).unwrap();
+        for n in [1, 2] {
+            writer
+                .emit(WorkerEvent::Predictions {
+                    step: n,
+                    split: "val".into(),
+                    path: file(n),
+                    examples: 3,
+                    metric: "cer".into(),
+                })
+                .unwrap();
+        }
+        drop(writer);
+        // A store from before the `predictions` table: it saw the attempt
+        // end and has its curve, and indexed only the first file.
+        let mut store = RecordedAttempts::default();
+        store.attempts.insert(("t".into(), 1), (true, true));
+        store
+            .metrics
+            .insert(("t".into(), 1, 1, "train/loss".into()));
+        store.predictions.insert(("t".into(), file(1)));
+        let trials = [TrialFolder {
+            id: "t".into(),
+            dir: dir.clone(),
+            followed: false,
+        }];
+        let sent: Vec<WorkerEvent> = reconcile(&trials, &store)
+            .events
+            .into_iter()
+            .filter_map(|e| match e {
+                SweepEvent::Worker { line, .. } => Some(line.event),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(sent.as_slice(), [WorkerEvent::Predictions { step: 2, .. }]),
+            "{sent:?}"
+        );
+        store.predictions.insert(("t".into(), file(2)));
+        assert!(reconcile(&trials, &store).events.is_empty());
     }
 
     #[test]

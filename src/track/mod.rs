@@ -1,9 +1,11 @@
 //! Tracking: the consumers of a sweep's event stream (the SQLite store, the
-//! TensorBoard logs and the progress display).
+//! TensorBoard logs and the progress display), and the per-example
+//! predictions files with their listing.
 
 pub mod eta;
 pub mod predictions;
 pub mod progress;
+pub mod show_predictions;
 pub mod store;
 pub mod tensorboard;
 

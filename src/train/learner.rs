@@ -29,6 +29,7 @@ use crate::model::preprocess::processor::{Processor, ProcessorError};
 use crate::spec::GENERATED_PREFIX;
 use crate::spec::checkpoint::{self as ckpt_ref, CheckpointRef};
 use crate::spec::schema::{EvalEvery, Precision, Spec};
+use crate::track::predictions::{self, PredictionsError};
 use crate::train::adapt_plan::{adapt_plan, attention_mode};
 use crate::worker::protocol::{EventWriter, WorkerEvent};
 
@@ -51,6 +52,8 @@ pub enum TrainError {
     Eval(#[from] EvalError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Predictions(#[from] PredictionsError),
     #[error(transparent)]
     Tch(#[from] tch::TchError),
     /// The dataset or checkpoint the spec names cannot be had.
@@ -501,8 +504,9 @@ impl<'a> Trainer<'a> {
     }
 
     /// Evaluates `split` (validation or test) with the current weights and
-    /// reports it; on validation, keeps `best/` when the selection metric
-    /// improved. An empty split is skipped.
+    /// reports it, with its per-example predictions file when it generated;
+    /// on validation, keeps `best/` when the selection metric improved. An
+    /// empty split is skipped.
     fn evaluate_and_emit(
         &mut self,
         split: Split,
@@ -532,6 +536,17 @@ impl<'a> Trainer<'a> {
             metrics: metrics.clone(),
             truncated: result.truncated,
         })?;
+        if let Some(first) = result.predictions.first() {
+            let path = self.ctx.trial.predictions(prefix, self.state.step);
+            predictions::write(&path, &result.predictions)?;
+            events.emit(WorkerEvent::Predictions {
+                step: self.state.step,
+                split: prefix.into(),
+                path: path.display().to_string(),
+                examples: result.predictions.len(),
+                metric: first.metric.clone(),
+            })?;
+        }
         let select = &self.spec.eval.select.metric;
         let (select_split, select_name) = select.split_once('/').unwrap_or(("val", "loss"));
         if split == Split::Valid

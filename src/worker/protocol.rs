@@ -93,6 +93,18 @@ pub enum WorkerEvent {
         #[serde(default)]
         truncated: usize,
     },
+    /// The per-example predictions of the evaluation just reported (right
+    /// after its `eval`, when it generated): a `track::predictions` file.
+    Predictions {
+        step: u64,
+        /// `val` or `test`, as the metric names are prefixed.
+        split: String,
+        path: String,
+        /// Lines in the file.
+        examples: usize,
+        /// The per-example metric's name (`field_f1`, `box_f1`, `cer`).
+        metric: String,
+    },
     Checkpoint {
         step: u64,
         path: String,
@@ -218,6 +230,16 @@ mod tests {
         })
         .to_line();
         assert!(failed.contains("\"kind\":\"oom\""), "{failed}");
+        let predictions = WorkerEvent::Predictions {
+            step: 40,
+            split: "val".into(),
+            path: "/r/trials/t/predictions/val-step00000040.jsonl.gz".into(),
+            examples: 12,
+            metric: "box_f1".into(),
+        };
+        let line = Envelope::now(predictions.clone()).to_line();
+        assert!(line.contains("\"event\":\"predictions\""), "{line}");
+        assert_eq!(Envelope::parse(&line).unwrap().event, predictions);
     }
 
     #[test]

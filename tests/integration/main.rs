@@ -12,6 +12,7 @@ mod expansion;
 mod experiments;
 mod model_cli;
 mod plan;
+mod predictions;
 mod reliability_input;
 mod report;
 mod rerun;

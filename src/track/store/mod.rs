@@ -5,7 +5,8 @@
 //!
 //! Tables (names and columns are a contract: `sqlite3` users rely on them;
 //! see `schema.rs` for the SQL): `sweeps`, `trials`, `attempts`, `metrics`,
-//! `artifacts`, `environment`.
+//! `artifacts`, `environment`, `predictions` (one row per per-example
+//! predictions file, `track::predictions`).
 //!
 //! Keys. A sweep is its name (`experiment.name`, its folder under the
 //! results root); its "id" is its spec hash, and a SWEEP argument may be
@@ -56,7 +57,8 @@ use rusqlite::{Connection, OpenFlags};
 pub use export::{ExportFormat, export_metrics};
 pub use query::{
     ArtifactRow, AttemptRow, EnvironmentRow, Failure, MetricPoint, MetricRow, MetricSummary,
-    RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow, varying_keys,
+    PredictionFileRow, RunningTrial, StateCounts, SweepRow, TrialDetail, TrialResult, TrialRow,
+    varying_keys,
 };
 pub use recorded::RecordedAttempts;
 pub use schema::SCHEMA_VERSION;

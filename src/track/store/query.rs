@@ -154,6 +154,22 @@ pub struct ArtifactRow {
     pub step: Option<u64>,
 }
 
+/// One per-example predictions file of a trial (`track::predictions`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PredictionFileRow {
+    /// `val` or `test`.
+    pub split: String,
+    pub step: u64,
+    /// As the worker wrote it.
+    pub path: String,
+    /// Lines in the file.
+    pub examples: u64,
+    /// The per-example metric (`field_f1`, `box_f1`, `cer`).
+    pub metric: String,
+    /// The attempt that wrote the file last.
+    pub attempt: u32,
+}
+
 /// One run's environment: the event's facts, when, and whether it resumed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EnvironmentRow {
@@ -544,6 +560,40 @@ impl Store {
                 bytes: get_opt_u64(r, 2)?,
                 sha256: r.get(3)?,
                 step: get_opt_u64(r, 4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The predictions files of a trial's own attempts (not its reruns),
+    /// by split and step. As with curves (`own_metrics`), a file of a step
+    /// past where a later attempt resumed is left out until that attempt
+    /// evaluates the step again.
+    pub fn predictions(
+        &self,
+        sweep: &str,
+        trial: &str,
+    ) -> Result<Vec<PredictionFileRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.split, p.step, p.path, p.examples, p.metric, p.attempt
+             FROM predictions p
+             JOIN trials t ON t.sweep = p.sweep AND t.id = p.trial_id
+             WHERE p.sweep = ?1 AND p.trial_id = ?2 AND p.attempt <= t.attempt
+               AND NOT EXISTS (
+                 SELECT 1 FROM attempts later
+                  WHERE later.sweep = p.sweep AND later.trial_id = p.trial_id
+                    AND later.attempt > p.attempt AND later.attempt <= t.attempt
+                    AND later.resumed_from < p.step)
+             ORDER BY p.split DESC, p.step",
+        )?;
+        let rows = stmt.query_map([sweep, trial], |r| {
+            Ok(PredictionFileRow {
+                split: r.get(0)?,
+                step: get_u64(r, 1)?,
+                path: r.get(2)?,
+                examples: get_u64(r, 3)?,
+                metric: r.get(4)?,
+                attempt: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -14,6 +14,8 @@ pub struct RecordedAttempts {
     pub attempts: HashMap<(String, u32), (bool, bool)>,
     /// (trial, attempt, step, metric name) of every metric row.
     pub metrics: HashSet<(String, u32, u64, String)>,
+    /// (trial, path) of every predictions file indexed.
+    pub predictions: HashSet<(String, String)>,
 }
 
 impl Store {
@@ -38,6 +40,12 @@ impl Store {
             Ok((r.get(0)?, r.get(1)?, get_u64(r, 2)?, r.get(3)?))
         })? {
             recorded.metrics.insert(row?);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT trial_id, path FROM predictions WHERE sweep = ?1")?;
+        for row in stmt.query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            recorded.predictions.insert(row?);
         }
         Ok(recorded)
     }

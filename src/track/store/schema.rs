@@ -131,8 +131,27 @@ const V3: &str = "
 ALTER TABLE attempts ADD COLUMN slurm_job TEXT;
 ";
 
+/// Version 4: the per-example predictions files of each evaluation that
+/// generated (`track::predictions`), one row per file. A file is keyed by
+/// its path: an attempt that resumes and evaluates a step again rewrites
+/// the file, and its row then names that attempt.
+const V4: &str = "
+CREATE TABLE predictions (
+    sweep    TEXT NOT NULL,
+    trial_id TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    split    TEXT NOT NULL,          -- val | test
+    step     INTEGER NOT NULL,
+    path     TEXT NOT NULL,
+    examples INTEGER NOT NULL,
+    metric   TEXT NOT NULL,          -- the per-example metric: field_f1 | box_f1 | cer
+    PRIMARY KEY (sweep, trial_id, path),
+    FOREIGN KEY (sweep, trial_id) REFERENCES trials (sweep, id) ON DELETE CASCADE
+);
+";
+
 /// The migrations in order; the schema version is how many there are.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this palisweep writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -280,8 +299,15 @@ mod tests {
             "attempts",
             "artifacts",
             "environment",
+            "predictions",
         ] {
             assert!(!columns(&conn, table).is_empty(), "{table}");
+        }
+        let predictions = columns(&conn, "predictions");
+        for c in [
+            "sweep", "trial_id", "attempt", "split", "step", "path", "examples", "metric",
+        ] {
+            assert!(predictions.contains(&c.to_owned()), "predictions.{c}");
         }
         let metrics = columns(&conn, "metrics");
         for c in [

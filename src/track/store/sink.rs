@@ -421,6 +421,34 @@ fn worker_line(
             line.time,
             metrics,
         )?,
+        // Keyed by path: a step evaluated again (after a resume) names the
+        // attempt that rewrote the file.
+        WorkerEvent::Predictions {
+            step,
+            split,
+            path,
+            examples,
+            metric,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO predictions (sweep, trial_id, attempt, split, step, path, examples, metric)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (sweep, trial_id, path) DO UPDATE SET
+                   attempt = excluded.attempt, split = excluded.split, step = excluded.step,
+                   examples = excluded.examples, metric = excluded.metric",
+            )?
+            .execute(params![
+                sweep,
+                trial,
+                attempt,
+                split,
+                Uint(*step),
+                path,
+                Uint(*examples as u64),
+                metric
+            ])
+            .map_err(|e| unknown_trial(e, sweep, trial))?;
+        }
         WorkerEvent::Checkpoint { step, path, best } => {
             tx.prepare_cached(
                 "INSERT INTO artifacts (sweep, trial_id, kind, path, step)

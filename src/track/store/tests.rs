@@ -163,6 +163,24 @@ fn eval(id: &str, attempt: u32, step: u64, f1: f64, time: f64) -> SweepEvent {
     )
 }
 
+/// The predictions file of an evaluation, where the worker writes it.
+fn predictions(id: &str, attempt: u32, split: &str, step: u64, time: f64) -> SweepEvent {
+    worker(
+        id,
+        attempt,
+        time,
+        WorkerEvent::Predictions {
+            step,
+            split: split.into(),
+            path: format!(
+                "/tmp/results/demo/trials/{id}/predictions/{split}-step{step:08}.jsonl.gz"
+            ),
+            examples: 12,
+            metric: "field_f1".into(),
+        },
+    )
+}
+
 fn attempt_ended(
     id: &str,
     attempt: u32,
@@ -231,6 +249,8 @@ pub(super) fn sweep_stream(name: &str) -> Vec<SweepEvent> {
         if s % 10 == 0 {
             events.push(eval("aaa111aaa111", 1, s, 0.5 + s as f64 / 100.0, t));
             events.push(eval("bbb222bbb222", 2, s, 0.4 + s as f64 / 100.0, t));
+            events.push(predictions("aaa111aaa111", 1, "val", s, t));
+            events.push(predictions("bbb222bbb222", 2, "val", s, t));
             events.push(worker(
                 "aaa111aaa111",
                 1,
@@ -321,6 +341,7 @@ fn dump(store: &Store) -> Vec<String> {
         "metrics",
         "artifacts",
         "environment",
+        "predictions",
     ] {
         let conn = store.connection();
         let mut stmt = conn
@@ -694,6 +715,205 @@ fn a_v1_store_is_migrated_forward() {
     assert_eq!(
         store.attempts("demo", "aaa111aaa111").unwrap()[0].threads,
         Some(4)
+    );
+}
+
+#[test]
+fn predictions_files_are_indexed_by_trial_split_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisweep.sqlite");
+    let sink = ingest(&path, &sweep_stream("demo"), 5);
+    let store = sink.store();
+    let rows = store.predictions("demo", "aaa111aaa111").unwrap();
+    let steps: Vec<(&str, u64, u32)> = rows
+        .iter()
+        .map(|r| (r.split.as_str(), r.step, r.attempt))
+        .collect();
+    assert_eq!(steps, [("val", 10, 1), ("val", 20, 1)]);
+    assert_eq!(
+        rows[1],
+        PredictionFileRow {
+            split: "val".into(),
+            step: 20,
+            path: "/tmp/results/demo/trials/aaa111aaa111/predictions/val-step00000020.jsonl.gz"
+                .into(),
+            examples: 12,
+            metric: "field_f1".into(),
+            attempt: 1,
+        }
+    );
+    // `bbb` ran on its second attempt (the first ran out of memory).
+    let attempts: Vec<u32> = store
+        .predictions("demo", "bbb222bbb222")
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [2, 2]);
+    assert!(
+        store
+            .predictions("demo", "ccc333ccc333")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .predictions("other", "aaa111aaa111")
+            .unwrap()
+            .is_empty()
+    );
+    // A file of a trial never recorded is refused, naming it.
+    let mut sink = StoreSink::for_sweep(Store::open(&path).unwrap(), "demo");
+    let err = sink
+        .write(&[predictions("zzz999zzz999", 1, "val", 10, T0)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::UnknownTrial { trial, .. } if trial == "zzz999zzz999"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_resumed_attempt_takes_over_a_steps_file_and_reruns_stay_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisweep.sqlite");
+    let t = "ddd444ddd444";
+    let resumed = |attempt: u32, from: u64, time: f64| {
+        worker(
+            t,
+            attempt,
+            time,
+            WorkerEvent::Started {
+                trial: t.into(),
+                attempt,
+                trainable_params: 1,
+                total_steps: 30,
+                batch_size: 8,
+                grad_accum: 1,
+                threads: 1,
+                device: "cpu".into(),
+                dataset_fingerprint: String::new(),
+                resumed_from: from,
+                skipped_lines: 0,
+            },
+        )
+    };
+    let files = |store: &Store| -> Vec<(String, u64, u32)> {
+        store
+            .predictions("demo", t)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.split, r.step, r.attempt))
+            .collect()
+    };
+    // Attempt 1 evaluates steps 10 and 20, is killed after checkpointing
+    // step 10 only; attempt 2 resumes from 10.
+    let mut sink = ingest(
+        &path,
+        &[
+            sweep_started("demo", T0),
+            recorded(t, 1e-4, TrialStatus::Queued),
+            started(t, 1, "cpu", 8, T0),
+            resumed(1, 0, T0),
+            predictions(t, 1, "val", 10, T0 + 1.0),
+            predictions(t, 1, "val", 20, T0 + 2.0),
+            attempt_ended(t, 1, AttemptOutcome::Crashed, 1, None, T0 + 3.0),
+            started(t, 2, "cpu", 8, T0 + 4.0),
+            resumed(2, 10, T0 + 4.0),
+        ],
+        64,
+    );
+    // Step 20 is not the trial's until attempt 2 evaluates it again.
+    assert_eq!(files(sink.store()), [("val".into(), 10, 1)]);
+    sink.write(&[
+        predictions(t, 2, "val", 20, T0 + 5.0),
+        predictions(t, 2, "test", 30, T0 + 6.0),
+    ])
+    .unwrap();
+    assert_eq!(
+        files(sink.store()),
+        [
+            ("val".into(), 10, 1),
+            ("val".into(), 20, 2),
+            ("test".into(), 30, 2)
+        ]
+    );
+    // A rerun writes its own folder and is not the trial's result.
+    sink.write(&[
+        SweepEvent::AttemptStarted {
+            trial: t.into(),
+            attempt: 3,
+            device: "cpu".into(),
+            batch_size: 8,
+            grad_accum: 1,
+            pid: None,
+            job: None,
+            rerun: true,
+            time: T0 + 7.0,
+        },
+        worker(
+            t,
+            3,
+            T0 + 8.0,
+            WorkerEvent::Predictions {
+                step: 10,
+                split: "val".into(),
+                path: format!(
+                    "/tmp/results/demo/trials/{t}/reruns/3/predictions/val-step00000010.jsonl.gz"
+                ),
+                examples: 12,
+                metric: "field_f1".into(),
+            },
+        ),
+    ])
+    .unwrap();
+    assert_eq!(files(sink.store()).len(), 3);
+    let indexed: i64 = sink
+        .store()
+        .connection()
+        .query_row("SELECT COUNT(*) FROM predictions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(indexed, 4, "the rerun's file is indexed, under its attempt");
+}
+
+#[test]
+fn a_store_from_before_predictions_gains_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisweep.sqlite");
+    {
+        // What palisweep with schema version 3 left behind.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        schema::migrate(&mut conn, &path, 3).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'predictions'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+    let sink = ingest(&path, &sweep_stream("demo"), 64);
+    assert_eq!(sink.store().schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        sink.store()
+            .predictions("demo", "aaa111aaa111")
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(sink);
+    // Dropped by hand at the current version: recreated empty on open.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE predictions;")
+        .unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(
+        store
+            .predictions("demo", "aaa111aaa111")
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -360,7 +360,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// A metric value: 4 significant digits, scientific when tiny or huge.
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     if v == 0.0 || (1e-3..1e6).contains(&v.abs()) {
         let s = format!("{v:.4}");
         let s = s.trim_end_matches('0').trim_end_matches('.');
@@ -418,7 +418,7 @@ fn timestamp(t: f64) -> String {
 }
 
 /// Left-aligned columns separated by two spaces, with a header row.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
