@@ -331,6 +331,11 @@ fn leaderboard(report: &Report) -> Section {
     if report.seeds_vary {
         headers.push("n");
     }
+    let interval = super::bootstrap::header();
+    let intervals = super::bootstrap::any(report);
+    if intervals {
+        headers.push(&interval);
+    }
     headers.extend([
         "configuration",
         "best run",
@@ -347,6 +352,9 @@ fn leaderboard(report: &Report) -> Section {
             if report.seeds_vary {
                 row.push(g.n().to_string());
             }
+            if intervals {
+                row.push(super::bootstrap::cell(report, g.trials[0]));
+            }
             row.extend([
                 g.label(),
                 best_trial(report, g),
@@ -358,6 +366,9 @@ fn leaderboard(report: &Report) -> Section {
         })
         .collect();
     sec.table(&headers, rows);
+    if let Some(note) = super::bootstrap::leaderboard_note(report) {
+        sec.para(note);
+    }
     sec
 }
 

@@ -13,8 +13,10 @@
 //! ```
 
 pub mod analysis;
+pub mod bootstrap;
 mod content;
 pub mod decision;
+mod examples;
 mod format;
 mod html;
 mod markdown;
@@ -123,6 +125,9 @@ pub struct Report {
     /// The selection metric of the top groups' best runs.
     pub metric_curves: Vec<Curve>,
     pub loss_curves: Vec<Curve>,
+    /// Bootstrap intervals over validation examples; `None` when the seed
+    /// varied (the seed spread is the noise then).
+    pub bootstrap: Option<bootstrap::Bootstrap>,
 }
 
 impl Report {
@@ -219,13 +224,14 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         |t| test_metrics(store, &sweep.name, &t.id),
     )?;
 
-    Ok(Report {
+    let report = Report {
         gpu_names: store
             .latest_environment(&sweep.name)?
             .map(|e| e.environment.gpu_names)
             .unwrap_or_default(),
         hours_label: if cuda { "GPU-hours" } else { "CPU-hours" },
         seeds_vary: varying.iter().any(|k| analysis::is_seed_key(k)),
+        bootstrap: None,
         varying,
         best_per_checkpoint: analysis::best_per_checkpoint(&groups),
         methods: analysis::compare_methods(&groups),
@@ -241,7 +247,8 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         higher_is_better: higher,
         metric,
         sweep,
-    })
+    };
+    with_evidence(store, report)
 }
 
 /// The selection metric and training loss of the top groups' best runs.
@@ -273,6 +280,31 @@ fn top_curves(
     }
 
     Ok((metric_curves, loss_curves))
+}
+
+/// Adds the bootstrap intervals (only without seeds: with them, the seed
+/// spread is the noise), from the predictions of the trials they need.
+fn with_evidence(store: &Store, mut report: Report) -> Result<Report, ReportError> {
+    let best_runs: Vec<usize> = if report.seeds_vary {
+        Vec::new()
+    } else {
+        report.groups.iter().map(|g| g.trials[0]).collect()
+    };
+    let wanted = bootstrap::wanted(&report.decision, &best_runs);
+    // `data.task` of those trials (the examples' task unless `auto`).
+    let configs = store.trial_configs(&report.sweep.name)?;
+    let tasks: BTreeMap<String, String> = wanted
+        .iter()
+        .filter_map(|&t| {
+            let id = &report.trials[t].id;
+            let config: toml::Table = toml::from_str(configs.get(id)?).ok()?;
+            Some((id.clone(), str_at(&config, "data.task")?))
+        })
+        .collect();
+    let loaded = examples::load_all(&report.trials, wanted, &tasks);
+    report.bootstrap = (!report.seeds_vary)
+        .then(|| bootstrap::estimate(&report.metric, &report.decision, &loaded));
+    Ok(report)
 }
 
 /// A trial's test-split metrics (`test/...`): scored once, on its
