@@ -20,6 +20,8 @@ pub enum Block {
         title: String,
         svg: String,
     },
+    /// Example cards (`gallery.rs`): a grid in HTML, a table in Markdown.
+    Gallery(super::gallery::Cards),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +76,7 @@ pub fn sections(report: &Report, with_plots: bool) -> Result<Vec<Section>, Repor
     }
     out.push(curves(report, with_plots)?);
     out.push(pareto(report, with_plots)?);
+    out.push(super::gallery::section(report));
     out.push(excluded(report));
     Ok(out)
 }

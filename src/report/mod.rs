@@ -14,12 +14,15 @@
 
 pub mod analysis;
 pub mod bootstrap;
+mod compare;
 mod content;
 pub mod decision;
 mod examples;
 mod format;
+pub mod gallery;
 mod html;
 mod markdown;
+mod overlay;
 mod plots;
 
 use std::collections::BTreeMap;
@@ -40,7 +43,7 @@ pub const TOP_CURVES: usize = 5;
 /// The training-loss metric drawn next to the selection metric.
 pub const TRAIN_LOSS: &str = "train/loss";
 
-/// What the CLI passes (`--out`, `--budget-memory`, `--metric`).
+/// What the CLI passes (`--out`, `--budget-memory`, `--metric`, `--gallery`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportOptions {
     /// Default: `<results>/<sweep>/report/`.
@@ -49,6 +52,9 @@ pub struct ReportOptions {
     pub budget_memory: Option<u64>,
     /// Default: the sweep's `eval.select` metric.
     pub metric: Option<String>,
+    /// Examples in the prediction gallery; `None`: [`gallery::DEFAULT_SIZE`],
+    /// 0: no gallery.
+    pub gallery: Option<usize>,
 }
 
 /// The files [`write`] wrote.
@@ -128,6 +134,7 @@ pub struct Report {
     /// Bootstrap intervals over validation examples; `None` when the seed
     /// varied (the seed spread is the noise then).
     pub bootstrap: Option<bootstrap::Bootstrap>,
+    pub gallery: gallery::Gallery,
 }
 
 impl Report {
@@ -232,6 +239,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         hours_label: if cuda { "GPU-hours" } else { "CPU-hours" },
         seeds_vary: varying.iter().any(|k| analysis::is_seed_key(k)),
         bootstrap: None,
+        gallery: gallery::Gallery::Off,
         varying,
         best_per_checkpoint: analysis::best_per_checkpoint(&groups),
         methods: analysis::compare_methods(&groups),
@@ -248,7 +256,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         metric,
         sweep,
     };
-    with_evidence(store, report)
+    with_evidence(store, report, options)
 }
 
 /// The selection metric and training loss of the top groups' best runs.
@@ -283,8 +291,13 @@ fn top_curves(
 }
 
 /// Adds the bootstrap intervals (only without seeds: with them, the seed
-/// spread is the noise), from the predictions of the trials they need.
-fn with_evidence(store: &Store, mut report: Report) -> Result<Report, ReportError> {
+/// spread is the noise) and the gallery, from the predictions of the
+/// trials they need.
+fn with_evidence(
+    store: &Store,
+    mut report: Report,
+    options: &ReportOptions,
+) -> Result<Report, ReportError> {
     let best_runs: Vec<usize> = if report.seeds_vary {
         Vec::new()
     } else {
@@ -304,6 +317,8 @@ fn with_evidence(store: &Store, mut report: Report) -> Result<Report, ReportErro
     let loaded = examples::load_all(&report.trials, wanted, &tasks);
     report.bootstrap = (!report.seeds_vary)
         .then(|| bootstrap::estimate(&report.metric, &report.decision, &loaded));
+    let size = options.gallery.unwrap_or(gallery::DEFAULT_SIZE);
+    report.gallery = gallery::build(&report.decision, &report.trials, &loaded, size);
     Ok(report)
 }
 

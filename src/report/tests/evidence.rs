@@ -1,5 +1,6 @@
 //! The report's evidence from per-example predictions, end to end: the
-//! bootstrap intervals in the decision and the leaderboard.
+//! bootstrap intervals in the decision and the leaderboard, the gallery's
+//! cards, and the size of a large report's page.
 
 use std::path::PathBuf;
 
@@ -177,6 +178,11 @@ fn without_predictions_the_report_says_why_there_is_no_interval() {
         "{decision}"
     );
     assert!(!decision.contains("95% interval"), "no column: {decision}");
+    assert!(
+        section(&md, "Prediction gallery")
+            .contains("No gallery: for the pick, no per-example predictions"),
+        "{md}"
+    );
     // A loss has no per-example value, whatever the files.
     let options = ReportOptions {
         metric: Some("val/loss".into()),
@@ -186,5 +192,155 @@ fn without_predictions_the_report_says_why_there_is_no_interval() {
     assert!(
         section(&md, "Decision").contains("val/loss has no per-example value"),
         "{md}"
+    );
+}
+
+#[test]
+fn the_gallery_shows_the_worst_and_best_of_the_pick_next_to_the_runner_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let points = one_seed();
+    let (store, dirs) = store_one_seed(dir.path(), &points);
+    write_predictions(&points, &dirs);
+    let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    let gallery::Gallery::Shown { cards, notes } = &report.gallery else {
+        panic!("{:?}", report.gallery)
+    };
+    assert!(notes.is_empty());
+    assert_eq!(cards.cards.len(), gallery::DEFAULT_SIZE);
+    assert_eq!(cards.trials.len(), 2);
+    let of = |c: gallery::Chosen| -> Vec<usize> {
+        cards
+            .cards
+            .iter()
+            .filter(|k| k.chosen == c)
+            .map(|k| k.index)
+            .collect()
+    };
+    // The pick is wrong on the first 30: the worst are the first four,
+    // the best (ties at 1) the first four right ones.
+    assert_eq!(of(gallery::Chosen::Worst), [0, 1, 2, 3]);
+    assert_eq!(of(gallery::Chosen::Best), [30, 31, 32, 33]);
+    assert_eq!(of(gallery::Chosen::Random).len(), 4);
+
+    let md = render_markdown(&report);
+    let sec = section(&md, "Prediction gallery");
+    let row: Vec<&str> = sec
+        .lines()
+        .find(|l| l.starts_with("| 0 "))
+        .unwrap()
+        .split('|')
+        .map(str::trim)
+        .collect();
+    // Example, chosen, the two scores, the reference, the two answers.
+    assert_eq!(row[2], "worst", "{row:?}");
+    assert_eq!(row[3], "0.6667", "{row:?}");
+    assert!(
+        row[5].contains("pallet") && row[6].contains("crate"),
+        "{row:?}"
+    );
+    assert!(sec.contains("see report.html"), "{sec}");
+
+    let html = render_html(&report).unwrap();
+    assert_well_formed(&html);
+    assert_eq!(html.matches("<div class=\"card\">").count(), 12);
+    // Example 0: `kind` is wrong under both trials.
+    let card = html.split("<h3>Example 0 · worst</h3>").nth(1).unwrap();
+    let card = card.split("<div class=\"card\">").next().unwrap();
+    assert!(
+        card.contains("<td>kind</td><td>&quot;pallet&quot;</td><td class=\"wrong\" title=\"wrong\">✗ &quot;crate&quot;</td>"),
+        "{card}"
+    );
+    assert!(
+        card.contains("<td class=\"right\" title=\"right\">✓ 0</td>"),
+        "{card}"
+    );
+    // --gallery 0 turns it off.
+    let options = ReportOptions {
+        gallery: Some(0),
+        ..ReportOptions::default()
+    };
+    let md = render_markdown(&build(&store, "grid", &options).unwrap());
+    assert!(section(&md, "Prediction gallery").contains("Turned off (--gallery 0)."));
+}
+
+/// A noisy picture: as large as a JPEG of its size gets.
+fn noise_image(path: &Path, width: u32, height: u32) {
+    let mut rng = crate::rng::SplitMix64::new(1);
+    image::RgbImage::from_fn(width, height, |_, _| {
+        let v = rng.next_u64().to_le_bytes();
+        image::Rgb([v[0], v[1], v[2]])
+    })
+    .save(path)
+    .unwrap();
+}
+
+#[test]
+fn a_thousand_trials_and_a_full_gallery_stay_under_ten_megabytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let points: Vec<Point> = (0..1000)
+        .map(|i| {
+            let (size, resolution) = SIZES[i % 2];
+            Point {
+                id: format!("t{i:04}"),
+                size,
+                resolution,
+                lr: 1e-5 * (1.0 + i as f64),
+                wd: DECAYS[i % 2],
+                seed: 0,
+            }
+        })
+        .collect();
+    let (store, dirs) = store_one_seed(dir.path(), &points);
+    let image = dir.path().join("pallets.png");
+    noise_image(&image, 1024, 768);
+    let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    let decision::Decision::Pick {
+        pick, runner_up, ..
+    } = &report.decision
+    else {
+        panic!()
+    };
+    for (k, trial) in [pick.trial, runner_up.as_ref().unwrap().trial]
+        .into_iter()
+        .enumerate()
+    {
+        let examples: Vec<ExamplePrediction> = (0..50)
+            .map(|i| ExamplePrediction {
+                index: i,
+                // One image is gone: its card says so.
+                image: if i == 0 {
+                    dir.path().join("gone.jpg")
+                } else {
+                    image.clone()
+                },
+                prefix: "detect pallet".into(),
+                reference: "<loc0100><loc0100><loc0500><loc0600> pallet ; <loc0600><loc0200><loc0900><loc0700> pallet".into(),
+                prediction: format!("<loc0{}><loc0100><loc0500><loc0600> pallet", 100 + i * 3 + k),
+                score: Some(i as f64 / 50.0),
+                metric: "box_f1".into(),
+            })
+            .collect();
+        predictions::write(
+            &TrialDir::from_path(&dirs[&report.trials[trial].id]).predictions("val", 4),
+            &examples,
+        )
+        .unwrap();
+    }
+    let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    let html = render_html(&report).unwrap();
+    assert!(html.len() < 10 << 20, "{} bytes", html.len());
+    assert_well_formed(&html);
+    assert_eq!(html.matches("<div class=\"card\">").count(), 12);
+    // Eleven cards embed their picture once and reuse it for the runner-up.
+    assert_eq!(html.matches("data:image/jpeg;base64,").count(), 11);
+    assert_eq!(html.matches("<use href=\"#gallery-").count(), 11);
+    assert!(html.contains("image not shown: cannot read image file"));
+    assert!(html.contains("gone.jpg"));
+    // No script, and the page states its own size.
+    assert!(!html.contains("<script"));
+    assert!(
+        html.contains(&format!("This file: {} bytes", html.len())),
+        "{}",
+        &html[html.len() - 300..]
     );
 }
