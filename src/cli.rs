@@ -476,6 +476,10 @@ pub struct ReportArgs {
     /// Rank by this metric instead of the sweep's `eval.select` metric.
     #[arg(long, value_name = "NAME")]
     pub metric: Option<String>,
+    /// Validation examples in the prediction gallery (pick vs runner-up;
+    /// the worst, the best and some at random); 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = crate::report::gallery::DEFAULT_SIZE)]
+    pub gallery: usize,
 }
 
 #[derive(Debug, Args)]

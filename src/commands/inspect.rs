@@ -127,6 +127,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         budget_memory,
         metric: args.metric.clone(),
+        gallery: Some(args.gallery),
     };
     let store = open(&args.results)?;
     let paths = reading(&store, write_report(&store, &args.sweep, &options))?;

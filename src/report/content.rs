@@ -20,6 +20,8 @@ pub enum Block {
         title: String,
         svg: String,
     },
+    /// Example cards (`gallery.rs`): a grid in HTML, a table in Markdown.
+    Gallery(super::gallery::Cards),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +76,7 @@ pub fn sections(report: &Report, with_plots: bool) -> Result<Vec<Section>, Repor
     }
     out.push(curves(report, with_plots)?);
     out.push(pareto(report, with_plots)?);
+    out.push(super::gallery::section(report));
     out.push(excluded(report));
     Ok(out)
 }
@@ -331,6 +334,11 @@ fn leaderboard(report: &Report) -> Section {
     if report.seeds_vary {
         headers.push("n");
     }
+    let interval = super::bootstrap::header();
+    let intervals = super::bootstrap::any(report);
+    if intervals {
+        headers.push(&interval);
+    }
     headers.extend([
         "configuration",
         "best run",
@@ -347,6 +355,9 @@ fn leaderboard(report: &Report) -> Section {
             if report.seeds_vary {
                 row.push(g.n().to_string());
             }
+            if intervals {
+                row.push(super::bootstrap::cell(report, g.trials[0]));
+            }
             row.extend([
                 g.label(),
                 best_trial(report, g),
@@ -358,6 +369,9 @@ fn leaderboard(report: &Report) -> Section {
         })
         .collect();
     sec.table(&headers, rows);
+    if let Some(note) = super::bootstrap::leaderboard_note(report) {
+        sec.para(note);
+    }
     sec
 }
 

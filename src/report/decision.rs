@@ -230,6 +230,11 @@ pub fn section(report: &Report) -> Section {
     tests.dedup();
     let validation = format!("{} (validation)", report.metric);
     let mut headers = vec!["", "trial", "configuration", validation.as_str(), "step"];
+    let interval = super::bootstrap::header();
+    let intervals = super::bootstrap::any(report);
+    if intervals {
+        headers.push(&interval);
+    }
     headers.extend(tests.iter().copied());
     let rows = candidates
         .iter()
@@ -242,6 +247,9 @@ pub fn section(report: &Report) -> Section {
                 t.quality.map_or("-".into(), number),
                 t.best_step.map_or("-".into(), |s| s.to_string()),
             ];
+            if intervals {
+                row.push(super::bootstrap::cell(report, c.trial));
+            }
             row.extend(tests.iter().map(|name| {
                 c.test
                     .iter()
@@ -273,19 +281,28 @@ pub fn section(report: &Report) -> Section {
         export_command(&report.sweep.name, &t.id, &report.results),
         rerun_command(&report.sweep.name, &t.id, &report.results)
     )));
-    match margin {
-        Some(margin) => {
-            sec.para(margin_text(report, margin, noise));
-            if margin == 0.0 {
-                sec.warning(
-                    "The pick ties with the runner-up; it ranks first for needing less memory (or, equal in memory, less time).",
-                );
-            }
-        }
-        None => sec.para("There is no runner-up to compare with."),
-    }
-    sec.para(
-        "A per-example bootstrap of the margin is not possible yet: per-example predictions are not stored.",
-    );
+    margin_lines(report, &mut sec, margin, noise);
+    super::bootstrap::describe(report, pick.trial, &mut sec);
     sec
+}
+
+/// The margin over the runner-up and how it compares with the noise.
+fn margin_lines(report: &Report, sec: &mut Section, margin: Option<f64>, noise: Noise) {
+    let Some(margin) = margin else {
+        sec.para("There is no runner-up to compare with.");
+        return;
+    };
+    // Without seeds, the bootstrap over examples is the noise.
+    sec.para(match super::bootstrap::margin_verdict(report) {
+        Some(verdict) => format!(
+            "{} {verdict}",
+            margin_text(report, margin, Noise::NoRunnerUp)
+        ),
+        None => margin_text(report, margin, noise),
+    });
+    if margin == 0.0 {
+        sec.warning(
+            "The pick ties with the runner-up; it ranks first for needing less memory (or, equal in memory, less time).",
+        );
+    }
 }

@@ -5,6 +5,11 @@ use std::fmt::Write as _;
 
 use super::Report;
 use super::content::{Block, sections, title};
+use super::format::number;
+use super::gallery::Cards;
+
+/// Characters of a prediction or reference a gallery row shows.
+const GALLERY_CHARS: usize = 60;
 
 /// The Markdown report.
 pub fn render_markdown(report: &Report) -> String {
@@ -29,10 +34,58 @@ pub fn render_markdown(report: &Report) -> String {
                 Block::Plot { title, .. } => {
                     let _ = writeln!(out, "_Plot: {} (see report.html)._", one_line(title));
                 }
+                Block::Gallery(cards) => out.push_str(&gallery(cards)),
             }
         }
     }
     out
+}
+
+/// The cards as one compact row each; the pictures are in the HTML.
+fn gallery(cards: &Cards) -> String {
+    let mut headers = vec!["example".to_owned(), "chosen".to_owned()];
+    headers.extend(
+        cards
+            .trials
+            .iter()
+            .map(|t| format!("{} {}", cards.metric, t.role)),
+    );
+    headers.push("reference".into());
+    headers.extend(cards.trials.iter().map(|t| t.role.to_owned()));
+    let rows: Vec<Vec<String>> = cards
+        .cards
+        .iter()
+        .map(|card| {
+            let mut row = vec![card.index.to_string(), card.chosen.name().to_owned()];
+            row.extend(
+                card.answers
+                    .iter()
+                    .map(|a| a.as_ref().and_then(|a| a.score).map_or("-".into(), number)),
+            );
+            row.push(truncate(&card.reference));
+            row.extend(card.answers.iter().map(|a| {
+                a.as_ref()
+                    .map_or("(none)".into(), |a| truncate(&a.prediction))
+            }));
+            row
+        })
+        .collect();
+    let mut out = table(&headers, &rows);
+    out.push_str(
+        "\n_Images with their boxes, fields side by side and marked differences: see report.html._\n",
+    );
+    out
+}
+
+/// One line of at most [`GALLERY_CHARS`] characters, `…` where cut.
+fn truncate(text: &str) -> String {
+    let text = one_line(text);
+    if text.chars().count() <= GALLERY_CHARS {
+        return text;
+    }
+    let mut cut: String = text.chars().take(GALLERY_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn one_line(text: &str) -> String {

@@ -13,11 +13,16 @@
 //! ```
 
 pub mod analysis;
+pub mod bootstrap;
+mod compare;
 mod content;
 pub mod decision;
+mod examples;
 mod format;
+pub mod gallery;
 mod html;
 mod markdown;
+mod overlay;
 mod plots;
 
 use std::collections::BTreeMap;
@@ -38,7 +43,7 @@ pub const TOP_CURVES: usize = 5;
 /// The training-loss metric drawn next to the selection metric.
 pub const TRAIN_LOSS: &str = "train/loss";
 
-/// What the CLI passes (`--out`, `--budget-memory`, `--metric`).
+/// What the CLI passes (`--out`, `--budget-memory`, `--metric`, `--gallery`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportOptions {
     /// Default: `<results>/<sweep>/report/`.
@@ -47,6 +52,9 @@ pub struct ReportOptions {
     pub budget_memory: Option<u64>,
     /// Default: the sweep's `eval.select` metric.
     pub metric: Option<String>,
+    /// Examples in the prediction gallery; `None`: [`gallery::DEFAULT_SIZE`],
+    /// 0: no gallery.
+    pub gallery: Option<usize>,
 }
 
 /// The files [`write`] wrote.
@@ -123,6 +131,10 @@ pub struct Report {
     /// The selection metric of the top groups' best runs.
     pub metric_curves: Vec<Curve>,
     pub loss_curves: Vec<Curve>,
+    /// Bootstrap intervals over validation examples; `None` when the seed
+    /// varied (the seed spread is the noise then).
+    pub bootstrap: Option<bootstrap::Bootstrap>,
+    pub gallery: gallery::Gallery,
 }
 
 impl Report {
@@ -219,13 +231,15 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         |t| test_metrics(store, &sweep.name, &t.id),
     )?;
 
-    Ok(Report {
+    let report = Report {
         gpu_names: store
             .latest_environment(&sweep.name)?
             .map(|e| e.environment.gpu_names)
             .unwrap_or_default(),
         hours_label: if cuda { "GPU-hours" } else { "CPU-hours" },
         seeds_vary: varying.iter().any(|k| analysis::is_seed_key(k)),
+        bootstrap: None,
+        gallery: gallery::Gallery::Off,
         varying,
         best_per_checkpoint: analysis::best_per_checkpoint(&groups),
         methods: analysis::compare_methods(&groups),
@@ -241,7 +255,8 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         higher_is_better: higher,
         metric,
         sweep,
-    })
+    };
+    with_evidence(store, report, options)
 }
 
 /// The selection metric and training loss of the top groups' best runs.
@@ -273,6 +288,38 @@ fn top_curves(
     }
 
     Ok((metric_curves, loss_curves))
+}
+
+/// Adds the bootstrap intervals (only without seeds: with them, the seed
+/// spread is the noise) and the gallery, from the predictions of the
+/// trials they need.
+fn with_evidence(
+    store: &Store,
+    mut report: Report,
+    options: &ReportOptions,
+) -> Result<Report, ReportError> {
+    let best_runs: Vec<usize> = if report.seeds_vary {
+        Vec::new()
+    } else {
+        report.groups.iter().map(|g| g.trials[0]).collect()
+    };
+    let wanted = bootstrap::wanted(&report.decision, &best_runs);
+    // `data.task` of those trials (the examples' task unless `auto`).
+    let configs = store.trial_configs(&report.sweep.name)?;
+    let tasks: BTreeMap<String, String> = wanted
+        .iter()
+        .filter_map(|&t| {
+            let id = &report.trials[t].id;
+            let config: toml::Table = toml::from_str(configs.get(id)?).ok()?;
+            Some((id.clone(), str_at(&config, "data.task")?))
+        })
+        .collect();
+    let loaded = examples::load_all(&report.trials, wanted, &tasks);
+    report.bootstrap = (!report.seeds_vary)
+        .then(|| bootstrap::estimate(&report.metric, &report.decision, &loaded));
+    let size = options.gallery.unwrap_or(gallery::DEFAULT_SIZE);
+    report.gallery = gallery::build(&report.decision, &report.trials, &loaded, size);
+    Ok(report)
 }
 
 /// A trial's test-split metrics (`test/...`): scored once, on its

@@ -393,7 +393,10 @@ fn assert_decision(md: &str, points: &[Point], results: &Path) {
         decision.contains("larger than the seed-to-seed spread"),
         "{decision}"
     );
-    assert!(decision.contains("bootstrap of the margin is not possible yet"));
+    assert!(
+        decision.contains("The seed varied, so the noise is the seed-to-seed spread"),
+        "{decision}"
+    );
 }
 
 #[test]
@@ -401,9 +404,8 @@ fn report_names_the_best_trial_per_checkpoint_and_writes_valid_html() {
     let dir = tempfile::tempdir().unwrap();
     let (store, points) = store_with_sweep(dir.path());
     let options = ReportOptions {
-        out: None,
         budget_memory: Some(24 << 30),
-        metric: None,
+        ..ReportOptions::default()
     };
     let report = build(&store, "grid", &options).unwrap();
     assert_eq!(report.metric, "val/field_f1");
@@ -520,7 +522,7 @@ fn a_sweep_with_no_ranked_trial_still_reports_its_failures() {
     let options = ReportOptions {
         out: Some(out.clone()),
         budget_memory: Some(1 << 30),
-        metric: None,
+        ..ReportOptions::default()
     };
     let paths = write(&store, "grid", &options).unwrap();
     assert_eq!(paths.markdown, out.join("report.md"));
@@ -651,3 +653,5 @@ fn commands_quote_the_results_root_only_when_it_is_not_the_default() {
         "palisweep rerun demo/0123456789abcdef --results 'my results'"
     );
 }
+
+mod evidence;

@@ -211,7 +211,14 @@ fn check_decision(test: &Test, md: &str) {
         section.contains("seed-to-seed spread is unknown"),
         "{section}"
     );
-    assert!(section.contains("bootstrap of the margin is not possible yet"));
+    // No seed axis, so the bootstrap would be the noise: but a loss has
+    // no per-example value, and the report says so instead of inventing one.
+    assert!(
+        section.contains(
+            "no bootstrap interval of the margin either: val/loss has no per-example value"
+        ),
+        "{section}"
+    );
 
     let commands: Vec<&str> = section
         .split("```sh\n")
@@ -251,4 +258,103 @@ fn export_for_real(test: &Test, command: &str, best_dir: &str, pick: &str) {
         std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(best.join("adapter_model.safetensors")).unwrap()
     );
+}
+
+/// The decision's `(trial id, step)` of `role` (`pick`, `runner-up`).
+fn decision_row(md: &str, role: &str) -> (String, u64) {
+    let row: Vec<&str> = md
+        .split("## Decision")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("| {role} ")))
+        .unwrap_or_else(|| panic!("no {role} row in\n{md}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    (row[2].to_owned(), row[5].parse().unwrap())
+}
+
+#[test]
+fn report_gallery_shows_the_pick_and_runner_up_on_their_predictions() {
+    use palisweep::layout::TrialDir;
+    use palisweep::track::predictions::{ExamplePrediction, write};
+
+    let test = Test::new().spec(&crate::util::synthetic_spec(
+        "g",
+        "[synthetic]\nsteps = 6\nstep_ms = 1\n[sweep.axes]\n\"train.lr\" = [1e-6, 1e-4, 1e-3]\n",
+    ));
+    crate::util::run_spec(&test, "fake-cuda:1x80GiB").code(0);
+    let report = |extra: &[&str]| {
+        let mut args = vec!["report", "g", "--results", "results"];
+        args.extend(extra);
+        test.run_in(&args).code(0);
+        let md = std::fs::read_to_string(test.path().join("results/g/report/report.md")).unwrap();
+        let html =
+            std::fs::read_to_string(test.path().join("results/g/report/report.html")).unwrap();
+        (md, html)
+    };
+    let (md, _) = report(&[]);
+    // Synthetic trials store no predictions: the report says so.
+    assert!(
+        md.contains("No gallery: for the pick, no per-example predictions at"),
+        "{md}"
+    );
+    // Hand-written answers at each trial's selected step: the pick wrong
+    // on the first 5 of 30 examples, the runner-up on the first 10.
+    for (role, wrong) in [("pick", 5), ("runner-up", 10)] {
+        let (id, step) = decision_row(&md, role);
+        let examples: Vec<ExamplePrediction> = (0..30)
+            .map(|i| {
+                let reference = format!(r#"{{"id": {i}, "kind": "pallet"}}"#);
+                let (prediction, score) = if i < wrong {
+                    (reference.replace("pallet", "crate"), 0.5)
+                } else {
+                    (reference.clone(), 1.0)
+                };
+                ExamplePrediction {
+                    index: i,
+                    image: format!("valid/{i}.jpg").into(),
+                    prefix: "extract".into(),
+                    reference,
+                    prediction,
+                    score: Some(score),
+                    metric: "field_f1".into(),
+                }
+            })
+            .collect();
+        let dir = TrialDir::from_path(&test.path().join("results/g/trials").join(&id));
+        write(&dir.predictions("val", step), &examples).unwrap();
+    }
+
+    let (md, html) = report(&["--gallery", "3"]);
+    let gallery = md
+        .split("## Prediction gallery")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let rows: Vec<Vec<&str>> = gallery
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| example") && !l.starts_with("| ---"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    // One worst (the first wrong one), one best (the first right one), one
+    // at random; each with both trials' scores.
+    assert_eq!(rows.len(), 3, "{gallery}");
+    assert_eq!(&rows[0][1..5], ["0", "worst", "0.5", "0.5"], "{gallery}");
+    assert_eq!(&rows[1][1..5], ["5", "best", "1", "0.5"], "{gallery}");
+    assert_eq!(rows[2][2], "random", "{gallery}");
+    assert_eq!(html.matches("<div class=\"card\">").count(), 3);
+    assert!(
+        html.contains("<td class=\"wrong\""),
+        "the wrong field is marked"
+    );
+    assert!(html.contains(&format!("This file: {} bytes", html.len())));
+    // The selection metric is a loss: no interval, and the reason.
+    assert!(md.contains("No bootstrap interval for the pick: val/loss has no per-example value"));
+
+    let (md, _) = report(&["--gallery", "0"]);
+    assert!(md.contains("Turned off (--gallery 0)."), "{md}");
 }
