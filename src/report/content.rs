@@ -683,7 +683,22 @@ fn importance(report: &Report, with_plots: bool) -> Result<Section, ReportError>
         importance_rows(shares),
     );
     importance_caveats(&mut sec, shares);
-    let _ = with_plots;
+    let keys: Vec<String> = shares
+        .main
+        .iter()
+        .flat_map(|(f, _)| f.keys.iter().cloned())
+        .collect();
+    if with_plots && keys.len() >= 2 {
+        sec.blocks.push(Block::Plot {
+            title: "parallel coordinates".into(),
+            svg: super::parallel::plot(
+                &report.metric,
+                report.higher_is_better,
+                &report.trials,
+                &keys,
+            )?,
+        });
+    }
     Ok(sec)
 }
 

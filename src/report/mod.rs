@@ -19,6 +19,7 @@ mod format;
 mod html;
 pub mod importance;
 mod markdown;
+mod parallel;
 mod plots;
 
 use std::collections::BTreeMap;

@@ -346,4 +346,20 @@ fn the_importance_table_decomposes_the_raw_metrics() {
             "{key}: {shown} vs {expected}"
         );
     }
+
+    let html = std::fs::read_to_string(test.path().join("results/imp/report/report.html")).unwrap();
+    let plot = html
+        .split("<svg")
+        .find(|s| s.contains("over the varying keys"))
+        .expect("a parallel-coordinates plot");
+    let plot = &plot[..plot.find("</svg>").unwrap()];
+    assert_eq!(plot.matches("<polyline").count(), 12, "one line per trial");
+    for axis in [
+        "model.size",
+        "train.lr (log)",
+        "experiment.seed",
+        "val/loss",
+    ] {
+        assert!(plot.contains(axis), "no axis {axis}");
+    }
 }
