@@ -8,11 +8,13 @@ use crate::cli::PlanArgs;
 use crate::layout::ResultsRoot;
 use crate::plan::build::{SweepPlan, build};
 use crate::plan::render;
+use crate::plan::timing::{self, Timing};
 use crate::scheduler::slurm::sbatch::JobRequest;
 use crate::secrets::redact_text;
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
 use crate::sweep::expand::expand;
+use crate::track::store::{Store, StoreError};
 
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let mut sets = args.spec.sets;
@@ -29,13 +31,14 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         .sweep(&loaded.name)
         .recorded_trials();
     let plan = build(&loaded.name, expansion, inventory, limits, &recorded)?;
+    let timing = measured_timing(&loaded, &plan);
     let sbatch = if slurm {
         sbatch_lines(&loaded, &plan)?
     } else {
         Vec::new()
     };
     if args.json {
-        let mut json = render::to_json(&plan);
+        let mut json = render::to_json(&plan, &timing);
         if let Some(trials) = json.get_mut("trials").and_then(|t| t.as_array_mut()) {
             for (trial, line) in trials.iter_mut().zip(&sbatch) {
                 trial["sbatch"] = serde_json::Value::String(line.clone());
@@ -43,7 +46,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
         outln!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
-        out!("{}", render::to_table(&plan))?;
+        out!("{}", render::to_table(&plan, &timing))?;
         if slurm {
             outln!("\nSlurm: one job per trial (first attempt):")?;
             for (t, line) in plan.trials.iter().zip(&sbatch) {
@@ -52,6 +55,26 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The store's measured rate for the plan's hours; an unreadable store
+/// costs the hours, not the plan.
+fn measured_timing(loaded: &LoadedSpec, plan: &SweepPlan) -> Timing {
+    let kind = plan
+        .inventory
+        .devices
+        .first()
+        .map_or(crate::devices::detect::DeviceKind::Cpu, |d| d.kind);
+    let measured = Store::open_read_only(&ResultsRoot::new(&loaded.results).store())
+        .and_then(|store| timing::measure(&store, &loaded.name, &plan.trials, kind));
+    match measured {
+        Ok(timing) => timing,
+        Err(StoreError::Missing { .. }) => Timing::default(),
+        Err(e) => {
+            eprintln!("palisweep: no time estimate: {e}");
+            Timing::default()
+        }
+    }
 }
 
 /// The sbatch line of each trial's first attempt, in plan order.

@@ -7,10 +7,12 @@ use serde_json::{Value, json};
 use crate::devices::grammar::format_bytes;
 
 use super::build::{SweepPlan, inventory_summary};
+use super::timing::{Source, Timing};
 
 /// JSON keys are a contract: `trials[].id`, `trials[].params`,
-/// `trials[].est_memory_bytes`, `trials[].rel_cost`, `trials[].device`.
-pub fn to_json(plan: &SweepPlan) -> Value {
+/// `trials[].est_memory_bytes`, `trials[].rel_cost`, `trials[].device`,
+/// `trials[].est_hours` and `time` (null until a rate is measured).
+pub fn to_json(plan: &SweepPlan, timing: &Timing) -> Value {
     let trials: Vec<Value> = plan
         .trials
         .iter()
@@ -34,6 +36,7 @@ pub fn to_json(plan: &SweepPlan) -> Value {
                     "allocator": t.memory.allocator,
                 },
                 "rel_cost": t.rel_cost,
+                "est_hours": timing.hours(t.rel_cost),
                 "device": device,
                 "start": t.slot.map(|s| s.start),
                 "recorded": plan.recorded.contains(t.trial.id.as_str()),
@@ -68,7 +71,43 @@ pub fn to_json(plan: &SweepPlan) -> Value {
         "text_lengths_measured": plan.lengths_measured,
         "rel_cost_per_example": plan.costs_per_example,
         "dropped": plan.dropped,
+        "time": time_json(plan, timing),
     })
+}
+
+fn time_json(plan: &SweepPlan, timing: &Timing) -> Value {
+    let Some(t) = &timing.throughput else {
+        return Value::Null;
+    };
+    json!({
+        "seconds_per_rel_cost": t.seconds_per_unit,
+        "source": match &t.source {
+            Source::ThisSweep => json!("this_sweep"),
+            Source::OtherSweeps(names) => json!({ "other_sweeps": names }),
+        },
+        "measured_trials": t.trials,
+        "measured_wall_s": t.wall_s,
+        "device_hours": timing.hours(total_cost(plan)),
+        "wall_clock_hours": timing.hours(plan.placement.makespan),
+        "finished_trials": timing.finished.len(),
+    })
+}
+
+fn total_cost(plan: &SweepPlan) -> f64 {
+    plan.trials.iter().map(|t| t.rel_cost).sum()
+}
+
+/// Hours with two significant digits below 10 (`0.00042`, `1.5`), one
+/// decimal above.
+pub fn hours_text(h: f64) -> String {
+    if !h.is_finite() || h <= 0.0 {
+        return "0".into();
+    }
+    if h >= 10.0 {
+        return format!("{h:.1}");
+    }
+    let decimals = (1 - h.log10().floor() as i32).clamp(1, 9) as usize;
+    format!("{h:.decimals$}")
 }
 
 /// A swept value as a table shows it (strings without their quotes).
@@ -89,12 +128,91 @@ fn cost_text(cost: f64) -> String {
     }
 }
 
-pub fn to_table(plan: &SweepPlan) -> String {
+pub fn to_table(plan: &SweepPlan, timing: &Timing) -> String {
     let mut out = heading(plan);
     out.push('\n');
-    out.push_str(&grid(plan));
+    out.push_str(&grid(plan, timing));
+    out.push_str(&start_line(timing));
     out.push('\n');
     out.push_str(&footer(plan));
+    out.push_str(&time_footer(plan, timing));
+    out
+}
+
+/// What the `start` column means, exactly as `placement.rs` simulates it.
+fn start_line(timing: &Timing) -> String {
+    let rate = timing.throughput.as_ref().map_or(String::new(), |t| {
+        format!(
+            " (one unit ≈ {} as measured)",
+            seconds_text(t.seconds_per_unit)
+        )
+    });
+    format!(
+        "start: when the trial would begin in the plan's simulated sweep (largest estimated memory first, onto the device with the fewest running trials, within the memory headroom and resources.max_trials_per_device; each runs for its relative cost): now = at once, +X = after X units of relative cost{rate}\n"
+    )
+}
+
+fn seconds_text(s: f64) -> String {
+    if s >= 100.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// Where the hours come from and the sweep's totals, or why there are none.
+fn time_footer(plan: &SweepPlan, timing: &Timing) -> String {
+    let mut out = String::new();
+    let Some(t) = &timing.throughput else {
+        let _ = writeln!(
+            out,
+            "hours: cannot estimate time yet: no finished trial of this sweep, nor of another sweep in the same results root with the same checkpoint, method and data, measures the seconds per unit of relative cost; run some trials (`palisweep run SPEC`, stop with Ctrl-C once a few have finished) and plan again"
+        );
+        return out;
+    };
+    let source = match &t.source {
+        Source::ThisSweep => "of this sweep".to_owned(),
+        Source::OtherSweeps(names) => format!(
+            "of sweep(s) {} with the same checkpoint, method and data",
+            names.join(", ")
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "hours: {} per unit of relative cost, measured over {} finished trial(s) {source} ({} h of wall time)",
+        seconds_text(t.seconds_per_unit),
+        t.trials,
+        hours_text(t.wall_s / 3600.0),
+    );
+    let hours = |cost: f64| hours_text(timing.hours(cost).unwrap_or(0.0));
+    let _ = writeln!(
+        out,
+        "estimated total {} device-hours (the trials' est. hours summed); wall-clock {} h with the packing simulated above on {} device(s)",
+        hours(total_cost(plan)),
+        hours(plan.placement.makespan),
+        plan.inventory.devices.len(),
+    );
+    let done = timing.finished.len();
+    let measured = hours_text(timing.finished.values().sum::<f64>() / 3600.0);
+    if done == plan.trials.len() {
+        let _ = writeln!(
+            out,
+            "all {done} trial(s) already finished ({measured} h measured)"
+        );
+    } else if done > 0 {
+        let left: f64 = plan
+            .trials
+            .iter()
+            .filter(|p| !timing.finished.contains_key(p.trial.id.as_str()))
+            .map(|p| p.rel_cost)
+            .sum();
+        let _ = writeln!(
+            out,
+            "{done} trial(s) already finished ({measured} h measured); the other {} need about {} device-hours",
+            plan.trials.len() - done,
+            hours(left),
+        );
+    }
     out
 }
 
@@ -144,10 +262,14 @@ fn axis_columns(plan: &SweepPlan) -> impl Iterator<Item = &String> {
     plan.axes.iter().filter(|a| a.as_str() != "train.method")
 }
 
-fn grid(plan: &SweepPlan) -> String {
+fn grid(plan: &SweepPlan, timing: &Timing) -> String {
     let mut header: Vec<String> = vec!["id".into(), "checkpoint".into(), "method".into()];
     header.extend(axis_columns(plan).cloned());
-    header.extend(["est. memory", "rel. cost", "device", "start"].map(String::from));
+    header.extend(["est. memory", "rel. cost"].map(String::from));
+    if timing.throughput.is_some() {
+        header.push("est. hours".into());
+    }
+    header.extend(["device", "start"].map(String::from));
     let rows: Vec<Vec<String>> = plan
         .trials
         .iter()
@@ -163,6 +285,9 @@ fn grid(plan: &SweepPlan) -> String {
             );
             row.push(format_bytes(t.memory.total));
             row.push(cost_text(t.rel_cost));
+            if let Some(h) = timing.hours(t.rel_cost) {
+                row.push(hours_text(h));
+            }
             let (device, start) = t.slot.map_or(("-".into(), "-".into()), |slot| {
                 let start = if slot.start == 0.0 {
                     "now".into()
@@ -233,4 +358,18 @@ fn footer(plan: &SweepPlan) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_keep_two_significant_digits_below_ten() {
+        assert_eq!(hours_text(0.000_357), "0.00036");
+        assert_eq!(hours_text(0.05), "0.050");
+        assert_eq!(hours_text(1.54), "1.5");
+        assert_eq!(hours_text(12.34), "12.3");
+        assert_eq!(hours_text(0.0), "0");
+    }
 }

@@ -21,8 +21,10 @@ mod examples;
 mod format;
 pub mod gallery;
 mod html;
+pub mod importance;
 mod markdown;
 mod overlay;
+mod parallel;
 mod plots;
 
 use std::collections::BTreeMap;
@@ -120,6 +122,8 @@ pub struct Report {
     pub best_per_checkpoint: Vec<usize>,
     pub methods: MethodComparison,
     pub grids: Vec<HyperGrid>,
+    /// Which varying keys explain the selection metric's variance.
+    pub importance: importance::Importance,
     /// `pareto[i]`: whether `groups[i]` is on the quality-vs-cost front
     /// (false without a wall time).
     pub pareto: Vec<bool>,
@@ -231,7 +235,9 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         |t| test_metrics(store, &sweep.name, &t.id),
     )?;
 
+    let importance = importance::decompose(&trials, &varying);
     let report = Report {
+        importance,
         gpu_names: store
             .latest_environment(&sweep.name)?
             .map(|e| e.environment.gpu_names)

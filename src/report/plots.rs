@@ -12,12 +12,12 @@ use super::{Curve, Report, ReportError};
 const WIDE: (u32, u32) = (760, 420);
 /// The widest figure: the HTML stays readable in a 900 px window.
 pub const MAX_WIDTH: u32 = 860;
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 /// Font sizes as plotters takes them; its SVG writes `size / 1.24` px, so
 /// 14 is an 11.3 px tick label.
-const TICK: u32 = 14;
+pub(super) const TICK: u32 = 14;
 const DESC: u32 = 15;
-const CAPTION: u32 = 18;
+pub(super) const CAPTION: u32 = 18;
 /// The height of one legend row below a plot.
 const LEGEND_ROW: u32 = 24;
 /// Legend entries per row.
@@ -37,8 +37,8 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+pub(super) type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(super) type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
 
 /// The chart every plot draws on: its title, margins (room on the right
 /// for the last x tick label) and label areas.
@@ -67,7 +67,7 @@ macro_rules! mesh {
 }
 
 /// Draws into a fresh SVG string; `draw` gets the whole canvas.
-fn svg(
+pub(super) fn svg(
     plot: &str,
     size: (u32, u32),
     draw: impl FnOnce(&Area<'_>) -> DrawResult,
@@ -111,7 +111,7 @@ fn index(i: usize) -> i32 {
 }
 
 /// Lowest and highest of `values`, padded by 5 % (or ±0.5 when flat).
-fn span(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+pub(super) fn span(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .into_iter()
         .filter(|v| v.is_finite())
@@ -485,11 +485,11 @@ pub fn pareto(report: &Report) -> Result<String, ReportError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Each `<text>`'s attributes and content.
-    fn texts(svg: &str) -> Vec<(BTreeMap<String, String>, String)> {
+    pub(in crate::report) fn texts(svg: &str) -> Vec<(BTreeMap<String, String>, String)> {
         let mut out = Vec::new();
         let mut rest = svg;
         while let Some(open) = rest.find("<text ") {
@@ -503,7 +503,7 @@ mod tests {
         out
     }
 
-    fn attributes(tag: &str) -> BTreeMap<String, String> {
+    pub(in crate::report) fn attributes(tag: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let mut rest = tag;
         while let Some(eq) = rest.find("=\"") {

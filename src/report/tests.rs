@@ -465,8 +465,9 @@ fn report_names_the_best_trial_per_checkpoint_and_writes_valid_html() {
 
     assert_well_formed(&html);
     let svgs = html.matches("<svg").count();
-    // One figure of two heatmaps, two learning-curve plots, one Pareto plot.
-    assert_eq!(svgs, 4, "{html}");
+    // One figure of two heatmaps, two learning-curve plots, one Pareto plot,
+    // one parallel-coordinates plot.
+    assert_eq!(svgs, 5, "{html}");
     assert_eq!(html.matches("</svg>").count(), svgs);
     // Nothing to fetch: no script, link, source or URL but SVG's namespace.
     assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("src="));
@@ -655,3 +656,64 @@ fn commands_quote_the_results_root_only_when_it_is_not_the_default() {
 }
 
 mod evidence;
+/// The hand-made grid by hand (`final_f1`, s = +1 for 3b, l = +1 for lr
+/// 3e-4, w = +1 for decay 0.1, d = ±1 for the seed): f = 0.65 − 0.05·s +
+/// 0.05·l·s − 0.025·w·s + 0.005·d + const. Variances: checkpoint 0.0025,
+/// lr × checkpoint 0.0025, decay × checkpoint 0.000625, seed 0.000025; lr
+/// and decay alone nothing. Size and resolution change together: one factor.
+#[test]
+fn importance_finds_that_lr_matters_only_through_the_checkpoint() {
+    use super::importance::{Importance, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_sweep(dir.path());
+    let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    let Importance::Shares(s) = &report.importance else {
+        panic!("{:?}", report.importance);
+    };
+    assert_eq!(
+        s.method,
+        Method::ExactGrid {
+            cells: 16,
+            per_cell: 1
+        }
+    );
+    let total = 0.0025 + 0.0025 + 0.000_625 + 0.000_025;
+    let main = |label: &str| {
+        s.main
+            .iter()
+            .find(|(f, _)| f.label() == label)
+            .unwrap_or_else(|| panic!("{label}: {s:?}"))
+            .1
+    };
+    let pair = |a: &str, b: &str| {
+        s.pairs
+            .iter()
+            .find(|(x, y, _)| {
+                (x.label() == a && y.label() == b) || (x.label() == b && y.label() == a)
+            })
+            .map_or(0.0, |p| p.2)
+    };
+    let checkpoint = "model.resolution + model.size";
+    let near = |got: f64, want: f64| (got - want).abs() < 1e-9;
+    assert!(near(main(checkpoint), 0.0025 / total), "{s:?}");
+    assert!(near(main("train.lr"), 0.0));
+    assert!(near(main("train.weight_decay"), 0.0));
+    assert!(near(main("experiment.seed"), 0.000_025 / total));
+    assert!(near(pair("train.lr", checkpoint), 0.0025 / total));
+    assert!(near(
+        pair("train.weight_decay", checkpoint),
+        0.000_625 / total
+    ));
+    assert!(near(s.residual.unwrap(), 0.0));
+    let md = render_markdown(&report);
+    let section = md
+        .split("## Which hyperparameters mattered")
+        .nth(1)
+        .unwrap();
+    assert!(
+        section.contains("| train.lr × model.resolution + model.size ")
+            || section.contains("| model.resolution + model.size × train.lr "),
+        "{section}"
+    );
+    assert!(section.contains("Indicative only: 16 ranked trials"));
+}

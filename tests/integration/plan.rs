@@ -215,3 +215,103 @@ fn a_changed_spec_is_compared_with_the_recorded_sweep() {
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["id"], first.as_str());
 }
+
+/// The first number after `prefix` on the line that starts with it.
+fn number_after(text: &str, prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"));
+    line[prefix.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?}: {line}"))
+}
+
+/// Issue #20: `plan` says hours once trials have finished, from their
+/// recorded wall time, and says it cannot before.
+#[test]
+fn plan_estimates_hours_from_the_recorded_wall_time() {
+    let test = Test::new().spec(&crate::util::synthetic_spec(
+        "timed",
+        "[synthetic]\nsteps = 20\nstep_ms = 20\n\
+         [sweep.axes]\n\"train.lr\" = [1e-4, 1e-3, 1e-2]\n",
+    ));
+    let devices = "fake-cuda:2x80GiB";
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "spec.toml", "--devices", devices];
+        args.extend_from_slice(extra);
+        test.run_in(&args)
+    };
+    let before = plan(&[]);
+    before
+        .code(0)
+        .stdout_has("cannot estimate time yet")
+        .stdout_has("start: when the trial would begin");
+    assert!(!before.stdout.contains("est. hours"), "{}", before.stdout);
+    let json = plan(&["--json"]).code(0).json();
+    assert!(json["time"].is_null());
+    assert!(json["trials"][0]["est_hours"].is_null());
+
+    crate::util::run_spec(&test, devices).code(0);
+
+    // The recorded wall time of each trial, from `show`: its attempts.
+    let json = plan(&["--json"]).code(0).json();
+    let trials = json["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3);
+    let (mut wall, mut cost) = (0.0, 0.0);
+    for t in trials {
+        let id = t["id"].as_str().unwrap();
+        let shown = test
+            .run_in(&["show", id, "--results", "results", "--json"])
+            .code(0)
+            .json();
+        for a in shown["attempts"].as_array().unwrap() {
+            wall += a["end"].as_f64().unwrap() - a["start"].as_f64().unwrap();
+        }
+        cost += t["rel_cost"].as_f64().unwrap();
+    }
+    assert!(wall > 0.0);
+    let rate = wall / cost;
+    let time = &json["time"];
+    assert_eq!(time["source"], "this_sweep");
+    assert_eq!(time["measured_trials"], 3);
+    assert!((time["seconds_per_rel_cost"].as_f64().unwrap() - rate).abs() < 1e-6 * rate);
+    for t in trials {
+        let expected = t["rel_cost"].as_f64().unwrap() * rate / 3600.0;
+        let got = t["est_hours"].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() < 1e-6 * expected,
+            "{got} vs {expected}"
+        );
+    }
+    // The table prints the same total, to two significant digits.
+    let table = plan(&[]);
+    table
+        .code(0)
+        .stdout_has("est. hours")
+        .stdout_has("finished trial(s) of this sweep")
+        .stdout_has("all 3 trial(s) already finished");
+    let total = number_after(&table.stdout, "estimated total");
+    let expected = wall / 3600.0;
+    assert!(
+        (total - expected).abs() <= 0.05 * expected,
+        "{total} vs {expected}\n{}",
+        table.stdout
+    );
+
+    // Another sweep of the same checkpoint, method and data borrows the rate.
+    let other = plan(&["--set", "experiment.name=\"other\"", "--json"])
+        .code(0)
+        .json();
+    assert_eq!(other["time"]["source"]["other_sweeps"][0], "timed");
+    let borrowed = other["time"]["seconds_per_rel_cost"].as_f64().unwrap();
+    assert!(
+        (borrowed - rate).abs() < 1e-6 * rate,
+        "{borrowed} vs {rate}"
+    );
+    plan(&["--set", "experiment.name=\"other\""])
+        .code(0)
+        .stdout_has("of sweep(s) timed with the same checkpoint, method and data");
+}

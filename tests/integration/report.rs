@@ -358,3 +358,141 @@ fn report_gallery_shows_the_pick_and_runner_up_on_their_predictions() {
     let (md, _) = report(&["--gallery", "0"]);
     assert!(md.contains("Turned off (--gallery 0)."), "{md}");
 }
+
+/// The best `val/loss` of each trial's curve, from `export-metrics`.
+fn best_losses(test: &Test, sweep: &str) -> BTreeMap<String, f64> {
+    let jsonl = test
+        .run_in(&[
+            "export-metrics",
+            sweep,
+            "--format",
+            "jsonl",
+            "--results",
+            "results",
+        ])
+        .code(0)
+        .stdout
+        .clone();
+    let mut best: BTreeMap<String, f64> = BTreeMap::new();
+    for line in jsonl.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        if row["name"] != "val/loss" || row["in_curve"] != true {
+            continue;
+        }
+        if let Some(v) = row["value"].as_f64() {
+            let id = row["trial_id"].as_str().unwrap().to_owned();
+            let e = best.entry(id).or_insert(f64::INFINITY);
+            *e = e.min(v);
+        }
+    }
+    best
+}
+
+/// The variance of the means of `values` grouped by `key` over the total
+/// variance: a main effect's share on a complete, balanced grid.
+fn main_share(values: &[(BTreeMap<&str, String>, f64)], key: &str) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().map(|v| v.1).sum::<f64>() / n;
+    let total = values.iter().map(|v| (v.1 - mean).powi(2)).sum::<f64>() / n;
+    let mut groups: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (params, v) in values {
+        groups.entry(params[key].as_str()).or_default().push(*v);
+    }
+    let between = groups
+        .values()
+        .map(|g| (g.iter().sum::<f64>() / g.len() as f64 - mean).powi(2))
+        .sum::<f64>()
+        / groups.len() as f64;
+    between / total
+}
+
+/// The percentage in the importance table's row for `factor`.
+fn table_share(section: &str, factor: &str) -> f64 {
+    let row = section
+        .lines()
+        .find(|l| l.starts_with(&format!("| {factor} ")))
+        .unwrap_or_else(|| panic!("no row for {factor} in:\n{section}"));
+    let cell = row.split('|').nth(3).unwrap().trim();
+    cell.trim_end_matches('%').trim().parse::<f64>().unwrap() / 100.0
+}
+
+/// Issue #20: the importance table's shares are the exact decomposition of
+/// the raw metrics on a complete grid, and the parallel-coordinates plot
+/// has one line per trial.
+#[test]
+fn the_importance_table_decomposes_the_raw_metrics() {
+    let test = Test::new().spec(&crate::util::synthetic_spec(
+        "imp",
+        "[synthetic]\nsteps = 10\nstep_ms = 1\n\
+         [sweep.axes]\n\"model.size\" = [\"3b\", \"10b\"]\n\"train.lr\" = [1e-5, 1e-4, 1e-3]\n\
+         \"experiment.seed\" = [0, 1]\n\
+         [resources]\nmax_trials_per_device = 4\n",
+    ));
+    crate::util::run_spec(&test, "fake-cuda:2x80GiB").code(0);
+    let best = best_losses(&test, "imp");
+    assert_eq!(best.len(), 12);
+    let values: Vec<(BTreeMap<&str, String>, f64)> = best
+        .iter()
+        .map(|(id, v)| {
+            let config = std::fs::read_to_string(
+                test.path()
+                    .join("results/imp/trials")
+                    .join(id)
+                    .join("trial.toml"),
+            )
+            .unwrap();
+            let config: toml::Table = toml::from_str(&config).unwrap();
+            let params = BTreeMap::from([
+                ("model.size", config["model"]["size"].to_string()),
+                ("train.lr", config["train"]["lr"].to_string()),
+                ("experiment.seed", config["experiment"]["seed"].to_string()),
+            ]);
+            (params, *v)
+        })
+        .collect();
+
+    test.run_in(&["report", "imp", "--results", "results"])
+        .code(0);
+    let md = std::fs::read_to_string(test.path().join("results/imp/report/report.md")).unwrap();
+    let section = md
+        .split("## Which hyperparameters mattered")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no importance section in:\n{md}"))
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(section.contains("exact functional ANOVA"), "{section}");
+    assert!(
+        section.contains("Indicative only: 12 ranked trials"),
+        "{section}"
+    );
+    for (key, factor) in [
+        ("train.lr", "train.lr"),
+        ("model.size", "model.size"),
+        ("experiment.seed", "experiment.seed (run-to-run noise)"),
+    ] {
+        let expected = main_share(&values, key);
+        let shown = table_share(section, factor);
+        // The table rounds to 0.1 %.
+        assert!(
+            (shown - expected).abs() <= 0.0005 + 1e-9,
+            "{key}: {shown} vs {expected}"
+        );
+    }
+
+    let html = std::fs::read_to_string(test.path().join("results/imp/report/report.html")).unwrap();
+    let plot = html
+        .split("<svg")
+        .find(|s| s.contains("over the varying keys"))
+        .expect("a parallel-coordinates plot");
+    let plot = &plot[..plot.find("</svg>").unwrap()];
+    assert_eq!(plot.matches("<polyline").count(), 12, "one line per trial");
+    for axis in [
+        "model.size",
+        "train.lr (log)",
+        "experiment.seed",
+        "val/loss",
+    ] {
+        assert!(plot.contains(axis), "no axis {axis}");
+    }
+}
