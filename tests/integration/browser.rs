@@ -60,7 +60,10 @@ impl Browser {
             .arg("--disable-gpu")
             .arg("--hide-scrollbars")
             .arg(format!("--user-data-dir={}", self.profile.path().display()))
-            .arg(format!("--window-size={width},{height}"));
+            .arg(format!("--window-size={width},{height}"))
+            // Its process-singleton socket goes under TMPDIR: one of its own,
+            // so that parallel tests never meet there.
+            .env("TMPDIR", self.profile.path());
         command
     }
 

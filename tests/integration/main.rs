@@ -15,6 +15,7 @@ mod plan;
 mod predictions;
 mod reliability_input;
 mod report;
+mod report_real;
 mod rerun;
 mod scheduler;
 mod secrets;
