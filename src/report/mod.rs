@@ -158,19 +158,8 @@ impl Report {
 /// Reads the sweep (a name or id prefix) and analyses it.
 pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Report, ReportError> {
     let sweep = store.resolve_sweep(sweep)?;
-    let metric = options
-        .metric
-        .clone()
-        .unwrap_or_else(|| sweep.select_metric.clone());
-    let known = store.metric_names(&sweep.name, None)?;
+    let metric = ranking_metric(store, &sweep, options)?;
     let rows = store.trials(&sweep.name)?;
-    if !known.contains(&metric) && (options.metric.is_some() || !known.is_empty()) {
-        return Err(ReportError::UnknownMetric {
-            sweep: sweep.name.clone(),
-            metric,
-            known,
-        });
-    }
     let higher = higher_is_better(&metric);
     let varying = crate::track::store::varying_keys(&rows);
     let results: BTreeMap<String, _> = store
@@ -235,9 +224,8 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         |t| test_metrics(store, &sweep.name, &t.id),
     )?;
 
-    let importance = importance::decompose(&trials, &varying);
     let report = Report {
-        importance,
+        importance: importance::decompose(&trials, &varying),
         gpu_names: store
             .latest_environment(&sweep.name)?
             .map(|e| e.environment.gpu_names)
@@ -263,6 +251,28 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         sweep,
     };
     with_evidence(store, report, options)
+}
+
+/// `--metric`, else the sweep's `eval.select` metric; one that no trial
+/// reported is an error that lists those reported.
+fn ranking_metric(
+    store: &Store,
+    sweep: &SweepRow,
+    options: &ReportOptions,
+) -> Result<String, ReportError> {
+    let metric = options
+        .metric
+        .clone()
+        .unwrap_or_else(|| sweep.select_metric.clone());
+    let known = store.metric_names(&sweep.name, None)?;
+    if !known.contains(&metric) && (options.metric.is_some() || !known.is_empty()) {
+        return Err(ReportError::UnknownMetric {
+            sweep: sweep.name.clone(),
+            metric,
+            known,
+        });
+    }
+    Ok(metric)
 }
 
 /// The selection metric and training loss of the top groups' best runs.
