@@ -46,7 +46,12 @@ pub fn render_html(report: &Report) -> Result<String, ReportError> {
     let _ = writeln!(out, "<style>\n{STYLE}\n</style>\n</head>\n<body>");
     let _ = writeln!(out, "<h1>{}</h1>", escape(&title));
     for section in sections(report, true)? {
-        let _ = writeln!(out, "<section>\n<h2>{}</h2>", escape(&section.title));
+        let _ = writeln!(
+            out,
+            "<section id=\"{}\">\n<h2>{}</h2>",
+            anchor(&section.title),
+            escape(&section.title)
+        );
         for block in &section.blocks {
             match block {
                 Block::Para(text) => {
@@ -289,6 +294,17 @@ fn inline_svg(svg: &str) -> &str {
     }
 }
 
+/// A section's id, for links into the page (`report.html#decision`):
+/// its title in lowercase, words joined by `-`.
+fn anchor(title: &str) -> String {
+    title
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 /// Text as HTML character data or attribute value.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -308,6 +324,15 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_anchors_are_lowercase_words_joined_by_dashes() {
+        assert_eq!(anchor("Prediction gallery"), "prediction-gallery");
+        assert_eq!(
+            anchor("LoRA vs QLoRA (per checkpoint)"),
+            "lora-vs-qlora-per-checkpoint"
+        );
+    }
 
     #[test]
     fn escapes_markup_and_strips_the_xml_declaration() {
