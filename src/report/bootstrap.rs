@@ -135,6 +135,12 @@ impl Statistic {
         self.pairs.len()
     }
 
+    /// Whether a resample only adds per-example sums; otherwise it
+    /// recomputes the metric from every example it drew (mAP, BLEU).
+    pub fn is_fast(&self) -> bool {
+        self.sums.is_some()
+    }
+
     /// The metric on every example once.
     pub fn estimate(&self) -> f64 {
         let ones = vec![1; self.pairs.len()];
@@ -276,7 +282,12 @@ fn draw(seed: u64, n: usize) -> Vec<u32> {
 
 /// `f` of every resample, in resample order, spread over the cores (the
 /// values do not depend on how).
-fn resampled(resamples: usize, seed: u64, n: usize, f: impl Fn(&[u32]) -> f64 + Sync) -> Vec<f64> {
+fn resampled<T: Send>(
+    resamples: usize,
+    seed: u64,
+    n: usize,
+    f: impl Fn(&[u32]) -> T + Sync,
+) -> Vec<T> {
     let seeds = resample_seeds(resamples, seed);
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
@@ -329,12 +340,28 @@ pub fn interval(stat: &Statistic, resamples: usize, seed: u64) -> Interval {
     percentile_interval(stat.estimate(), values)
 }
 
+/// Both statistics on the same draws: their intervals and that of `a − b`.
+/// Both are over the same examples in the same order.
+pub fn paired_intervals(
+    a: &Statistic,
+    b: &Statistic,
+    resamples: usize,
+    seed: u64,
+) -> [Interval; 3] {
+    assert_eq!(a.examples(), b.examples(), "paired statistics");
+    let values = resampled(resamples, seed, a.examples(), |c| (a.value(c), b.value(c)));
+    let (ea, eb) = (a.estimate(), b.estimate());
+    [
+        percentile_interval(ea, values.iter().map(|v| v.0).collect()),
+        percentile_interval(eb, values.iter().map(|v| v.1).collect()),
+        percentile_interval(ea - eb, values.iter().map(|v| v.0 - v.1).collect()),
+    ]
+}
+
 /// The paired percentile interval of `a − b`: both over the same examples
 /// in the same order, each resample drawing the same ones for both.
 pub fn paired_difference(a: &Statistic, b: &Statistic, resamples: usize, seed: u64) -> Interval {
-    assert_eq!(a.examples(), b.examples(), "paired statistics");
-    let values = resampled(resamples, seed, a.examples(), |c| a.value(c) - b.value(c));
-    percentile_interval(a.estimate() - b.estimate(), values)
+    paired_intervals(a, b, resamples, seed)[2]
 }
 
 /// The selection metric as `TaskMetrics` names it, or why the predictions
@@ -375,6 +402,9 @@ pub struct Bootstrap {
     pub trials: BTreeMap<usize, Result<Interval, String>>,
     /// Pick − runner-up; `None` without a runner-up.
     pub difference: Option<Result<Paired, String>>,
+    /// Leaderboard trials left out because their metric is recomputed from
+    /// every example for each resample (too slow for every row).
+    pub skipped: usize,
 }
 
 /// The trials whose intervals the report shows: the decision's pick and
@@ -422,63 +452,101 @@ fn statistic(
     Statistic::new(examples.task, name, pairs.into_values().collect()).map_err(|e| e.to_string())
 }
 
-/// The paired interval of `a − b` over the examples both answered.
+/// The pick and the runner-up on the examples both answered: the paired
+/// interval of their difference, and each one's interval when those
+/// examples are all of its own.
+struct PairedRun {
+    paired: Paired,
+    /// `(trial, interval)` of the two that answered nothing else.
+    own: Vec<(usize, Interval)>,
+}
+
 fn paired(
     metric: &str,
     loaded: &BTreeMap<usize, Result<TrialExamples, ExamplesError>>,
-    a: usize,
-    b: usize,
-) -> Result<Paired, String> {
+    pick: usize,
+    runner_up: usize,
+) -> Result<PairedRun, String> {
     // Checked first: without the metric, the files do not matter.
     task_metric(metric).map_err(|e| e.to_string())?;
-    let (a, b) = (examples_of(loaded, a)?, examples_of(loaded, b)?);
-    let answered_by_b = pairs(b);
-    let common: BTreeMap<usize, (String, String)> = pairs(a)
-        .into_iter()
-        .filter(|(i, _)| answered_by_b.contains_key(i))
+    let (a, b) = (examples_of(loaded, pick)?, examples_of(loaded, runner_up)?);
+    let (all_a, all_b) = (pairs(a), pairs(b));
+    let common: BTreeMap<usize, (String, String)> = all_a
+        .iter()
+        .filter(|(i, _)| all_b.contains_key(i))
+        .map(|(&i, p)| (i, p.clone()))
         .collect();
     if common.is_empty() {
         return Err(Unavailable::NothingShared.to_string());
     }
-    let (a, b) = (
+    let (sa, sb) = (
         statistic(metric, a, Some(&common))?,
         statistic(metric, b, Some(&common))?,
     );
-    Ok(Paired {
-        interval: paired_difference(&a, &b, RESAMPLES, SEED),
-        examples: common.len(),
+    let [ia, ib, difference] = paired_intervals(&sa, &sb, RESAMPLES, SEED);
+    // One run gives all three when the two answered the same examples
+    // (the usual case): a trial's own interval draws the same examples.
+    let own = [(pick, ia, all_a.len()), (runner_up, ib, all_b.len())]
+        .into_iter()
+        .filter(|&(_, _, n)| n == common.len())
+        .map(|(t, i, _)| (t, i))
+        .collect();
+    Ok(PairedRun {
+        paired: Paired {
+            interval: difference,
+            examples: common.len(),
+        },
+        own,
     })
 }
 
 /// Intervals of `metric` for the trials of `loaded`, and of the decision's
-/// margin.
+/// margin. A metric without per-example sums (mAP, BLEU) is recomputed
+/// from every drawn example for each resample: it gets intervals for the
+/// decision's two only.
 pub fn estimate(
     metric: &str,
     decision: &Decision,
     loaded: &BTreeMap<usize, Result<TrialExamples, ExamplesError>>,
 ) -> Bootstrap {
-    let trials = loaded
-        .keys()
-        .map(|&t| {
-            let estimated = examples_of(loaded, t)
-                .and_then(|e| statistic(metric, e, None))
-                .map(|s| interval(&s, RESAMPLES, SEED));
-            (t, estimated)
-        })
-        .collect();
-    let difference = match decision {
-        Decision::Pick {
-            pick,
-            runner_up: Some(runner_up),
-            ..
-        } => Some(paired(metric, loaded, pick.trial, runner_up.trial)),
-        _ => None,
-    };
+    let mut trials = BTreeMap::new();
+    let mut decision_trials = Vec::new();
+    let mut difference = None;
+    if let Decision::Pick {
+        pick, runner_up, ..
+    } = decision
+    {
+        decision_trials.push(pick.trial);
+        if let Some(r) = runner_up {
+            decision_trials.push(r.trial);
+            let run = paired(metric, loaded, pick.trial, r.trial);
+            if let Ok(run) = &run {
+                trials.extend(run.own.iter().map(|&(t, i)| (t, Ok(i))));
+            }
+            difference = Some(run.map(|run| run.paired));
+        }
+    }
+    let mut skipped = 0;
+    for &t in loaded.keys() {
+        if trials.contains_key(&t) {
+            continue;
+        }
+        match examples_of(loaded, t).and_then(|e| statistic(metric, e, None)) {
+            Ok(stat) if !stat.is_fast() && !decision_trials.contains(&t) => skipped += 1,
+            Ok(stat) => {
+                trials.insert(t, Ok(interval(&stat, RESAMPLES, SEED)));
+            }
+            Err(why) => {
+                trials.insert(t, Err(why));
+            }
+        }
+    }
     Bootstrap {
         resamples: RESAMPLES,
         seed: SEED,
         trials,
         difference,
+        skipped,
     }
 }
 
@@ -601,6 +669,13 @@ pub fn leaderboard_note(report: &Report) -> Option<String> {
         "The {} is a bootstrap over the validation examples of the best run's selected checkpoint (see the decision), for the top {LEADERBOARD} configurations and the decision's two.",
         header()
     );
+    if b.skipped > 0 {
+        let _ = write!(
+            note,
+            " Only the decision's two for {}: it is recomputed from every drawn example for each resample, too slow for every row.",
+            report.metric
+        );
+    }
     if !missing.is_empty() {
         let _ = write!(note, " None for {}.", missing.join("; "));
     }
@@ -610,6 +685,7 @@ pub fn leaderboard_note(report: &Report) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::track::predictions::ExamplePrediction;
 
     fn json_pairs(n: usize, right_every: usize) -> Vec<(String, String)> {
         (0..n)
@@ -688,6 +764,20 @@ mod tests {
     }
 
     #[test]
+    fn one_paired_run_gives_both_intervals_and_the_difference() {
+        let a = Statistic::new(Task::Json, names::JSON_F1, json_pairs(100, 1)).unwrap();
+        let b = Statistic::new(Task::Json, names::JSON_F1, json_pairs(100, 3)).unwrap();
+        let [ia, ib, d] = paired_intervals(&a, &b, 300, 5);
+        // The same draws as each one's own interval.
+        assert_eq!(ia, interval(&a, 300, 5));
+        assert_eq!(ib, interval(&b, 300, 5));
+        assert_eq!(d, paired_difference(&a, &b, 300, 5));
+        // Every answer right: no resample scores otherwise.
+        assert!((ia.low - 1.0).abs() < 1e-12 && (ia.high - 1.0).abs() < 1e-12);
+        assert!(d.low > 0.0 && d.contains(d.estimate), "{d:?}");
+    }
+
+    #[test]
     fn detection_map_is_resampled_by_recomputing_it() {
         let pairs: Vec<(String, String)> = (0..30)
             .map(|i| {
@@ -704,6 +794,70 @@ mod tests {
         assert!(stat.sums.is_none());
         let i = interval(&stat, 200, 3);
         assert!(i.contains(i.estimate) && i.low < i.high, "{i:?}");
+    }
+
+    fn detections(shift: usize) -> TrialExamples {
+        let examples = (0..20)
+            .map(|i| {
+                let reference = "<loc0100><loc0100><loc0500><loc0500> pallet".to_owned();
+                ExamplePrediction {
+                    index: i,
+                    image: format!("{i}.jpg").into(),
+                    prefix: "detect pallet".into(),
+                    prediction: if i < shift {
+                        "<loc0700><loc0700><loc0900><loc0900> pallet".into()
+                    } else {
+                        reference.clone()
+                    },
+                    reference,
+                    score: None,
+                    metric: "box_f1".into(),
+                }
+            })
+            .collect();
+        TrialExamples {
+            task: Task::Detect,
+            path: "p.jsonl.gz".into(),
+            examples,
+        }
+    }
+
+    #[test]
+    fn a_slow_metric_gets_intervals_for_the_decisions_two_only() {
+        use super::super::analysis::Noise;
+        use super::super::decision::Candidate;
+        let candidate = |trial| Candidate {
+            group: trial,
+            trial,
+            test: Vec::new(),
+        };
+        let decision = Decision::Pick {
+            pick: candidate(0),
+            runner_up: Some(candidate(1)),
+            margin: Some(0.1),
+            noise: Noise::NoRepeats,
+        };
+        let loaded = BTreeMap::from([
+            (0, Ok(detections(2))),
+            (1, Ok(detections(6))),
+            (2, Ok(detections(9))),
+            (3, Err(ExamplesError::NoStep)),
+        ]);
+        let b = estimate("val/map50", &decision, &loaded);
+        assert_eq!(b.trials.keys().copied().collect::<Vec<_>>(), [0, 1, 3]);
+        assert!(b.trials[&0].is_ok() && b.trials[&1].is_ok());
+        assert_eq!(b.skipped, 1);
+        let d = b.difference.unwrap().unwrap();
+        assert_eq!(d.examples, 20);
+        assert!(d.interval.contains(d.interval.estimate) && d.interval.high > 0.0);
+        // CER adds per-example sums: every row gets one.
+        let b = estimate("val/cer", &decision, &loaded);
+        assert_eq!(b.skipped, 0);
+        assert!((0..3).all(|t| b.trials[&t].is_ok()));
+        assert_eq!(
+            b.trials[&3].as_ref().unwrap_err(),
+            "the trial has no selected step"
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ fn overview(report: &Report) -> Section {
         if report.seeds_vary {
             " Trials that differ only in seed are grouped: quality is the mean ± sample std over seeds, ranking uses the mean, n counts the seeds."
         } else {
-            " The seed does not vary, so each row is one trial and the run-to-run noise is unknown."
+            " The seed does not vary, so each row is one trial and the run-to-run noise is unknown (the 95% intervals, where shown, are over validation examples)."
         }
     ));
     let gpus: Vec<&str> = report
@@ -257,6 +257,10 @@ fn pick_lines(report: &Report, sec: &mut Section, heading: &str, pick: &Pick) {
             "The margin is larger than the seed noise (pooled seed std {}).",
             number(std)
         )),
+        // Without seeds, the decision bootstraps the margin over examples.
+        Noise::NoRepeats if report.bootstrap.as_ref().is_some_and(|b| b.difference.as_ref().is_some_and(Result::is_ok)) => sec.para(
+            "The seed-to-seed noise cannot be estimated (no configuration ran with several seeds); the decision sets the overall pick's margin against a bootstrap over validation examples instead.",
+        ),
         Noise::NoRepeats => sec.warning(
             "The noise cannot be estimated: no configuration ran with several seeds (vary experiment.seed to measure it), so a small margin may be luck.",
         ),

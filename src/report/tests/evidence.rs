@@ -11,6 +11,16 @@ use crate::track::predictions::{self, ExamplePrediction};
 /// The hand-made grid with one seed (so the bootstrap is the noise), its
 /// trial folders moved under `dir`; the trials by id.
 fn store_one_seed(dir: &Path, points: &[Point]) -> (Store, BTreeMap<String, PathBuf>) {
+    store_selecting(dir, points, "field_f1")
+}
+
+/// As [`store_one_seed`], the hand-made F1 reported (and selected by) as
+/// `metric` instead.
+fn store_selecting(
+    dir: &Path,
+    points: &[Point],
+    metric: &str,
+) -> (Store, BTreeMap<String, PathBuf>) {
     let failed = Point {
         id: "zz_failed".into(),
         size: "10b",
@@ -21,11 +31,27 @@ fn store_one_seed(dir: &Path, points: &[Point]) -> (Store, BTreeMap<String, Path
     };
     let mut events = stream(points, &failed);
     let mut dirs = BTreeMap::new();
+    let rename = |name: String| name.replace("field_f1", metric);
     for event in &mut events {
-        if let SweepEvent::TrialRecorded { trial, .. } = event {
-            let folder = dir.join("trials").join(&trial.id);
-            trial.dir = folder.display().to_string();
-            dirs.insert(trial.id.clone(), folder);
+        match event {
+            SweepEvent::TrialRecorded { trial, .. } => {
+                let folder = dir.join("trials").join(&trial.id);
+                trial.dir = folder.display().to_string();
+                dirs.insert(trial.id.clone(), folder);
+            }
+            SweepEvent::SweepStarted { sweep, .. } => {
+                sweep.select_metric = rename(std::mem::take(&mut sweep.select_metric));
+            }
+            SweepEvent::Worker { line, .. } => {
+                if let crate::worker::protocol::WorkerEvent::Eval { metrics, .. } = &mut line.event
+                {
+                    *metrics = std::mem::take(metrics)
+                        .into_iter()
+                        .map(|(k, v)| (rename(k), v))
+                        .collect();
+                }
+            }
+            _ => {}
         }
     }
     let path = dir.join("palisweep.sqlite");
@@ -290,7 +316,7 @@ fn a_thousand_trials_and_a_full_gallery_stay_under_ten_megabytes() {
             }
         })
         .collect();
-    let (store, dirs) = store_one_seed(dir.path(), &points);
+    let (store, dirs) = store_selecting(dir.path(), &points, "map50");
     let image = dir.path().join("pallets.png");
     noise_image(&image, 1024, 768);
     let report = build(&store, "grid", &ReportOptions::default()).unwrap();
@@ -327,6 +353,12 @@ fn a_thousand_trials_and_a_full_gallery_stay_under_ten_megabytes() {
         .unwrap();
     }
     let report = build(&store, "grid", &ReportOptions::default()).unwrap();
+    assert_eq!(report.metric, "val/map50");
+    // mAP has no per-example sums: intervals for the decision's two only,
+    // the other top rows having no predictions.
+    let b = report.bootstrap.as_ref().unwrap();
+    assert_eq!(b.trials.values().filter(|r| r.is_ok()).count(), 2);
+    assert!(b.difference.as_ref().unwrap().is_ok());
     let html = render_html(&report).unwrap();
     assert!(html.len() < 10 << 20, "{} bytes", html.len());
     assert_well_formed(&html);
