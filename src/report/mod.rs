@@ -22,6 +22,7 @@ mod format;
 pub mod gallery;
 mod html;
 pub mod importance;
+mod importance_section;
 mod markdown;
 mod overlay;
 mod parallel;

@@ -43,6 +43,7 @@
 
 mod export;
 mod liveness;
+mod prediction_files;
 mod query;
 mod recorded;
 mod schema;
