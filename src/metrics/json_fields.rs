@@ -318,6 +318,17 @@ impl JsonFieldAccumulator {
         self.counts += counts;
     }
 
+    /// Adds what `other` accumulated, `times` times over: the accumulator
+    /// of a resample that drew `other`'s examples `times` times each.
+    pub fn add_times(&mut self, other: &Self, times: u64) {
+        self.examples += other.examples * times;
+        self.valid += other.valid * times;
+        self.exact += other.exact * times;
+        self.counts.true_positives += other.counts.true_positives * times;
+        self.counts.false_positives += other.counts.false_positives * times;
+        self.counts.false_negatives += other.counts.false_negatives * times;
+    }
+
     /// How many pairs were added.
     pub fn examples(&self) -> u64 {
         self.examples

@@ -3,7 +3,7 @@
 //! what bootstrap intervals resample. Each task scores with the same rules
 //! as its split metric, on one example:
 //!
-//! * JSON → `field_f1`: the example's field F1 ([`FieldCounts::compare`]);
+//! * JSON → `field_f1`: the example's field F1 (`FieldCounts::compare`);
 //!   a prediction that does not parse has no fields.
 //! * detect, segment → `box_f1`: F1 of the boxes at `IoU` ≥ 0.5 with equal
 //!   labels, matched greedily by `IoU` (highest first, each box used once);
@@ -17,13 +17,11 @@
 //!
 //! Use [`super::names::higher_is_better`] for the direction.
 
-use serde_json::Value;
-
 use super::detection::{DetectedObject, parse_detections};
-use super::json_fields::FieldCounts;
+use super::json_fields::JsonFieldAccumulator;
 use super::names;
 use super::task::Task;
-use super::text::char_edit_distance;
+use super::text::TextAccumulator;
 
 /// The least `IoU` at which a predicted box matches a reference box.
 pub const BOX_IOU_THRESHOLD: f64 = 0.5;
@@ -48,13 +46,11 @@ pub fn score(task: Task, prediction: &str, reference: &str) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
-/// Field F1 of one example, the reference kept as one string leaf when it
-/// does not parse (as the split metric keeps it).
+/// Field F1 of one example, scored as the split metric scores it.
 pub fn field_f1(prediction: &str, reference: &str) -> f64 {
-    let predicted = serde_json::from_str::<Value>(prediction).ok();
-    let reference = serde_json::from_str::<Value>(reference)
-        .unwrap_or_else(|_| Value::String(reference.trim().to_owned()));
-    FieldCounts::compare(predicted.as_ref(), &reference).f1()
+    let mut one = JsonFieldAccumulator::new();
+    one.add(prediction, reference);
+    one.counts().f1()
 }
 
 /// Box F1 at [`BOX_IOU_THRESHOLD`] (see the module docs).
@@ -102,14 +98,12 @@ fn greedy_matches(predicted: &[DetectedObject], references: &[DetectedObject]) -
     matched
 }
 
-/// Character error rate of one example (both sides trimmed).
+/// Character error rate of one example, scored as the split metric scores
+/// it (both sides trimmed).
 pub fn cer(prediction: &str, reference: &str) -> f64 {
-    let (prediction, reference) = (prediction.trim(), reference.trim());
-    let chars = reference.chars().count();
-    if chars == 0 {
-        return if prediction.is_empty() { 0.0 } else { 1.0 };
-    }
-    char_edit_distance(prediction, reference) as f64 / chars as f64
+    let mut one = TextAccumulator::new();
+    one.add(prediction, reference);
+    one.finish().map_or(f64::NAN, |s| s.cer)
 }
 
 #[cfg(test)]

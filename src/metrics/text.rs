@@ -45,6 +45,15 @@ impl TextAccumulator {
         self.reference_chars += reference.chars().count() as u64;
     }
 
+    /// Adds what `other` accumulated, `times` times over: the accumulator
+    /// of a resample that drew `other`'s examples `times` times each.
+    pub fn add_times(&mut self, other: &Self, times: u64) {
+        self.examples += other.examples * times;
+        self.exact += other.exact * times;
+        self.edits += other.edits * times;
+        self.reference_chars += other.reference_chars * times;
+    }
+
     /// How many pairs were added.
     pub fn examples(&self) -> u64 {
         self.examples

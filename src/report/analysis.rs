@@ -40,6 +40,29 @@ pub struct TrialFacts {
 }
 
 impl TrialFacts {
+    /// A finished 3b-224 LoRA trial with quality `q` at step 1 and nothing
+    /// else known: the base of the report's test fixtures.
+    #[cfg(test)]
+    pub(crate) fn finished(id: &str, q: f64) -> TrialFacts {
+        TrialFacts {
+            id: id.into(),
+            params: BTreeMap::new(),
+            status: "finished".into(),
+            reason: None,
+            checkpoint: "3b-224".into(),
+            method: "lora".into(),
+            lr: None,
+            weight_decay: None,
+            quality: Some(q),
+            best_step: Some(1),
+            dir: String::new(),
+            wall_time_s: None,
+            peak_memory_bytes: None,
+            est_memory_bytes: None,
+            device: None,
+        }
+    }
+
     /// Whether the trial takes part in rankings: it finished and reported
     /// a finite value of the metric.
     pub fn is_ranked(&self) -> bool {

@@ -25,10 +25,10 @@ use super::decision::Decision;
 use super::examples::{ExamplesError, SPLIT, TrialExamples};
 use super::format::number;
 use super::{Report, short_id};
-use crate::metrics::json_fields::{FieldCounts, JsonFieldAccumulator};
+use crate::metrics::json_fields::JsonFieldAccumulator;
 use crate::metrics::names;
 use crate::metrics::task::{Task, TaskMetrics};
-use crate::metrics::text::{TextAccumulator, char_edit_distance};
+use crate::metrics::text::TextAccumulator;
 use crate::rng::SplitMix64;
 
 /// Resamples per interval: enough for stable 2.5% and 97.5% percentiles.
@@ -92,17 +92,16 @@ pub struct Statistic {
     sums: Option<Sums>,
 }
 
-/// One example's parts of the sums, `None` when it has none.
-type Part = Box<dyn Fn(&str, &str) -> Option<[u64; 3]>>;
-/// The metric from the summed parts and the number of examples.
-type Finish = fn([u64; 3], u64) -> f64;
-
-/// A ratio-of-sums metric as per-example parts: resampling it is adding
-/// the parts with the draw counts, not re-parsing every example.
+/// A metric that the task's own accumulators sum over examples: resampling
+/// it adds each example's single-example accumulator with its draw count
+/// (`add_times`), not re-parsing every example.
 #[derive(Clone, Debug)]
-struct Sums {
-    parts: Vec<[u64; 3]>,
-    finish: Finish,
+enum Sums {
+    /// `exact_match`, `cer`.
+    Text(Vec<TextAccumulator>),
+    /// `field_f1`, `field_precision`, `field_recall`, `json_valid`,
+    /// `json_exact`.
+    Json(Vec<JsonFieldAccumulator>),
 }
 
 impl Statistic {
@@ -115,20 +114,13 @@ impl Statistic {
                 known: task.metric_names().join(", "),
             });
         }
-        let mut stat = Statistic {
+        let sums = Sums::of(task, name, &pairs);
+        Ok(Statistic {
             task,
             name: name.to_owned(),
-            sums: None,
+            sums,
             pairs,
-        };
-        let sums = Sums::of(task, name, &stat.pairs);
-        // The fast path is only an optimisation: kept when it agrees with
-        // the metric's own code on the whole split.
-        stat.sums = sums.filter(|s| {
-            let ones = vec![1; stat.pairs.len()];
-            (s.value(&ones) - stat.estimate()).abs() <= 1e-12
-        });
-        Ok(stat)
+        })
     }
 
     pub fn examples(&self) -> usize {
@@ -150,7 +142,7 @@ impl Statistic {
     /// The metric over the examples drawn `counts[i]` times each.
     fn value(&self, counts: &[u32]) -> f64 {
         match &self.sums {
-            Some(sums) => sums.value(counts),
+            Some(sums) => sums.value(&self.name, counts),
             None => self.corpus(counts),
         }
     }
@@ -171,96 +163,83 @@ impl Statistic {
     }
 }
 
+/// One accumulator per example, each holding that example alone.
+fn singles<A>(pairs: &[(String, String)], new: fn() -> A, add: fn(&mut A, &str, &str)) -> Vec<A> {
+    pairs
+        .iter()
+        .map(|(p, r)| {
+            let mut acc = new();
+            add(&mut acc, p, r);
+            acc
+        })
+        .collect()
+}
+
+/// The sum of `each`, example i counted `counts[i]` times: one resample.
+fn weighted<A>(each: &[A], counts: &[u32], new: fn() -> A, add_times: fn(&mut A, &A, u64)) -> A {
+    let mut acc = new();
+    for (one, &count) in each.iter().zip(counts) {
+        add_times(&mut acc, one, u64::from(count));
+    }
+    acc
+}
+
 impl Sums {
+    /// The single-example accumulators of `name`, when its accumulator is a
+    /// sum (BLEU's is too, but it is left to `corpus`, as mAP is).
     fn of(task: Task, name: &str, pairs: &[(String, String)]) -> Option<Sums> {
-        let field = |p: &str, r: &str| {
-            let mut acc = JsonFieldAccumulator::new();
-            acc.add(p, r);
-            let scores = acc.finish()?;
-            Some((acc.counts(), scores))
-        };
-        let indicator = |flag: bool| [u64::from(flag), 0, 0];
-        let (part, finish): (Part, Finish) = match (task, name) {
-            (Task::Json, names::JSON_F1) => (
-                Box::new(move |p: &str, r: &str| field(p, r).map(|(c, _)| counts_parts(c))),
-                |s, _| parts_counts(s).f1(),
-            ),
-            (Task::Json, names::JSON_PRECISION) => (
-                Box::new(move |p: &str, r: &str| field(p, r).map(|(c, _)| counts_parts(c))),
-                |s, _| parts_counts(s).precision(),
-            ),
-            (Task::Json, names::JSON_RECALL) => (
-                Box::new(move |p: &str, r: &str| field(p, r).map(|(c, _)| counts_parts(c))),
-                |s, _| parts_counts(s).recall(),
-            ),
-            (Task::Json, names::JSON_VALID) => (
-                Box::new(move |p: &str, r: &str| {
-                    field(p, r).map(|(_, s)| indicator(s.valid > 0.5))
-                }),
-                mean_of_first,
-            ),
-            (Task::Json, names::JSON_EXACT) => (
-                Box::new(move |p: &str, r: &str| {
-                    field(p, r).map(|(_, s)| indicator(s.exact > 0.5))
-                }),
-                mean_of_first,
-            ),
-            (_, names::EXACT_MATCH) => (
-                Box::new(move |p: &str, r: &str| {
-                    let mut acc = TextAccumulator::new();
-                    acc.add(p, r);
-                    Some(indicator(acc.finish()?.exact_match > 0.5))
-                }),
-                mean_of_first,
-            ),
-            (_, names::CER) => (
-                Box::new(|p: &str, r: &str| {
-                    let (p, r) = (p.trim(), r.trim());
-                    Some([char_edit_distance(p, r) as u64, r.chars().count() as u64, 0])
-                }),
-                |s, _| match (s[0], s[1]) {
-                    (0, 0) => 0.0,
-                    (_, 0) => 1.0,
-                    (edits, chars) => edits as f64 / chars as f64,
-                },
-            ),
-            _ => return None,
-        };
-        let parts = pairs
-            .iter()
-            .map(|(p, r)| part(p, r))
-            .collect::<Option<Vec<_>>>()?;
-        Some(Sums { parts, finish })
-    }
-
-    fn value(&self, counts: &[u32]) -> f64 {
-        let mut total = [0u64; 3];
-        let mut n = 0u64;
-        for (part, &count) in self.parts.iter().zip(counts) {
-            let count = u64::from(count);
-            n += count;
-            for (t, p) in total.iter_mut().zip(part) {
-                *t += p * count;
-            }
+        match (task, name) {
+            (_, names::EXACT_MATCH | names::CER) => Some(Sums::Text(singles(
+                pairs,
+                TextAccumulator::new,
+                TextAccumulator::add,
+            ))),
+            (
+                Task::Json,
+                names::JSON_F1
+                | names::JSON_PRECISION
+                | names::JSON_RECALL
+                | names::JSON_VALID
+                | names::JSON_EXACT,
+            ) => Some(Sums::Json(singles(
+                pairs,
+                JsonFieldAccumulator::new,
+                JsonFieldAccumulator::add,
+            ))),
+            _ => None,
         }
-        (self.finish)(total, n)
     }
-}
 
-fn counts_parts(c: FieldCounts) -> [u64; 3] {
-    [c.true_positives, c.false_positives, c.false_negatives]
-}
-
-fn parts_counts(s: [u64; 3]) -> FieldCounts {
-    FieldCounts {
-        true_positives: s[0],
-        false_positives: s[1],
-        false_negatives: s[2],
+    fn value(&self, name: &str, counts: &[u32]) -> f64 {
+        let value = match self {
+            Sums::Text(each) => weighted(
+                each,
+                counts,
+                TextAccumulator::new,
+                TextAccumulator::add_times,
+            )
+            .finish()
+            .map(|s| match name {
+                names::EXACT_MATCH => s.exact_match,
+                _ => s.cer,
+            }),
+            Sums::Json(each) => weighted(
+                each,
+                counts,
+                JsonFieldAccumulator::new,
+                JsonFieldAccumulator::add_times,
+            )
+            .finish()
+            .map(|s| match name {
+                names::JSON_PRECISION => s.precision,
+                names::JSON_RECALL => s.recall,
+                names::JSON_VALID => s.valid,
+                names::JSON_EXACT => s.exact,
+                _ => s.f1,
+            }),
+        };
+        value.unwrap_or(f64::NAN)
     }
-}
-
-fn mean_of_first(s: [u64; 3], n: u64) -> f64 {
-    if n == 0 { 0.0 } else { s[0] as f64 / n as f64 }
 }
 
 /// One seed per resample, from one stream: resample `r` draws the same

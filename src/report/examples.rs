@@ -87,21 +87,9 @@ mod tests {
 
     fn trial(dir: &std::path::Path, step: Option<u64>) -> TrialFacts {
         TrialFacts {
-            id: "t".into(),
-            params: BTreeMap::new(),
-            status: "finished".into(),
-            reason: None,
-            checkpoint: "3b-224".into(),
-            method: "lora".into(),
-            lr: None,
-            weight_decay: None,
-            quality: Some(0.5),
             best_step: step,
             dir: dir.display().to_string(),
-            wall_time_s: None,
-            peak_memory_bytes: None,
-            est_memory_bytes: None,
-            device: None,
+            ..TrialFacts::finished("t", 0.5)
         }
     }
 

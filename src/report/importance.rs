@@ -392,19 +392,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
-            status: "finished".into(),
-            reason: None,
-            checkpoint: "3b-224".into(),
-            method: "lora".into(),
-            lr: None,
-            weight_decay: None,
-            quality: Some(q),
-            best_step: Some(1),
-            dir: String::new(),
-            wall_time_s: None,
-            peak_memory_bytes: None,
-            est_memory_bytes: None,
-            device: None,
+            ..TrialFacts::finished("", q)
         }
     }
 

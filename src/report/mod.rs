@@ -251,7 +251,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         metric,
         sweep,
     };
-    with_evidence(store, report, options)
+    Ok(with_evidence(report, &configs, options))
 }
 
 /// `--metric`, else the sweep's `eval.select` metric; one that no trial
@@ -311,10 +311,10 @@ fn top_curves(
 /// spread is the noise) and the gallery, from the predictions of the
 /// trials they need.
 fn with_evidence(
-    store: &Store,
     mut report: Report,
+    configs: &BTreeMap<String, String>,
     options: &ReportOptions,
-) -> Result<Report, ReportError> {
+) -> Report {
     let best_runs: Vec<usize> = if report.seeds_vary {
         Vec::new()
     } else {
@@ -322,7 +322,6 @@ fn with_evidence(
     };
     let wanted = bootstrap::wanted(&report.decision, &best_runs);
     // `data.task` of those trials (the examples' task unless `auto`).
-    let configs = store.trial_configs(&report.sweep.name)?;
     let tasks: BTreeMap<String, String> = wanted
         .iter()
         .filter_map(|&t| {
@@ -336,7 +335,7 @@ fn with_evidence(
         .then(|| bootstrap::estimate(&report.metric, &report.decision, &loaded));
     let size = options.gallery.unwrap_or(gallery::DEFAULT_SIZE);
     report.gallery = gallery::build(&report.decision, &report.trials, &loaded, size);
-    Ok(report)
+    report
 }
 
 /// A trial's test-split metrics (`test/...`): scored once, on its

@@ -408,25 +408,14 @@ mod tests {
 
     fn trial(id: &str, lr: f64, method: &str, seed: i64, q: f64) -> TrialFacts {
         TrialFacts {
-            id: id.into(),
             params: BTreeMap::from([
                 ("train.lr".into(), json!(lr)),
                 ("train.method".into(), json!(method)),
                 ("experiment.seed".into(), json!(seed)),
             ]),
-            status: "finished".into(),
-            reason: None,
-            checkpoint: "3b-224".into(),
             method: method.into(),
             lr: Some(lr),
-            weight_decay: None,
-            quality: Some(q),
-            best_step: Some(1),
-            dir: String::new(),
-            wall_time_s: None,
-            peak_memory_bytes: None,
-            est_memory_bytes: None,
-            device: None,
+            ..TrialFacts::finished(id, q)
         }
     }
 

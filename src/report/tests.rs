@@ -562,23 +562,7 @@ fn scores_that_all_tie_at_zero_get_no_pick_anywhere() {
 
 #[test]
 fn no_signal_needs_equal_scores_or_nothing_above_the_floor() {
-    let fact = |id: &str, q: f64| analysis::TrialFacts {
-        id: id.into(),
-        params: BTreeMap::new(),
-        status: "finished".into(),
-        reason: None,
-        checkpoint: "3b-224".into(),
-        method: "lora".into(),
-        lr: None,
-        weight_decay: None,
-        quality: Some(q),
-        best_step: Some(1),
-        dir: String::new(),
-        wall_time_s: None,
-        peak_memory_bytes: None,
-        est_memory_bytes: None,
-        device: None,
-    };
+    let fact = analysis::TrialFacts::finished;
     let no_signal = decision::no_signal;
     assert_eq!(
         no_signal(&[fact("a", 0.5), fact("b", 0.5)], "val/loss", false).as_deref(),

@@ -178,20 +178,7 @@ fn show_prints_the_best_steps_file(test: &Test, id: &str) -> (u64, Vec<Value>) {
 /// Independently: the split metrics the store recorded at `step`, from the
 /// file's lines alone.
 fn the_file_agrees_with_the_stored_metrics(test: &Test, id: &str, step: u64, shown: &[Value]) {
-    let metrics: Vec<Value> = test
-        .run_in(&[
-            "export-metrics",
-            "p",
-            "--format",
-            "jsonl",
-            "--results",
-            "results",
-        ])
-        .code(0)
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = crate::util::metric_rows(test, "p");
     let stored_metric = |name: &str| {
         metrics
             .iter()

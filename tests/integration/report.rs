@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::browser::{Browser, PAGE_WIDTH, ink};
-use crate::util::{Test, repo_root};
+use crate::util::{Test, metric_rows, repo_root};
 
 #[test]
 fn the_report_names_the_best_trial_per_checkpoint_and_embeds_its_plots() {
@@ -137,21 +137,8 @@ struct Score {
 /// `export-metrics --format jsonl`, and its export command run for real.
 #[allow(clippy::float_cmp)] // the store's own values, compared exactly
 fn check_decision(test: &Test, md: &str) {
-    let jsonl = test
-        .run_in(&[
-            "export-metrics",
-            "r",
-            "--format",
-            "jsonl",
-            "--results",
-            "results",
-        ])
-        .code(0)
-        .stdout
-        .clone();
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
-    for line in jsonl.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+    for row in metric_rows(test, "r") {
         if row["name"] != "val/loss" || row["in_curve"] != true {
             continue;
         }
@@ -361,21 +348,8 @@ fn report_gallery_shows_the_pick_and_runner_up_on_their_predictions() {
 
 /// The best `val/loss` of each trial's curve, from `export-metrics`.
 fn best_losses(test: &Test, sweep: &str) -> BTreeMap<String, f64> {
-    let jsonl = test
-        .run_in(&[
-            "export-metrics",
-            sweep,
-            "--format",
-            "jsonl",
-            "--results",
-            "results",
-        ])
-        .code(0)
-        .stdout
-        .clone();
     let mut best: BTreeMap<String, f64> = BTreeMap::new();
-    for line in jsonl.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+    for row in metric_rows(test, sweep) {
         if row["name"] != "val/loss" || row["in_curve"] != true {
             continue;
         }

@@ -10,7 +10,7 @@ use palisweep::metrics::detection::{loc_to_pixels, parse_detections};
 use palisweep::track::predictions::{ExamplePrediction, read};
 
 use crate::report::check_page;
-use crate::util::Test;
+use crate::util::{Test, metric_rows};
 
 /// Two learning rates of one tiny checkpoint on generated data.
 fn spec(name: &str, task: &str, epochs: u32, select: &str, lrs: &str) -> String {
@@ -37,21 +37,8 @@ struct Raw {
 }
 
 fn raw_scores(test: &Test, sweep: &str, metric: &str) -> BTreeMap<String, Raw> {
-    let jsonl = test
-        .run_in(&[
-            "export-metrics",
-            sweep,
-            "--format",
-            "jsonl",
-            "--results",
-            "results",
-        ])
-        .code(0)
-        .stdout
-        .clone();
     let mut raw: BTreeMap<String, Raw> = BTreeMap::new();
-    for line in jsonl.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+    for row in metric_rows(test, sweep) {
         let id = row["trial_id"].as_str().unwrap().to_owned();
         let name = row["name"].as_str().unwrap();
         let (Some(value), Some(step)) = (row["value"].as_f64(), row["step"].as_u64()) else {
@@ -124,7 +111,7 @@ fn run_and_check_decision(name: &str, spec_text: &str, metric: &str) -> (Test, S
     let section = decision(&md);
     for (role, rank) in [("pick", 0), ("runner-up", 1)] {
         let row = decision_row(&md, role);
-        let (id, (value, step)) = ranked[rank];
+        let (id, (value, _)) = ranked[rank];
         if ranked[0].1.0 > ranked[1].1.0 {
             assert_eq!(&row[2], id, "{role}: {row:?} vs {ranked:?}");
         }
@@ -135,7 +122,6 @@ fn run_and_check_decision(name: &str, spec_text: &str, metric: &str) -> (Test, S
             "{role}: {row:?} vs {value}"
         );
         assert_eq!(row[5], step_here.to_string(), "{role}: {row:?}");
-        let _ = step;
     }
     // Every test metric of the pick, as the raw metrics give it.
     let pick = decision_row(&md, "pick");
@@ -175,6 +161,23 @@ fn stored(test: &Test, sweep: &str, trial: &str, step: u64) -> Vec<ExamplePredic
             .join(format!("val-step{step:08}.jsonl.gz")),
     )
     .unwrap()
+}
+
+/// The gallery's cards: each example's index and its markup (a card holds
+/// no inner `div`).
+fn gallery_cards(html: &str) -> Vec<(usize, &str)> {
+    html.split("<div class=\"card\">")
+        .skip(1)
+        .map(|card| {
+            let index = card
+                .split("<h3>Example ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a card without its example: {card}"));
+            (index, card.split("</div>").next().unwrap())
+        })
+        .collect()
 }
 
 /// `(x, y, width, height)` of the `<rect>`s of the `<g class="{class}">`.
@@ -241,24 +244,14 @@ fn a_detection_sweeps_report_decides_from_the_raw_metrics_and_draws_the_stored_b
     let runner = decision_row(&md, "runner-up");
     let picks = stored(&test, "det", &pick[2], pick[5].parse().unwrap());
     let runners = stored(&test, "det", &runner[2], runner[5].parse().unwrap());
-    let cards: Vec<&str> = html.split("<div class=\"card\">").skip(1).collect();
+    let cards = gallery_cards(&html);
     assert_eq!(
         cards.len(),
         12.min(picks.len()),
         "the default gallery of 12"
     );
     let mut predicted_boxes = 0;
-    for card in cards {
-        let index: usize = card
-            .split("<h3>Example ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let card = card.split("</div>").next().unwrap();
+    for (index, card) in cards {
         let panels: Vec<&str> = card.split("<svg ").skip(1).collect();
         assert_eq!(panels.len(), 2, "one panel per trial: {card}");
         for (panel, answers) in panels.iter().zip([&picks, &runners]) {
@@ -303,23 +296,13 @@ fn a_json_sweeps_report_decides_from_the_raw_metrics_and_marks_the_stored_fields
     );
     let pick = decision_row(&md, "pick");
     let picks = stored(&test, "js", &pick[2], pick[5].parse().unwrap());
-    let cards: Vec<&str> = html.split("<div class=\"card\">").skip(1).collect();
+    let cards = gallery_cards(&html);
     assert_eq!(cards.len(), 12.min(picks.len()));
-    // A card whose stored answer is wrong marks a field; one that is right
-    // marks none.
-    for card in cards {
-        let index: usize = card
-            .split("<h3>Example ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+    // A card whose stored answer is wrong marks a field, and every card
+    // shows the pick's stored score.
+    for (index, card) in cards {
         let example = &picks[index];
         let score = example.score.unwrap();
-        let card = card.split("<div class=\"card\">").next().unwrap();
         if score < 1.0 {
             assert!(
                 card.contains("class=\"wrong\"") || card.contains("class=\"missing\""),

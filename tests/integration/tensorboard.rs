@@ -50,22 +50,7 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
 
     // The store's view: each trial's status, and a loss the finished one
     // logged.
-    let metrics = test
-        .run_in(&[
-            "export-metrics",
-            "tb",
-            "--format",
-            "jsonl",
-            "--results",
-            "results",
-        ])
-        .code(0)
-        .stdout
-        .clone();
-    let rows: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = crate::util::metric_rows(&test, "tb");
     let mut expectations = Vec::new();
     for dir in trial_dirs(&test, "tb") {
         let id = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -85,7 +70,12 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
                 .find(|r| {
                     r["trial_id"] == id.as_str() && r["name"] == "train/loss" && r["step"] == 2
                 })
-                .unwrap_or_else(|| panic!("no train/loss at step 2 for {id}: {metrics}"));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no train/loss at step 2 for {id} among {} stored rows",
+                        rows.len()
+                    )
+                });
             expectations.push(format!(
                 "--expect-scalar={id}:train/loss:2={}",
                 loss["value"]

@@ -145,6 +145,25 @@ pub fn golden_json(file: &str, pointer: &str) -> serde_json::Value {
 }
 
 /// `plan --json` on a spec with extra arguments; returns the trial ids.
+/// Every metric row the store holds for `sweep` under `results/`
+/// (`export-metrics --format jsonl`): an independent view of what the
+/// report, TensorBoard and `show` should agree with.
+pub fn metric_rows(test: &Test, sweep: &str) -> Vec<serde_json::Value> {
+    test.run_in(&[
+        "export-metrics",
+        sweep,
+        "--format",
+        "jsonl",
+        "--results",
+        "results",
+    ])
+    .code(0)
+    .stdout
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
+}
+
 pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["plan", "spec.toml", "--json", "--devices", "cuda:8x1024GiB"];
     args.extend_from_slice(extra);
