@@ -19,6 +19,8 @@ use crate::report::ReportError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::scheduler::slurm::client::SlurmError;
+use crate::search::record::RecordError;
+use crate::search::simulate::SimulateError;
 use crate::spec::error::SpecError;
 use crate::track::store::StoreError;
 use crate::train::evaluate::EvalError;
@@ -56,6 +58,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 _ => false,
             }
             || cause.is::<ParseDeviceError>()
+            // A recorded sweep that cannot be replayed as asked.
+            || cause.is::<RecordError>()
+            || cause.is::<SimulateError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()
             || cause.is::<LoaderError>()

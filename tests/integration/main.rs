@@ -17,6 +17,7 @@ mod report;
 mod rerun;
 mod scheduler;
 mod secrets;
+mod simulate;
 mod slurm;
 mod spec_errors;
 mod tensorboard;
