@@ -239,11 +239,13 @@ struct Engine<'a> {
     /// Per trial: the best of its curve (lower is better).
     selection: Vec<f64>,
     source: Source,
-    /// Trials in launch order, and whether each was launched.
+    /// Trials in launch order; per trial, whether it was launched and the
+    /// steps it has trained.
     launched: Vec<usize>,
     tried: Vec<bool>,
     progress: Vec<u64>,
-    /// Trials to resume, served before new ones: (trial, target step, rung).
+    /// Trials to resume, served before new ones: one that goes on at the
+    /// front, promotions at the back.
     ready: VecDeque<Work>,
     ashas: Vec<Asha<usize>>,
     hyperband: Option<Hyperband>,
@@ -761,5 +763,6 @@ mod tests {
         ));
         assert_eq!(Strategy::parse("tpe+asha"), Some(Strategy::TpeAsha));
         assert_eq!(Strategy::parse("bohb"), None);
+        assert_eq!(Strategy::ALL.map(Strategy::name), Strategy::NAMES);
     }
 }
