@@ -69,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(args) => commands::inspect::show(&args),
         Command::ExportMetrics(args) => commands::inspect::export_metrics(&args),
         Command::Report(args) => commands::inspect::report(&args),
+        Command::Simulate(args) => commands::simulate::run(&args),
         Command::Rerun(args) => commands::rerun::run(&args).map(|_| ()),
     }
 }

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValuesParser;
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +46,10 @@ pub enum Command {
     /// Write the checkpoint-selection report of a sweep (Markdown and a
     /// self-contained HTML page with plots).
     Report(ReportArgs),
+    /// Replay a finished sweep's recorded curves and wall times (or a
+    /// synthetic surface) under other search strategies, without training:
+    /// what each would have picked and at what share of the grid's compute.
+    Simulate(SimulateArgs),
     /// Run a finished trial again from what was recorded and compare it,
     /// metric by metric, with the original (bit for bit on CPU).
     Rerun(RerunArgs),
@@ -494,6 +499,85 @@ pub struct RerunArgs {
     /// Print the comparison as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("source")
+        .required(true)
+        .multiple(true)
+        .args(["spec", "from", "recorded", "surface"])
+))]
+pub struct SimulateArgs {
+    /// A spec: its sweep (name and results root) is replayed unless --from
+    /// names another, ranked by its `eval.select` metric, with its median
+    /// rule's `sweep.early_stop_min_trials` and `_warmup`.
+    pub spec: Option<PathBuf>,
+    /// The sweep to replay: a name or id prefix in the store under --results.
+    #[arg(long, value_name = "SWEEP")]
+    pub from: Option<String>,
+    #[arg(long, value_name = "DIR", help = RESULTS_HELP)]
+    pub results: Option<PathBuf>,
+    /// Replay a recorded-sweep file (what --export writes).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "from", "surface"])]
+    pub recorded: Option<PathBuf>,
+    /// Replay a synthetic response surface, recorded afresh with each
+    /// seed's noise.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["spec", "from"],
+        value_parser = PossibleValuesParser::new(crate::search::surface::NAMES)
+    )]
+    pub surface: Option<String>,
+    /// Rank by this metric instead of the sweep's selection metric (--from).
+    #[arg(long, value_name = "NAME")]
+    pub metric: Option<String>,
+    /// Seeds 0..N: each draws another order of trials and other TPE draws.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub seeds: u64,
+    /// Strategies to replay, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "random,median,asha,hyperband,tpe,tpe+asha",
+        value_parser = PossibleValuesParser::new(crate::search::simulate::Strategy::NAMES)
+    )]
+    pub strategies: Vec<String>,
+    /// The budget of the regret column, as a fraction of the grid's compute.
+    #[arg(long, default_value_t = 0.25, value_parser = parse_fraction)]
+    pub budget_fraction: f64,
+    /// "Within 1%" of the grid's best, as a fraction.
+    #[arg(long, default_value_t = 0.01, value_parser = parse_fraction)]
+    pub tolerance: f64,
+    /// Trials trained at once in simulated time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub workers: u64,
+    /// ASHA's and Hyperband's reduction factor.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub eta: u32,
+    /// The least steps of the first rung (default: the first evaluation).
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_resource: Option<u64>,
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Write what would be replayed (the recorded sweep, or the surface at
+    /// seed 0) as a recorded-sweep file, and stop.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+}
+
+/// A fraction in (0, 1].
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let x: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a fraction, e.g. 0.25".to_owned())?;
+    if x > 0.0 && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err("expected a fraction above 0 and at most 1, e.g. 0.25".to_owned())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,8 @@ use crate::report::ReportError;
 use crate::rerun::RerunError;
 use crate::scheduler::prepare::RunError;
 use crate::scheduler::slurm::client::SlurmError;
+use crate::search::record::RecordError;
+use crate::search::simulate::SimulateError;
 use crate::spec::error::SpecError;
 use crate::track::show_predictions::ShowPredictionsError;
 use crate::track::store::StoreError;
@@ -60,6 +62,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 .downcast_ref::<ShowPredictionsError>()
                 .is_some_and(ShowPredictionsError::is_bad_input)
             || cause.is::<ParseDeviceError>()
+            // A recorded sweep that cannot be replayed as asked.
+            || cause.is::<RecordError>()
+            || cause.is::<SimulateError>()
             || cause.is::<DataError>()
             || cause.is::<ImageError>()
             || cause.is::<LoaderError>()

@@ -8,8 +8,10 @@
 //! one stream the scheduler produces) → `track` (its consumers: the store,
 //! TensorBoard, progress) → `report`. `data` and `metrics` serve training and
 //! evaluation; `preflight` checks a sweep's datasets and checkpoints once
-//! before `run` or `plan` goes on; `commands` wire everything to the CLI,
-//! and `error` maps errors to exit codes.
+//! before `run` or `plan` goes on; `search` holds the adaptive strategies
+//! (TPE, ASHA, Hyperband, budgets) and the replay simulator as a pure
+//! library; `commands` wire everything to the CLI, and `error` maps errors
+//! to exit codes.
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -30,6 +32,7 @@ pub mod report;
 pub mod rerun;
 pub mod rng;
 pub mod scheduler;
+pub mod search;
 pub mod secrets;
 pub mod spec;
 pub mod sweep;

@@ -42,6 +42,29 @@ impl SplitMix64 {
     }
 }
 
+/// The `rand` traits over the same stream, so that samplers written against
+/// them (the `tpe` crate's density estimators) draw reproducibly too.
+impl rand::TryRng for SplitMix64 {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        // The high half: SplitMix64's best-mixed bits.
+        Ok((self.next_u64() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +87,18 @@ mod tests {
         assert!(seen.iter().all(|s| *s));
         let x = rng.next_f64();
         assert!((0.0..1.0).contains(&x));
+    }
+
+    #[test]
+    fn the_rand_traits_draw_the_same_stream() {
+        use rand::Rng as _;
+        let mut ours = SplitMix64::new(3);
+        let mut theirs = SplitMix64::new(3);
+        let first = ours.next_u64();
+        assert_eq!(rand::Rng::next_u64(&mut theirs), first);
+        let mut bytes = [0u8; 12];
+        theirs.fill_bytes(&mut bytes);
+        assert_eq!(bytes[..8], ours.next_u64().to_le_bytes());
+        assert_eq!(bytes[8..], ours.next_u64().to_le_bytes()[..4]);
     }
 }

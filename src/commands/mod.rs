@@ -13,4 +13,5 @@ pub mod predict;
 pub mod rerun;
 pub mod run;
 pub mod runtime;
+pub mod simulate;
 pub mod worker;

@@ -426,7 +426,7 @@ fn random(groups: &[Group], samples: u32, seed: u64) -> (Vec<Combo>, usize) {
 }
 
 /// Sampled values are rounded so tables stay readable and ids stay stable.
-fn three_significant_digits(x: f64) -> f64 {
+pub fn three_significant_digits(x: f64) -> f64 {
     format!("{x:.2e}").parse().unwrap_or(x)
 }
 

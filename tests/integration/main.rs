@@ -19,6 +19,7 @@ mod report_real;
 mod rerun;
 mod scheduler;
 mod secrets;
+mod simulate;
 mod slurm;
 mod spec_errors;
 mod tensorboard;
