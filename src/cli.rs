@@ -98,7 +98,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub watch_stdin: bool,
     /// Stop (checkpoint, exit 4) after this optimiser step, as if asked to:
-    /// for testing resume.
+    /// an ASHA rung, or for testing resume. At the last step it finishes.
     #[arg(long)]
     pub stop_after: Option<u64>,
     /// Torch threads (default: all cores). CPU results depend on it.

@@ -218,6 +218,7 @@ fn worker_command(
         ],
         watch_stdin: false,
         deterministic: original.on_cuda(),
+        stop_after: None,
     };
     let mut command = Command::new(exe);
     command.args(worker.args());

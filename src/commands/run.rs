@@ -25,12 +25,14 @@ use crate::plan::placement::Limits;
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
+use crate::scheduler::promotions::{Promotions, RecordedEval};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::queue::{OpenJob, QueuedTrial, Summary};
 use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_workers};
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
+use crate::search::asha::Rungs;
 use crate::secrets::{REDACTED, redact_json};
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
@@ -324,13 +326,27 @@ fn work(
 ) -> anyhow::Result<Work> {
     let resources = &loaded.spec.resources;
     let exe = std::env::current_exe().context("cannot find the palisweep executable")?;
-    let pruner = (loaded.spec.sweep.early_stop == EarlyStop::Median).then(|| {
-        MedianPruner::new(
-            &loaded.spec.eval.select.metric,
-            loaded.spec.sweep.early_stop_min_trials,
-            loaded.spec.sweep.early_stop_warmup,
-        )
+    let sweep = &loaded.spec.sweep;
+    let metric = &loaded.spec.eval.select.metric;
+    // Early stopping's history is the store's: trials of earlier runs count.
+    let history = match sweep.early_stop {
+        EarlyStop::None => Vec::new(),
+        _ => recorded_evals(&loaded.results, &prepared.sweep.name, metric)?,
+    };
+    let pruner = (sweep.early_stop == EarlyStop::Median).then(|| {
+        let mut pruner =
+            MedianPruner::new(metric, sweep.early_stop_min_trials, sweep.early_stop_warmup);
+        pruner.replay(&history);
+        pruner
     });
+    let promotions = match sweep.early_stop {
+        EarlyStop::Asha => {
+            let a = &sweep.asha;
+            let rungs = Rungs::new(a.min_steps, a.max_steps, a.eta)?;
+            Some(Promotions::rebuild(rungs, metric, history))
+        }
+        _ => None,
+    };
     Ok(if resources.backend == Backend::Slurm {
         let work = SlurmDispatch {
             sweep: prepared.sweep.name.clone(),
@@ -365,8 +381,35 @@ fn work(
             kill_grace: Duration::from_secs_f64(options.kill_grace),
             exe,
             pruner,
+            promotions,
         })
     })
+}
+
+/// Every recorded evaluation of `metric` in the sweep, for early stopping
+/// to rebuild its history from.
+fn recorded_evals(
+    results: &std::path::Path,
+    sweep: &str,
+    metric: &str,
+) -> anyhow::Result<Vec<RecordedEval>> {
+    let store = ResultsRoot::new(results).store();
+    let mut evals = Vec::new();
+    if !store.is_file() {
+        return Ok(evals);
+    }
+    Store::open_read_only(&store)?.for_each_metric(sweep, |row| {
+        if row.name == metric {
+            evals.push(RecordedEval {
+                trial: row.trial_id.to_owned(),
+                step: row.step,
+                value: row.value,
+                wall_time: row.wall_time,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(evals)
 }
 
 enum Work {

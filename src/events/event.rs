@@ -77,6 +77,9 @@ pub enum AttemptOutcome {
     Stopped,
     /// Stopped early by `sweep.early_stop`.
     Pruned,
+    /// Stopped at an ASHA rung (`sweep.early_stop = "asha"`), checkpointed
+    /// there to be promoted or stopped for good.
+    Paused,
     /// Its scheduler died (killed, host rebooted) before it saw the worker
     /// end; the next `run` records this when it finds the attempt open and
     /// its worker gone.
@@ -96,6 +99,9 @@ pub enum TrialStatus {
     Pruned,
     /// Stopped by the user; resumes on the next `run`.
     Interrupted,
+    /// Checkpointed at an ASHA rung, waiting to be promoted; a sweep that
+    /// ends with it still paused records it as pruned ("stopped at rung r").
+    Paused,
 }
 
 impl TrialStatus {
@@ -107,6 +113,7 @@ impl TrialStatus {
             TrialStatus::Failed => "failed",
             TrialStatus::Pruned => "pruned",
             TrialStatus::Interrupted => "interrupted",
+            TrialStatus::Paused => "paused",
         }
     }
 }

@@ -16,6 +16,7 @@ use super::fate::{
 };
 use super::memory_probe::MemoryProbe;
 use super::oom_killer;
+use super::promotions::Promotions;
 use super::pruner::MedianPruner;
 use super::queue::{QueuedTrial, Summary};
 use super::slots::Slots;
@@ -43,6 +44,8 @@ pub struct Dispatch {
     pub exe: PathBuf,
     /// `sweep.early_stop = "median"`.
     pub pruner: Option<MedianPruner>,
+    /// `sweep.early_stop = "asha"`.
+    pub promotions: Option<Promotions>,
 }
 
 struct Running {
@@ -90,6 +93,7 @@ struct Dispatcher<'a> {
     kill_grace: Duration,
     exe: PathBuf,
     pruner: Option<MedianPruner>,
+    promotions: Option<Promotions>,
     states: Vec<TrialState>,
     /// Queued trial indices, largest estimate first.
     pending: Vec<usize>,
@@ -115,7 +119,15 @@ pub async fn dispatch(
         dispatch.inventory.source,
         InventorySource::Nvml | InventorySource::NvidiaSmi
     );
-    let states: Vec<TrialState> = dispatch.trials.into_iter().map(TrialState::new).collect();
+    let mut states: Vec<TrialState> = dispatch.trials.into_iter().map(TrialState::new).collect();
+    // Trials a resumed ASHA sweep left waiting at a rung stay there.
+    let mut pending = Vec::new();
+    for (i, state) in states.iter_mut().enumerate() {
+        match &dispatch.promotions {
+            Some(p) if p.is_paused(&state.queued.info.id) => state.status = TrialStatus::Paused,
+            _ => pending.push(i),
+        }
+    }
     let mut d = Dispatcher {
         fanout,
         slots: Slots::new(&dispatch.inventory, dispatch.limits),
@@ -128,7 +140,8 @@ pub async fn dispatch(
         kill_grace: dispatch.kill_grace,
         exe: dispatch.exe,
         pruner: dispatch.pruner,
-        pending: (0..states.len()).collect(),
+        promotions: dispatch.promotions,
+        pending,
         states,
         running: HashMap::new(),
         next_run: 0,
@@ -144,6 +157,9 @@ pub async fn dispatch(
             d.launch_ready();
         }
         if d.running.is_empty() && (d.pending.is_empty() || d.interrupting) {
+            if !d.interrupting {
+                d.stop_paused_trials();
+            }
             break;
         }
         tokio::select! {
@@ -156,10 +172,81 @@ pub async fn dispatch(
 }
 
 impl Dispatcher<'_> {
+    /// Promoted trials first (higher rungs first), then the largest.
     fn sort_pending(&mut self) {
         let states = &self.states;
-        self.pending
-            .sort_by_key(|&i| std::cmp::Reverse(states[i].queued.memory_now()));
+        let promotions = self.promotions.as_ref();
+        self.pending.sort_by_key(|&i| {
+            let q = &states[i].queued;
+            let rung = promotions.map_or(0, |p| p.target(&q.info.id));
+            (std::cmp::Reverse(rung), std::cmp::Reverse(q.memory_now()))
+        });
+    }
+
+    /// A rung result: the reporting worker stops at its rung by itself;
+    /// trials it promoted that wait paused go back to the queue (one still
+    /// running is requeued when it exits).
+    fn on_rung_eval(
+        &mut self,
+        run: RunId,
+        step: u64,
+        metrics: &std::collections::BTreeMap<String, f64>,
+    ) {
+        let (Some(promotions), Some(r)) = (self.promotions.as_mut(), self.running.get_mut(&run))
+        else {
+            return;
+        };
+        let id = &self.states[r.trial].queued.info.id;
+        let Some(result) = promotions.on_eval(id, step, metrics) else {
+            return;
+        };
+        if r.stop.is_none() {
+            r.stop = Some(StopCause::Rung);
+        }
+        for trial in result.promoted {
+            let Some(i) = self.states.iter().position(|s| s.queued.info.id == trial) else {
+                continue;
+            };
+            if self.states[i].status == TrialStatus::Paused {
+                self.states[i].status = TrialStatus::Queued;
+                self.pending.push(i);
+                self.placement_changed = true;
+            }
+        }
+        self.sort_pending();
+    }
+
+    /// A paused trial whose rung promoted it while its worker was stopping.
+    fn requeue_if_promoted(&mut self, trial: usize) -> bool {
+        let state = &mut self.states[trial];
+        let promoted = self
+            .promotions
+            .as_ref()
+            .is_some_and(|p| !p.is_paused(&state.queued.info.id));
+        if state.status == TrialStatus::Paused && promoted && !self.interrupting {
+            state.status = TrialStatus::Queued;
+            return true;
+        }
+        false
+    }
+
+    /// Nothing trains and nothing waits to start: no paused trial can be
+    /// promoted any more, so each ends where it paused.
+    fn stop_paused_trials(&mut self) {
+        let Some(promotions) = self.promotions.as_ref() else {
+            return;
+        };
+        let rungs = promotions.rungs().resources().len();
+        let eta = promotions.rungs().eta();
+        for stopped in promotions.stopped() {
+            if let Some(state) = self
+                .states
+                .iter_mut()
+                .find(|s| s.queued.info.id == stopped.trial && s.status == TrialStatus::Paused)
+            {
+                fate::stop_at_rung(state, stopped.reason(rungs, eta), self.fanout);
+            }
+        }
     }
 
     /// Starts every queued trial that fits somewhere now.
@@ -179,9 +266,14 @@ impl Dispatcher<'_> {
             };
             self.next_run += 1;
             let run = self.next_run;
+            let stop_after = self
+                .promotions
+                .as_mut()
+                .and_then(|p| p.stop_after(&self.states[i].queued.info.id));
             match start(
                 run,
                 &self.states[i],
+                stop_after,
                 device,
                 &self.inventory,
                 self.threads[device],
@@ -231,6 +323,7 @@ impl Dispatcher<'_> {
                     return;
                 };
                 r.last_output = Instant::now();
+                let mut rung_eval = None;
                 match &line.event {
                     WorkerEvent::Failed { kind, message } => {
                         r.failed = Some((*kind, message.clone()));
@@ -241,6 +334,9 @@ impl Dispatcher<'_> {
                         });
                     }
                     WorkerEvent::Started { .. } => r.finished = None,
+                    WorkerEvent::Eval { step, metrics, .. } if self.promotions.is_some() => {
+                        rung_eval = Some((*step, metrics.clone()));
+                    }
                     WorkerEvent::Eval { step, metrics, .. } => {
                         let id = &self.states[r.trial].queued.info.id;
                         if let Some(pruner) = self.pruner.as_mut()
@@ -259,6 +355,9 @@ impl Dispatcher<'_> {
                     attempt: r.attempt,
                     line,
                 });
+                if let Some((step, metrics)) = rung_eval {
+                    self.on_rung_eval(run, step, &metrics);
+                }
             }
             ExecutorEvent::Noise { run } => {
                 if let Some(r) = self.running.get_mut(&run) {
@@ -290,7 +389,7 @@ impl Dispatcher<'_> {
                     &self.inventory,
                     self.fanout,
                 );
-                if requeue {
+                if requeue || self.requeue_if_promoted(r.trial) {
                     self.pending.push(r.trial);
                     self.sort_pending();
                 }
@@ -374,6 +473,7 @@ fn worker_threads(inventory: &Inventory, limits: Limits) -> Vec<u32> {
 fn start(
     run: RunId,
     state: &TrialState,
+    stop_after: Option<u64>,
     device: usize,
     inventory: &Inventory,
     threads: u32,
@@ -411,6 +511,7 @@ fn start(
             sets: q.backoff_sets(),
             watch_stdin: true,
             deterministic: false,
+            stop_after,
         },
         env,
         log: q.dir.log(),

@@ -99,6 +99,8 @@ pub enum StopCause {
     Timeout,
     Stall,
     Prune,
+    /// It evaluated at its ASHA rung and stops there itself (`--stop-after`).
+    Rung,
 }
 
 /// What a backend knows of an ended attempt.
@@ -150,6 +152,8 @@ impl ExitFacts<'_> {
             AttemptOutcome::Stalled
         } else if self.stop == Some(StopCause::Prune) {
             AttemptOutcome::Pruned
+        } else if self.stop == Some(StopCause::Rung) && self.exit == Some(WorkerExit::Stopped) {
+            AttemptOutcome::Paused
         } else if self.stop == Some(StopCause::Interrupt) || self.exit == Some(WorkerExit::Stopped)
         {
             AttemptOutcome::Stopped
@@ -175,6 +179,7 @@ impl ExitFacts<'_> {
             }
             AttemptOutcome::Stopped => Some("stopped".to_owned()),
             AttemptOutcome::Pruned => Some(PRUNED_REASON.to_owned()),
+            AttemptOutcome::Paused => Some("paused at its rung, checkpointed".to_owned()),
             _ => Some(self.failed.map_or_else(otherwise, |(_, m)| m.clone())),
         };
         (outcome, reason)
@@ -225,6 +230,8 @@ pub fn settle(
     let (status, requeue) = match end.outcome {
         AttemptOutcome::Finished => (TrialStatus::Finished, false),
         AttemptOutcome::Pruned => (TrialStatus::Pruned, false),
+        // The dispatcher resumes it when its rung promotes it.
+        AttemptOutcome::Paused => (TrialStatus::Paused, false),
         _ if interrupting || end.outcome == AttemptOutcome::Stopped => {
             (TrialStatus::Interrupted, false)
         }
@@ -318,12 +325,24 @@ fn tally(states: &[TrialState]) -> (Counts, Vec<(String, String)>) {
                 ));
             }
             TrialStatus::Pruned => counts.pruned += 1,
-            TrialStatus::Interrupted | TrialStatus::Queued | TrialStatus::Running => {
+            // Paused at the end of a run: it was interrupted before its
+            // rung could be settled.
+            TrialStatus::Interrupted
+            | TrialStatus::Queued
+            | TrialStatus::Running
+            | TrialStatus::Paused => {
                 counts.interrupted += 1;
             }
         }
     }
     (counts, failures)
+}
+
+/// Ends a trial paused at an ASHA rung that no result can promote any more.
+pub fn stop_at_rung(state: &mut TrialState, reason: String, fanout: &Fanout) {
+    state.status = TrialStatus::Pruned;
+    state.reason = Some(reason);
+    end_trial(fanout, state, None);
 }
 
 /// Fails a trial that never got to run an attempt.

@@ -9,6 +9,7 @@ pub mod fate;
 pub mod memory_probe;
 pub mod oom_killer;
 pub mod prepare;
+pub mod promotions;
 pub mod pruner;
 pub mod queue;
 pub mod reconcile;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::promotions::RecordedEval;
 use crate::metrics::names::higher_is_better;
 
 pub struct MedianPruner {
@@ -27,6 +28,23 @@ impl MedianPruner {
             min_trials: min_trials.max(1) as usize,
             warmup: warmup as usize,
             history: HashMap::new(),
+        }
+    }
+
+    /// Feeds the evaluations an earlier run recorded, first per trial and
+    /// step, in the order they were made; their verdicts are past.
+    pub fn replay(&mut self, history: &[RecordedEval]) {
+        let mut ordered: Vec<&RecordedEval> = history.iter().collect();
+        ordered.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
+        for eval in ordered {
+            let seen = self
+                .history
+                .get(&eval.trial)
+                .is_some_and(|steps| steps.contains_key(&eval.step));
+            if let (false, Some(value)) = (seen, eval.value) {
+                let metrics = BTreeMap::from([(self.metric.clone(), value)]);
+                self.report(&eval.trial, eval.step, &metrics);
+            }
         }
     }
 

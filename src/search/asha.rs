@@ -55,9 +55,10 @@ impl Rungs {
         if eta < 2 {
             return Err(AshaError::Eta(eta));
         }
-        let s = s_max(min, max, eta);
-        let resources = (0..=s).rev().map(|k| max / u64::from(eta).pow(k)).collect();
-        Ok(Rungs { resources, eta })
+        Ok(Rungs {
+            resources: rung_ladder(min, max, eta),
+            eta,
+        })
     }
 
     /// Resource (steps, epochs) of each rung, lowest first.
@@ -74,19 +75,9 @@ impl Rungs {
     }
 }
 
-/// `⌊log_η(max/min)⌋` in integers: the largest s with `min·η^s <= max`.
-pub fn s_max(min: u64, max: u64, eta: u32) -> u32 {
-    let mut s = 0;
-    let mut r = min;
-    while let Some(next) = r.checked_mul(u64::from(eta)) {
-        if next > max {
-            break;
-        }
-        r = next;
-        s += 1;
-    }
-    s
-}
+/// The ladder's arithmetic belongs to the spec's `sweep.asha` keys, which
+/// validation checks against the evaluation steps.
+pub use crate::spec::schema::{rung_ladder, s_max};
 
 /// What the reporting trial does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +112,9 @@ pub struct Stopped<T> {
     pub rung: usize,
 }
 
+/// Where a trial stands in the halving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub enum State {
     /// Training towards this rung.
     Training(usize),
     Paused(usize),
@@ -223,6 +215,11 @@ impl<T: Ord + Clone + std::fmt::Display> Asha<T> {
             .map(|i| results[i].0.clone())
             .filter(|t| !self.promoted[rung].contains(t))
             .collect()
+    }
+
+    /// Where `trial` stands; `None` before it was started.
+    pub fn state(&self, trial: &T) -> Option<State> {
+        self.states.get(trial).copied()
     }
 
     /// Trials paused now, with their rung.

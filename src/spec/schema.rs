@@ -261,6 +261,43 @@ pub struct Sweep {
     pub early_stop_min_trials: u32,
     /// Evaluations a trial makes before it may be stopped.
     pub early_stop_warmup: u32,
+    /// The rungs of `early_stop = "asha"`.
+    pub asha: AshaRungs,
+}
+
+/// `⌊log_η(max/min)⌋` in integers: the largest s with `min·η^s <= max`.
+pub fn s_max(min: u64, max: u64, eta: u32) -> u32 {
+    let mut s = 0;
+    let mut r = min;
+    while let Some(next) = r.checked_mul(u64::from(eta)) {
+        if next > max {
+            break;
+        }
+        r = next;
+        s += 1;
+    }
+    s
+}
+
+/// Successive halving's resource levels, lowest first, laid down from the
+/// top as Hyperband lays its rounds: `max·η^-k` for k = s, …, 1, 0 (integer
+/// division), s = [`s_max`]. The top is `max` and the ratios stay η even
+/// when `max` is no power of η times `min`. Needs `1 <= min <= max`, `η >= 2`.
+pub fn rung_ladder(min: u64, max: u64, eta: u32) -> Vec<u64> {
+    let s = s_max(min, max, eta);
+    (0..=s).rev().map(|k| max / u64::from(eta).pow(k)).collect()
+}
+
+/// Asynchronous successive halving's resource levels, in optimiser steps:
+/// rungs at `max_steps / eta^k` down to `min_steps` (see `search::asha`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AshaRungs {
+    pub min_steps: u64,
+    /// The top rung: the trials' training length. 0 = unset.
+    pub max_steps: u64,
+    /// The reduction factor: the top 1/eta of a rung is promoted.
+    pub eta: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +307,9 @@ pub enum EarlyStop {
     /// The median rule: stop a trial whose selection metric at a step is
     /// worse than the median of the other trials' at that step.
     Median,
+    /// Asynchronous successive halving: trials pause (checkpointed) at
+    /// each rung of `sweep.asha`; the top 1/eta of a rung resume to the next.
+    Asha,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,9 @@
 use crate::devices::grammar::{DeviceRequest, parse_bytes};
 
 use super::GENERATED_PREFIX;
-use super::schema::{EvalEvery, Method, SelectMode, Softcap, Spec, Strategy, Warmup};
+use super::schema::{
+    Backend, EarlyStop, EvalEvery, Method, SelectMode, Softcap, Spec, Strategy, Warmup, rung_ladder,
+};
 
 /// One failed check, at a key of the merged spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -337,6 +339,85 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
         "must be at least 1: a random sweep of no draws has no trials",
         "e.g. samples = 8",
     );
+    if spec.sweep.early_stop == EarlyStop::Asha {
+        check_asha(c, spec);
+    }
+}
+
+/// ASHA's rungs must exist and fall on evaluation steps: a trial paused
+/// at a rung is ranked by its evaluation there.
+fn check_asha(c: &mut Checker, spec: &Spec) {
+    let a = &spec.sweep.asha;
+    if a.max_steps == 0 {
+        let help = match spec.train.method {
+            Method::Synthetic => format!("max_steps = {}", spec.synthetic.steps),
+            _ => "the trials' training length in optimiser steps, e.g. max_steps = 90".to_owned(),
+        };
+        // Named at the key the user wrote: the unset one has no line.
+        c.fail(
+            "sweep.early_stop",
+            "asha needs `sweep.asha.max_steps`, the trials' training length (its top rung)",
+            format!("[sweep.asha] {help}"),
+        );
+        return;
+    }
+    if a.eta < 2 {
+        c.fail(
+            "sweep.asha.eta",
+            format!("must be at least 2 (got {})", a.eta),
+            Some("eta = 3".to_owned()),
+        );
+        return;
+    }
+    if a.min_steps == 0 || a.min_steps > a.max_steps {
+        c.fail(
+            "sweep.asha.min_steps",
+            format!("must be in 1..=max_steps ({})", a.max_steps),
+            Some(format!("e.g. min_steps = {}", (a.max_steps / 9).max(1))),
+        );
+        return;
+    }
+    let rungs = rung_ladder(a.min_steps, a.max_steps, a.eta);
+    if spec.resources.backend == Backend::Slurm {
+        c.fail(
+            "sweep.early_stop",
+            "asha runs on the local backend only (its Slurm wiring is not built yet)",
+            Some("early_stop = \"median\", or resources.backend = \"local\"".to_owned()),
+        );
+    }
+    let below_top = &rungs[..rungs.len() - 1];
+    let (every, evaluates): (String, Box<dyn Fn(u64) -> bool>) =
+        match (spec.train.method, &spec.eval.every) {
+            (Method::Synthetic, _) => {
+                let steps = spec.synthetic.steps;
+                (
+                    "5 (a synthetic trial's cadence)".to_owned(),
+                    Box::new(move |s| s.is_multiple_of(5) || s == steps),
+                )
+            }
+            (_, EvalEvery::Steps(n)) if *n > 0 => {
+                let n = *n;
+                (n.to_string(), Box::new(move |s| s.is_multiple_of(n)))
+            }
+            _ => ("\"epoch\"".to_owned(), Box::new(|_| false)),
+        };
+    let off: Vec<String> = below_top
+        .iter()
+        .filter(|&&s| !evaluates(s))
+        .map(u64::to_string)
+        .collect();
+    if !off.is_empty() {
+        let rungs_text: Vec<String> = rungs.iter().map(u64::to_string).collect();
+        c.fail(
+            "sweep.asha",
+            format!(
+                "rungs {} are not evaluation steps (eval.every = {every}); ASHA ranks a trial by its evaluation at each rung (rungs: {})",
+                off.join(", "),
+                rungs_text.join(", ")
+            ),
+            Some("set eval.every to a step count that divides every rung, or choose min_steps/max_steps whose rungs are multiples of it".to_owned()),
+        );
+    }
 }
 
 fn check_resources(c: &mut Checker, spec: &Spec) {

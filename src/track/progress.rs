@@ -433,6 +433,7 @@ fn outcome_text(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Stalled => "stalled",
         AttemptOutcome::OrchestratorLost => "orchestrator lost",
         AttemptOutcome::Stopped => "stopped",
+        AttemptOutcome::Paused => "paused at a rung",
         AttemptOutcome::Pruned => "pruned (worse than the median)",
     }
 }

@@ -404,7 +404,10 @@ impl<'a> Trainer<'a> {
                     self.evaluate_and_emit(Split::Valid, events)?;
                     self.model.set_training(true);
                 }
-                if self.ctx.stop_after == Some(self.state.step) {
+                // At the last step a rung is the end: finish, not stop.
+                if self.ctx.stop_after == Some(self.state.step)
+                    && self.state.step < self.total_steps
+                {
                     self.ctx.stop.store(true, Ordering::SeqCst);
                 }
                 let stopping = self.ctx.stop.load(Ordering::SeqCst);

@@ -93,6 +93,8 @@ pub struct WorkerCommand {
     pub watch_stdin: bool,
     /// Torch's deterministic algorithms (`rerun` on CUDA).
     pub deterministic: bool,
+    /// Checkpoint and stop (exit 4) after this step: an ASHA rung.
+    pub stop_after: Option<u64>,
 }
 
 /// One argument of the command line: a flag, or a flag's value (which a
@@ -122,6 +124,10 @@ impl WorkerCommand {
         }
         if self.deterministic {
             words.push(Word::Flag("--deterministic"));
+        }
+        if let Some(step) = self.stop_after {
+            words.push(Word::Flag("--stop-after"));
+            words.push(Word::Value("--stop-after", step.to_string().into()));
         }
         for set in &self.sets {
             words.push(Word::Flag("--set"));
@@ -189,6 +195,7 @@ mod tests {
             sets: vec!["train.batch_size=4".into()],
             watch_stdin: true,
             deterministic: false,
+            stop_after: None,
         }
     }
 

@@ -151,7 +151,7 @@ pub fn run(
         }
         progress.step = step;
         save(&path, &progress)?;
-        if ctx.stop_after == Some(step) {
+        if ctx.stop_after == Some(step) && step < s.steps {
             return Ok(SyntheticEnd::Stopped { step });
         }
     }

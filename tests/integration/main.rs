@@ -4,6 +4,7 @@ mod util;
 
 mod adapters;
 mod architecture;
+mod asha;
 mod bad_input;
 mod bench;
 mod browser;

@@ -280,3 +280,18 @@ fn a_random_sweep_needs_samples_and_exclude_rules_must_leave_a_trial() {
         .stderr_has("`sweep.exclude`: the exclude rules drop all 2 trials");
     assert!(!out.stderr.contains("synthetic"), "{}", out.stderr);
 }
+
+#[test]
+fn asha_rungs_off_the_evaluation_steps_are_refused_with_the_rungs_named() {
+    plan(&format!(
+        "{BASE}[eval]\nevery = 10\n[sweep]\nearly_stop = \"asha\"\n[sweep.asha]\nmin_steps = 5\nmax_steps = 45\n"
+    ))
+    .code(2)
+    .stderr_has("`sweep.asha`")
+    .stderr_has("rungs 5, 15 are not evaluation steps (eval.every = 10)")
+    .stderr_has("rungs: 5, 15, 45");
+    plan(&format!("{BASE}[sweep]\nearly_stop = \"asha\"\n"))
+        .code(2)
+        .stderr_has("spec.toml:7:1")
+        .stderr_has("`sweep.early_stop`: asha needs `sweep.asha.max_steps`");
+}

@@ -94,6 +94,7 @@ impl JobRequest<'_> {
             sets: self.sets.to_vec(),
             watch_stdin: false,
             deterministic: false,
+            stop_after: None,
         };
         // A requeued job is the next attempt; Slurm gives the CPUs it granted.
         let worker = command.shell_line(self.exe, |flag| match flag {

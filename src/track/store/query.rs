@@ -21,11 +21,19 @@ pub struct StateCounts {
     pub failed: usize,
     pub pruned: usize,
     pub interrupted: usize,
+    /// Waiting at an ASHA rung for a promotion.
+    pub paused: usize,
 }
 
 impl StateCounts {
     pub fn total(&self) -> usize {
-        self.queued + self.running + self.finished + self.failed + self.pruned + self.interrupted
+        self.queued
+            + self.running
+            + self.finished
+            + self.failed
+            + self.pruned
+            + self.interrupted
+            + self.paused
     }
 
     fn add(&mut self, status: &str, n: usize) {
@@ -35,6 +43,7 @@ impl StateCounts {
             "finished" => self.finished += n,
             "failed" => self.failed += n,
             "pruned" => self.pruned += n,
+            "paused" => self.paused += n,
             _ => self.interrupted += n,
         }
     }

@@ -36,7 +36,7 @@ CREATE TABLE trials (
     params           TEXT NOT NULL,  -- JSON object: varying dotted key -> value
     config           TEXT NOT NULL,  -- resolved trial.toml, secrets redacted
     dir              TEXT NOT NULL,
-    status           TEXT NOT NULL,  -- queued | running | finished | failed | pruned | interrupted
+    status           TEXT NOT NULL,  -- queued | running | finished | failed | pruned | interrupted | paused
     device           TEXT,
     attempt          INTEGER NOT NULL DEFAULT 0,
     batch_size       INTEGER,        -- the one actually used by the latest attempt

@@ -601,6 +601,7 @@ fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::OrchestratorLost => "orchestrator_lost",
         AttemptOutcome::Stopped => "stopped",
         AttemptOutcome::Pruned => "pruned",
+        AttemptOutcome::Paused => "paused",
     }
 }
 

@@ -99,6 +99,11 @@ impl StatusView {
             c.pruned,
             c.interrupted
         );
+        if c.paused > 0 {
+            // Before the newline writeln! added: same line.
+            out.pop();
+            let _ = writeln!(out, ", {} paused at an ASHA rung", c.paused);
+        }
         if !self.running.is_empty() {
             out.push_str("\nrunning\n");
             let rows: Vec<Vec<String>> = self

@@ -321,8 +321,9 @@ impl TensorBoardSink {
             TrialStatus::Finished | TrialStatus::Pruned => Status::Success,
             TrialStatus::Failed => Status::Failure,
             TrialStatus::Queued | TrialStatus::Running => Status::Running,
-            // Resumes on the next run, which removes this end.
-            TrialStatus::Interrupted => Status::Unknown,
+            // Resumes on the next run, or (paused at an ASHA rung) when
+            // promoted: either restart removes this end.
+            TrialStatus::Interrupted | TrialStatus::Paused => Status::Unknown,
         };
         let end = PluginData::SessionEnd(SessionEnd {
             status,

@@ -1,0 +1,299 @@
+//! ASHA in the scheduler (`sweep.early_stop = "asha"`): the step at which a
+//! trial's next attempt stops (its rung), what its evaluation there
+//! decides, and that state rebuilt from the store's evaluations when a
+//! sweep resumes. The halving itself is `search::asha`'s, a pure machine
+//! whose decisions depend only on the order of rung results; live, that is
+//! the order in which the dispatcher reads the rung evaluations, and a
+//! rebuild replays them in the order of their recorded wall times (the
+//! same order unless two workers report within the same instant).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::metrics::names::higher_is_better;
+use crate::search::asha::{Asha, Decision, Promotion, Rungs, State};
+
+/// One recorded evaluation of the selection metric (a store row).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEval {
+    pub trial: String,
+    pub step: u64,
+    /// `None`: the worker reported NaN.
+    pub value: Option<f64>,
+    pub wall_time: f64,
+}
+
+/// What a rung evaluation decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RungResult {
+    /// The reporting trial trains on to the next rung (after its worker
+    /// stops at this one; `false`: it waits, paused).
+    pub continues: bool,
+    /// Paused trials this result promoted: they resume to the next rung.
+    pub promoted: Vec<String>,
+}
+
+/// A trial that ended the sweep paused: never in the top 1/η of `rung`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoppedAtRung {
+    pub trial: String,
+    pub rung: usize,
+    pub step: u64,
+}
+
+impl StoppedAtRung {
+    /// The trial's reason in the store and `show`.
+    pub fn reason(&self, rungs: usize, eta: u32) -> String {
+        format!(
+            "stopped at rung {} of {rungs} (step {}): not in the top 1/{eta} of its rung",
+            self.rung, self.step
+        )
+    }
+}
+
+pub struct Promotions {
+    asha: Asha<String>,
+    metric: String,
+    higher_is_better: bool,
+}
+
+impl Promotions {
+    /// `metric` is the selection metric (`val/loss`).
+    pub fn new(rungs: Rungs, metric: &str) -> Self {
+        Promotions {
+            asha: Asha::new(rungs),
+            metric: metric.to_owned(),
+            higher_is_better: higher_is_better(metric),
+        }
+    }
+
+    /// The state an uninterrupted run would have reached after `history`:
+    /// the first evaluation of each trial at each step, replayed in the
+    /// order of their wall times. Evaluations that are no rung result of
+    /// the trial at that point (a trial that trained past a rung before
+    /// ASHA was on) are left out.
+    pub fn rebuild(rungs: Rungs, metric: &str, mut history: Vec<RecordedEval>) -> Self {
+        let mut promotions = Promotions::new(rungs, metric);
+        history.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
+        let mut seen = BTreeSet::new();
+        for eval in history {
+            if !seen.insert((eval.trial.clone(), eval.step)) {
+                continue;
+            }
+            if promotions.asha.state(&eval.trial).is_none()
+                && eval.step == promotions.rungs().resources()[0]
+            {
+                let _ = promotions.asha.start(eval.trial.clone());
+            }
+            let value = eval.value.unwrap_or(f64::NAN);
+            promotions.report(&eval.trial, eval.step, value);
+        }
+        promotions
+    }
+
+    pub fn rungs(&self) -> &Rungs {
+        self.asha.rungs()
+    }
+
+    /// The step the next attempt of `trial` stops after: its current rung,
+    /// or `None` at the top rung (it trains to its end). A trial seen for
+    /// the first time enters at the bottom rung.
+    pub fn stop_after(&mut self, trial: &str) -> Option<u64> {
+        let resources = self.asha.rungs().resources().to_vec();
+        let top = resources.len() - 1;
+        let rung = match self.asha.state(&trial.to_owned()) {
+            None => {
+                let _ = self.asha.start(trial.to_owned());
+                0
+            }
+            Some(State::Training(r) | State::Paused(r)) => r,
+            Some(State::Complete) => top,
+        };
+        (rung < top).then(|| resources[rung])
+    }
+
+    /// The rung `trial` trains towards (0 for a trial not started): the
+    /// dispatcher runs higher rungs first, as Li et al.'s workers ask for
+    /// a promotion before a new trial.
+    pub fn target(&self, trial: &str) -> usize {
+        match self.asha.state(&trial.to_owned()) {
+            Some(State::Training(r) | State::Paused(r)) => r,
+            Some(State::Complete) => self.asha.rungs().top(),
+            None => 0,
+        }
+    }
+
+    /// Whether `trial` waits at a rung (not promoted, not training).
+    pub fn is_paused(&self, trial: &str) -> bool {
+        matches!(self.asha.state(&trial.to_owned()), Some(State::Paused(_)))
+    }
+
+    /// An evaluation of `trial`: a rung result when it is at the step of
+    /// the rung the trial trains towards, else `None`.
+    pub fn on_eval(
+        &mut self,
+        trial: &str,
+        step: u64,
+        metrics: &BTreeMap<String, f64>,
+    ) -> Option<RungResult> {
+        let value = metrics.get(&self.metric).copied().unwrap_or(f64::NAN);
+        self.report(trial, step, value)
+    }
+
+    fn report(&mut self, trial: &str, step: u64, value: f64) -> Option<RungResult> {
+        let trial = trial.to_owned();
+        let Some(State::Training(rung)) = self.asha.state(&trial) else {
+            return None;
+        };
+        if self.asha.rungs().resources()[rung] != step {
+            return None;
+        }
+        // The machine ranks lower first.
+        let value = if self.higher_is_better { -value } else { value };
+        let outcome = self.asha.report(&trial, rung, value).ok()?;
+        Some(RungResult {
+            continues: matches!(outcome.decision, Decision::Continue { .. }),
+            promoted: outcome
+                .promoted
+                .into_iter()
+                .map(|Promotion { trial, .. }| trial)
+                .collect(),
+        })
+    }
+
+    /// The trials paused now: when no trial trains or waits to start, none
+    /// of them can be promoted any more.
+    pub fn stopped(&self) -> Vec<StoppedAtRung> {
+        let resources = self.asha.rungs().resources();
+        self.asha
+            .paused()
+            .into_iter()
+            .map(|s| StoppedAtRung {
+                step: resources[s.rung],
+                trial: s.trial,
+                rung: s.rung,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss(v: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([("val/loss".to_owned(), v)])
+    }
+
+    /// Rungs 5, 15, 45, η = 3, the hand-worked case of `search::asha`'s
+    /// tests (a..i with rung-0 values 5 3 8 1 9 4 2 7 6), run as the
+    /// dispatcher runs it: one trial at a time, promoted trials first.
+    /// Each launch: the trial and the step it was told to stop after.
+    type Launches = Vec<(String, Option<u64>)>;
+
+    fn live_run() -> (Promotions, Vec<RecordedEval>, Launches) {
+        let mut p = Promotions::new(Rungs::new(5, 45, 3).unwrap(), "val/loss");
+        let rung0: BTreeMap<&str, f64> = [
+            ("a", 5.0),
+            ("b", 3.0),
+            ("c", 8.0),
+            ("d", 1.0),
+            ("e", 9.0),
+            ("f", 4.0),
+            ("g", 2.0),
+            ("h", 7.0),
+            ("i", 6.0),
+        ]
+        .into();
+        let value = |t: &str, step: u64| rung0[t] / (step as f64);
+        let mut queue: Vec<String> = rung0.keys().map(|t| (*t).to_owned()).collect();
+        let mut history = Vec::new();
+        let mut launches = Vec::new();
+        let mut clock = 0.0;
+        while !queue.is_empty() {
+            queue.sort_by_key(|t| std::cmp::Reverse(p.target(t)));
+            let trial = queue.remove(0);
+            let stop_at = p.stop_after(&trial);
+            launches.push((trial.clone(), stop_at));
+            let step = stop_at.unwrap_or(45);
+            clock += 1.0;
+            let v = value(&trial, step);
+            history.push(RecordedEval {
+                trial: trial.clone(),
+                step,
+                value: Some(v),
+                wall_time: clock,
+            });
+            if let Some(result) = p.on_eval(&trial, step, &loss(v)) {
+                if result.continues {
+                    queue.push(trial.clone());
+                }
+                queue.extend(result.promoted);
+            }
+        }
+        (p, history, launches)
+    }
+
+    #[test]
+    fn promoted_trials_resume_to_the_next_rung_and_the_rest_stop_where_they_paused() {
+        let (p, _, launches) = live_run();
+        let stopped: Vec<(String, usize)> =
+            p.stopped().into_iter().map(|s| (s.trial, s.rung)).collect();
+        let at = |r: usize, ts: &'static str| ts.chars().map(move |t| (t.to_string(), r));
+        let mut expected: Vec<(String, usize)> = at(0, "acefhi").chain(at(1, "bg")).collect();
+        expected.sort();
+        assert_eq!(stopped, expected);
+        // d went to the top; b was promoted when c arrived and ran next.
+        let order: Vec<String> = launches
+            .iter()
+            .map(|(t, s)| format!("{t}{}", s.map_or("end".into(), |s| s.to_string())))
+            .collect();
+        assert_eq!(
+            order.join(" "),
+            "a5 b5 c5 b15 d5 d15 e5 f5 g5 g15 dend h5 i5"
+        );
+    }
+
+    #[test]
+    fn a_rebuild_from_the_recorded_evaluations_reaches_the_same_state() {
+        let (live, mut history, _) = live_run();
+        // A duplicate (a retried attempt evaluating again) and noise rows.
+        history.push(RecordedEval {
+            wall_time: 99.0,
+            value: Some(0.0),
+            ..history[0].clone()
+        });
+        history.push(RecordedEval {
+            trial: "z".into(),
+            step: 7,
+            value: None,
+            wall_time: 0.5,
+        });
+        history.reverse();
+        let rebuilt = Promotions::rebuild(Rungs::new(5, 45, 3).unwrap(), "val/loss", history);
+        assert_eq!(rebuilt.stopped(), live.stopped());
+        for t in ["a", "b", "d", "g", "i"] {
+            assert_eq!(rebuilt.target(t), live.target(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn higher_is_better_metrics_rank_the_larger_value_first() {
+        let mut p = Promotions::new(Rungs::new(1, 3, 3).unwrap(), "val/field_f1");
+        let f1 = |v: f64| BTreeMap::from([("val/field_f1".to_owned(), v)]);
+        for (t, v) in [("a", 0.2), ("b", 0.9), ("c", 0.5)] {
+            assert_eq!(p.stop_after(t), Some(1));
+            let result = p.on_eval(t, 1, &f1(v)).expect("a rung result");
+            assert_eq!(
+                result.promoted,
+                if t == "c" {
+                    vec!["b".to_owned()]
+                } else {
+                    vec![]
+                }
+            );
+        }
+        assert_eq!(p.stop_after("b"), None, "b trains to its end");
+        assert!(p.is_paused("a") && p.is_paused("c"));
+        assert_eq!(p.on_eval("a", 2, &f1(1.0)), None, "not a rung of a");
+    }
+}

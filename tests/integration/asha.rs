@@ -1,0 +1,247 @@
+//! `sweep.early_stop = "asha"` through the real binary: synthetic trials on
+//! one made-up GPU, so that arrival order — and with it every decision of
+//! asynchronous successive halving — is fixed and can be worked by hand.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::{Test, count, events, processes_under, signal, spawn, trial_dirs};
+
+/// Nine trials a..i on one device, rungs 5, 15 and 45 steps, η = 3.
+///
+/// The synthetic validation loss falls as `2·exp(-3·rate·step/45)` with
+/// `rate = sqrt(lr/1e-4)`: a larger lr is better at every rung, and the
+/// rates 0.3…1.1 keep neighbours ≥ 0.04 apart at step 5 and ≥ 0.07 at
+/// step 15, above the curve's ±0.005 noise. Ranked best first at rung 0
+/// (1 = best), a..i are 5 3 8 1 9 4 2 7 6: the case worked by hand in
+/// `search::asha`'s tests. One trial runs at a time; promoted trials go
+/// before new ones.
+///
+/// | runs   | rung-0 results so far | top ⌊n/3⌋ | what happens                  |
+/// |--------|-----------------------|-----------|-------------------------------|
+/// | a → 5  | a                     | –         | a pauses                      |
+/// | b → 5  | a b                   | –         | b pauses                      |
+/// | c → 5  | a b c                 | b         | c pauses; b promoted          |
+/// | b → 15 | (rung 1: b)           | –         | b pauses at rung 1            |
+/// | d → 5  | a b c d               | d         | d continues                   |
+/// | d → 15 | (rung 1: b d)         | –         | d pauses at rung 1            |
+/// | e → 5  | … e (5)               | d         | e pauses                      |
+/// | f → 5  | … f (6)               | d b       | f pauses                      |
+/// | g → 5  | … g (7)               | d g       | g continues                   |
+/// | g → 15 | (rung 1: b d g)       | d         | g pauses; d promoted          |
+/// | d → 45 | (top)                 |           | d trains to its end: finished |
+/// | h → 5  | … h (8)               | d g       | h pauses                      |
+/// | i → 5  | … i (9)               | d g b     | i pauses                      |
+///
+/// Nothing is left to run: a c e f h i stop at rung 0, b and g at rung 1.
+const LRS: [(&str, f64); 9] = [
+    ("a", 4.9e-5),
+    ("b", 8.1e-5),
+    ("c", 1.6e-5),
+    ("d", 1.21e-4),
+    ("e", 9e-6),
+    ("f", 6.4e-5),
+    ("g", 1e-4),
+    ("h", 2.5e-5),
+    ("i", 3.6e-5),
+];
+
+const LAUNCHES: &str = "a5 b5 c5 b15 d5 d15 e5 f5 g5 g15 d45 h5 i5";
+
+fn spec(step_ms: u32) -> String {
+    let lrs: Vec<String> = LRS.iter().map(|(_, lr)| format!("{lr:e}")).collect();
+    crate::util::synthetic_spec(
+        "s",
+        &format!(
+            "[synthetic]\nsteps = 45\nstep_ms = {step_ms}\n\
+             [sweep]\nearly_stop = \"asha\"\n\
+             [sweep.asha]\nmin_steps = 5\nmax_steps = 45\neta = 3\n\
+             [sweep.axes]\n\"train.lr\" = [{}]\n",
+            lrs.join(", ")
+        ),
+    )
+}
+
+fn run(test: &Test) -> crate::util::Output {
+    let mut args = crate::util::run_args("fake-cuda:1x80GiB");
+    args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
+    test.run_in(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Trial folder → its letter, by its learning rate.
+fn letters(test: &Test) -> BTreeMap<String, &'static str> {
+    trial_dirs(test, "s")
+        .iter()
+        .map(|dir| {
+            let config: toml::Table = std::fs::read_to_string(dir.join("trial.toml"))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let lr = config["train"]["lr"].as_float().unwrap();
+            let (letter, _) = LRS
+                .iter()
+                .find(|(_, x)| ((x - lr) / x).abs() < 1e-9)
+                .unwrap();
+            (
+                dir.file_name().unwrap().to_string_lossy().into_owned(),
+                *letter,
+            )
+        })
+        .collect()
+}
+
+/// Each trial's status and reason in the store, by letter.
+fn outcomes(test: &Test) -> BTreeMap<&'static str, (String, Option<String>)> {
+    let letters = letters(test);
+    let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT id, status, exit_reason FROM trials WHERE sweep = 's'")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|row| {
+            let (id, status, reason) = row.unwrap();
+            (letters[&id], (status, reason))
+        })
+        .collect()
+}
+
+fn expected_outcomes() -> BTreeMap<&'static str, (String, Option<String>)> {
+    let stopped = |rung: usize, step: u64| {
+        (
+            "pruned".to_owned(),
+            Some(format!(
+                "stopped at rung {rung} of 3 (step {step}): not in the top 1/3 of its rung"
+            )),
+        )
+    };
+    LRS.iter()
+        .map(|(t, _)| {
+            let outcome = match *t {
+                "d" => ("finished".to_owned(), None),
+                "b" | "g" => stopped(1, 15),
+                _ => stopped(0, 5),
+            };
+            (*t, outcome)
+        })
+        .collect()
+}
+
+/// Every attempt as `<letter><last step>`, in the order they started.
+fn launches(test: &Test) -> String {
+    let letters = letters(test);
+    let mut all: Vec<(f64, String)> = Vec::new();
+    for dir in trial_dirs(test, "s") {
+        let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
+        let lines = crate::util::jsonl(&dir.join("events.jsonl"));
+        let mut current: Option<(f64, u64)> = None;
+        for line in lines {
+            match line["event"].as_str() {
+                Some("started") => {
+                    if let Some((t, step)) = current.take() {
+                        all.push((t, format!("{letter}{step}")));
+                    }
+                    current = Some((line["time"].as_f64().unwrap(), 0));
+                }
+                Some("step") => {
+                    if let Some(c) = current.as_mut() {
+                        c.1 = line["step"].as_u64().unwrap();
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((t, step)) = current {
+            all.push((t, format!("{letter}{step}")));
+        }
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all.into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Steps each trial trained, as listed by its step events (all attempts).
+fn steps_trained(dir: &Path) -> Vec<u64> {
+    events(dir, "step")
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn asha_promotes_and_stops_the_trials_worked_by_hand_and_no_step_runs_twice() {
+    let test = Test::new().spec(&spec(2));
+    run(&test)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(outcomes(&test), expected_outcomes());
+    assert_eq!(launches(&test), LAUNCHES);
+    let letters = letters(&test);
+    for dir in trial_dirs(&test, "s") {
+        let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
+        let last = match letter {
+            "d" => 45,
+            "b" | "g" => 15,
+            _ => 5,
+        };
+        // Promoted trials resumed from their rung's checkpoint.
+        assert_eq!(
+            steps_trained(&dir),
+            (1..=last).collect::<Vec<u64>>(),
+            "trial {letter}"
+        );
+    }
+    let status = crate::util::status(&test, "s");
+    assert_eq!(count(&status, "pruned"), 8);
+    // A finished ASHA sweep stays as it ended on the next run.
+    run(&test)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(outcomes(&test), expected_outcomes());
+    assert_eq!(launches(&test), LAUNCHES, "nothing ran again");
+}
+
+#[test]
+fn a_kill_9_mid_sweep_then_run_gives_the_same_promotions() {
+    let test = Test::new().spec(&spec(40));
+    let mut args = crate::util::run_args("fake-cuda:1x80GiB");
+    args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
+    let first = spawn(&test, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Kill the scheduler once d is on its way to rung 1 (five launches).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !test.path().join("results/s/trials").is_dir() || launches(&test).split(' ').count() < 6 {
+        assert!(Instant::now() < deadline, "the sweep never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    let _ = first.wait_with_output();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !processes_under(test.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived their scheduler"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run(&test)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(outcomes(&test), expected_outcomes());
+    // The rung results before the kill counted: nothing was promoted twice
+    // or trained again from the start.
+    let letters = letters(&test);
+    for dir in trial_dirs(&test, "s") {
+        let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
+        let mut steps = steps_trained(&dir);
+        steps.dedup();
+        let last = *steps.last().unwrap();
+        assert_eq!(
+            steps,
+            (1..=last).collect::<Vec<u64>>(),
+            "trial {letter} resumed from its checkpoint"
+        );
+    }
+}
