@@ -245,3 +245,82 @@ fn a_kill_9_mid_sweep_then_run_gives_the_same_promotions() {
         );
     }
 }
+
+/// A tiny real sweep: three learning rates, rungs at steps 2 and 6.
+fn real_spec(asha: bool, lrs: &str) -> String {
+    let early_stop = if asha {
+        "[sweep]\nearly_stop = \"asha\"\n[sweep.asha]\nmin_steps = 2\nmax_steps = 6\neta = 3\n"
+    } else {
+        ""
+    };
+    format!(
+        "[experiment]\nname = \"s\"\nseed = 5\n\
+         [data]\npath = \"generated:json\"\ntask = \"json\"\nmax_suffix_tokens = 32\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\nepochs = 50\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 1\nwarmup = 1\n\
+         [eval]\nevery = 2\ngenerate = false\n\
+         {early_stop}\
+         [sweep.axes]\n\"train.lr\" = [{lrs}]\n"
+    )
+}
+
+/// `name` of `trial` by step, as the store's export gives it (the curve's
+/// own points), values as their JSON text: equal text, equal bits.
+fn curve(rows: &[serde_json::Value], trial: &str, name: &str) -> Vec<(u64, String)> {
+    rows.iter()
+        .filter(|r| r["trial_id"] == trial && r["name"] == name && r["in_curve"] != false)
+        .map(|r| (r["step"].as_u64().unwrap(), r["value"].to_string()))
+        .collect()
+}
+
+#[test]
+fn a_promoted_real_trial_trains_the_same_curve_as_an_uninterrupted_run() {
+    let swept = Test::new().spec(&real_spec(true, "3e-3, 1e-2, 3e-2"));
+    crate::util::run_spec(&swept, "cpu:1")
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 2 pruned");
+    let db = rusqlite::Connection::open(swept.path().join("results/palisweep.sqlite")).unwrap();
+    let (promoted, lr): (String, String) = db
+        .query_row(
+            "SELECT id, json_extract(params, '$.\"train.lr\"') FROM trials WHERE status = 'finished'",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, f64>(1)?.to_string())),
+        )
+        .unwrap();
+    let attempts: Vec<String> = db
+        .prepare("SELECT outcome FROM attempts WHERE trial_id = ?1 ORDER BY attempt")
+        .unwrap()
+        .query_map([&promoted], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        attempts,
+        ["paused", "finished"],
+        "paused at rung 0, then resumed"
+    );
+
+    // The same trial (same id: the sweep table is not part of it), alone
+    // and without ASHA.
+    let alone = Test::new().spec(&real_spec(false, &lr));
+    crate::util::run_spec(&alone, "cpu:1")
+        .code(0)
+        .stdout_has("1 finished, 0 failed");
+    let swept_rows = crate::util::metric_rows(&swept, "s");
+    let alone_rows = crate::util::metric_rows(&alone, "s");
+    for name in ["train/loss", "train/grad_norm", "val/loss"] {
+        let resumed = curve(&swept_rows, &promoted, name);
+        let steps: Vec<u64> = resumed.iter().map(|(s, _)| *s).collect();
+        let expected: Vec<u64> = if name == "val/loss" {
+            vec![2, 4, 6]
+        } else {
+            (1..=6).collect()
+        };
+        assert_eq!(steps, expected, "{name}: {resumed:?}");
+        assert_eq!(
+            resumed,
+            curve(&alone_rows, &promoted, name),
+            "{name} of the promoted trial differs from an uninterrupted run"
+        );
+    }
+}

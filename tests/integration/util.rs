@@ -144,7 +144,6 @@ pub fn golden_json(file: &str, pointer: &str) -> serde_json::Value {
         .clone()
 }
 
-/// `plan --json` on a spec with extra arguments; returns the trial ids.
 /// Every metric row the store holds for `sweep` under `results/`
 /// (`export-metrics --format jsonl`): an independent view of what the
 /// report, TensorBoard and `show` should agree with.
@@ -164,6 +163,7 @@ pub fn metric_rows(test: &Test, sweep: &str) -> Vec<serde_json::Value> {
     .collect()
 }
 
+/// `plan --json` on a spec with extra arguments; returns the trial ids.
 pub fn plan_ids(test: &Test, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["plan", "spec.toml", "--json", "--devices", "cuda:8x1024GiB"];
     args.extend_from_slice(extra);
