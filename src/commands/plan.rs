@@ -12,7 +12,7 @@ use crate::plan::timing::{self, Timing};
 use crate::scheduler::slurm::sbatch::JobRequest;
 use crate::secrets::redact_text;
 use crate::spec::load::{LoadedSpec, Overrides, load};
-use crate::spec::schema::Backend;
+use crate::spec::schema::{Backend, Strategy};
 use crate::sweep::expand::expand;
 use crate::track::store::{Store, StoreError};
 
@@ -27,9 +27,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let (inventory, limits) =
         super::runtime::placement(args.devices.as_deref(), &loaded.spec.resources)?;
     crate::preflight::check_inputs(&expansion, crate::preflight::Purpose::Plan)?;
-    let recorded = ResultsRoot::new(&loaded.results)
-        .sweep(&loaded.name)
-        .recorded_trials();
+    let tpe = loaded.spec.sweep.strategy == Strategy::Tpe;
+    // A TPE sweep's trials are not known before it runs: its draws stand
+    // in for them, and are not compared with what it recorded.
+    let recorded = if tpe {
+        Vec::new()
+    } else {
+        ResultsRoot::new(&loaded.results)
+            .sweep(&loaded.name)
+            .recorded_trials()
+    };
     let plan = build(&loaded.name, expansion, inventory, limits, &recorded)?;
     let timing = measured_timing(&loaded, &plan);
     let sbatch = if slurm {
@@ -46,6 +53,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
         outln!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
+        if tpe {
+            outln!(
+                "strategy tpe: its {} trials are suggested one by one while it runs, from the results so far; the rows below are random draws of its space, to plan memory and cost with\n",
+                loaded.spec.sweep.samples
+            )?;
+        }
         out!("{}", render::to_table(&plan, &timing))?;
         if slurm {
             outln!("\nSlurm: one job per trial (first attempt):")?;

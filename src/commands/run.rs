@@ -24,6 +24,7 @@ use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
+use crate::scheduler::prepare::prepare_suggested;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
 use crate::scheduler::promotions::{Promotions, RecordedEval};
 use crate::scheduler::pruner::MedianPruner;
@@ -32,15 +33,20 @@ use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_w
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
+use crate::scheduler::suggest::{Suggested, SuggestionLine, Suggestions};
 use crate::search::asha::Rungs;
+use crate::search::space::{Point, Space};
+use crate::search::tpe::{Tpe, TpeConfig};
 use crate::secrets::{REDACTED, redact_json};
 use crate::spec::load::{LoadedSpec, Overrides, load};
 use crate::spec::schema::Backend;
-use crate::spec::schema::EarlyStop;
+use crate::spec::schema::{EarlyStop, Strategy};
 use crate::sweep::expand::expand;
+use crate::sweep::expand::{Expansion, trials_at};
 use crate::track::progress::{ProgressMode, ProgressSink};
 use crate::track::store::{RecordedAttempts, Store};
 use crate::worker::contract::orphan_grace;
+use crate::worker::protocol::WorkerEvent;
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut sets = args.spec.sets.clone();
@@ -154,15 +160,26 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         ),
     };
     crate::preflight::check_inputs(&expansion, crate::preflight::Purpose::Run)?;
-    let prepared = prepare(&loaded, expansion, inventory, limits, &devices)?;
+    // A TPE sweep prepares the trials it suggested so far (its random
+    // draws only had their inputs checked); the rest come while it runs.
+    let tpe = loaded.spec.sweep.strategy == Strategy::Tpe;
+    let expansion = if tpe {
+        suggested_so_far(&loaded, expansion)?
+    } else {
+        expansion
+    };
+    let mut prepared = prepare(&loaded, expansion, inventory, limits, &devices)?;
+    if tpe {
+        prepared.sweep.total_trials = loaded.spec.sweep.samples as usize;
+    }
     // Recorded with the results root it resolved to, so that `attach` finds
     // the same folders from any working directory.
     let mut recorded = invocation.clone();
     let results = toml::Value::String(loaded.results.display().to_string());
     recorded.sets.push(format!("experiment.results={results}"));
     recorded.write(&prepared.dir)?;
-    let backend = work(&loaded, &prepared, limits, options)?;
     let reconciled = reconcile_folders(&loaded, &prepared)?;
+    let backend = work(&loaded, &prepared, &reconciled, limits, options)?;
     if prepared.resumed {
         announce_resume(&prepared, &reconciled);
     }
@@ -182,8 +199,8 @@ fn execute(invocation: &Invocation, options: &Options) -> anyhow::Result<ExitCod
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(forward_interrupts(tx));
         match backend {
-            Work::Local(work) => dispatch(work, &fanout, rx).await,
-            Work::Slurm(work) => slurm_dispatch(work, &fanout, rx).await,
+            Work::Local(work) => dispatch(*work, &fanout, rx).await,
+            Work::Slurm(work) => slurm_dispatch(*work, &fanout, rx).await,
         }
     });
     // Trials an earlier run finished (or pruned) count towards the sweep.
@@ -321,6 +338,7 @@ fn announce_resume(prepared: &PreparedSweep, reconciled: &Reconciled) {
 fn work(
     loaded: &LoadedSpec,
     prepared: &PreparedSweep,
+    reconciled: &Reconciled,
     limits: Limits,
     options: &Options,
 ) -> anyhow::Result<Work> {
@@ -328,10 +346,12 @@ fn work(
     let exe = std::env::current_exe().context("cannot find the palisweep executable")?;
     let sweep = &loaded.spec.sweep;
     let metric = &loaded.spec.eval.select.metric;
-    // Early stopping's history is the store's: trials of earlier runs count.
-    let history = match sweep.early_stop {
-        EarlyStop::None => Vec::new(),
-        _ => recorded_evals(&loaded.results, &prepared.sweep.name, metric)?,
+    // Early stopping's and TPE's history is the store's (with what the
+    // trial folders add to it now): trials of earlier runs count.
+    let history = if sweep.early_stop == EarlyStop::None && sweep.strategy != Strategy::Tpe {
+        Vec::new()
+    } else {
+        recorded_evals(&loaded.results, &prepared.sweep.name, metric, reconciled)?
     };
     let pruner = (sweep.early_stop == EarlyStop::Median).then(|| {
         let mut pruner =
@@ -339,6 +359,10 @@ fn work(
         pruner.replay(&history);
         pruner
     });
+    let suggestions = match sweep.strategy {
+        Strategy::Tpe => Some(suggestions(loaded, prepared, limits, &history)?),
+        _ => None,
+    };
     let promotions = match sweep.early_stop {
         EarlyStop::Asha => {
             let a = &sweep.asha;
@@ -368,10 +392,10 @@ fn work(
         };
         // Before anything is recorded or submitted: Slurm must take the jobs.
         preflight(&work).map_err(RunError::Slurm)?;
-        Work::Slurm(work)
+        Work::Slurm(Box::new(work))
     } else {
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-        Work::Local(Dispatch {
+        Work::Local(Box::new(Dispatch {
             trials: prepared.queue.clone(),
             inventory: prepared.inventory.clone(),
             limits,
@@ -382,39 +406,117 @@ fn work(
             exe,
             pruner,
             promotions,
-        })
+            suggestions,
+        }))
     })
 }
 
+/// A TPE sweep's suggestions so far (its `suggestions.jsonl`), as the
+/// trials to prepare; `drawn` (random draws of the space) only checked
+/// the axes.
+fn suggested_so_far(loaded: &LoadedSpec, drawn: Expansion) -> anyhow::Result<Expansion> {
+    let record = suggestion_record(loaded);
+    let mut combos = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let line: SuggestionLine = serde_json::from_str(line)
+                .with_context(|| format!("{} is damaged", record.display()))?;
+            if line.trial.is_some() {
+                combos.push(line.params);
+            }
+        }
+    }
+    Ok(Expansion {
+        trials: trials_at(loaded, combos)?,
+        ..drawn
+    })
+}
+
+fn suggestion_record(loaded: &LoadedSpec) -> std::path::PathBuf {
+    ResultsRoot::new(&loaded.results)
+        .sweep(&loaded.name)
+        .path()
+        .join("suggestions.jsonl")
+}
+
+/// TPE over the sweep's axes, seeded by the experiment, whose suggestions
+/// become trials of this sweep as they are made.
+fn suggestions(
+    loaded: &LoadedSpec,
+    prepared: &PreparedSweep,
+    limits: Limits,
+    history: &[RecordedEval],
+) -> anyhow::Result<Suggestions> {
+    let space = Space::from_axes(&loaded.spec.sweep.axes)?;
+    let tpe = Tpe::new(space, TpeConfig::default(), loaded.spec.experiment.seed)?;
+    let owned = loaded.clone();
+    let dir = prepared.dir.clone();
+    let inventory = prepared.inventory.clone();
+    let materialize = Box::new(move |point: &Point| {
+        let trial = trials_at(&owned, vec![point.clone()])
+            .map_err(|e| e.to_string())?
+            .pop()
+            .ok_or("the suggestion made no trial")?;
+        let (info, state) = prepare_suggested(&owned, &dir, &inventory, limits, trial)
+            .map_err(|e| e.to_string())?;
+        Ok(Suggested {
+            info,
+            queued: state.ok(),
+        })
+    });
+    Ok(Suggestions::new(
+        tpe,
+        loaded.spec.sweep.samples as usize,
+        &loaded.spec.eval.select.metric,
+        suggestion_record(loaded),
+        history,
+        materialize,
+    )?)
+}
+
 /// Every recorded evaluation of `metric` in the sweep, for early stopping
-/// to rebuild its history from.
+/// and TPE to rebuild their history from: the store's, and what the trial
+/// folders hold that the store has yet to get.
 fn recorded_evals(
     results: &std::path::Path,
     sweep: &str,
     metric: &str,
+    reconciled: &Reconciled,
 ) -> anyhow::Result<Vec<RecordedEval>> {
     let store = ResultsRoot::new(results).store();
     let mut evals = Vec::new();
-    if !store.is_file() {
-        return Ok(evals);
+    if store.is_file() {
+        Store::open_read_only(&store)?.for_each_metric(sweep, |row| {
+            if row.name == metric {
+                evals.push(RecordedEval {
+                    trial: row.trial_id.to_owned(),
+                    step: row.step,
+                    value: row.value,
+                    wall_time: row.wall_time,
+                });
+            }
+            Ok(())
+        })?;
     }
-    Store::open_read_only(&store)?.for_each_metric(sweep, |row| {
-        if row.name == metric {
+    for event in &reconciled.events {
+        if let SweepEvent::Worker { trial, line, .. } = event
+            && let WorkerEvent::Eval { step, metrics, .. } = &line.event
+            && let Some(&value) = metrics.get(metric)
+        {
             evals.push(RecordedEval {
-                trial: row.trial_id.to_owned(),
-                step: row.step,
-                value: row.value,
-                wall_time: row.wall_time,
+                trial: trial.clone(),
+                step: *step,
+                value: Some(value).filter(|v| !v.is_nan()),
+                wall_time: line.time,
             });
         }
-        Ok(())
-    })?;
+    }
     Ok(evals)
 }
 
 enum Work {
-    Local(Dispatch),
-    Slurm(SlurmDispatch),
+    Local(Box<Dispatch>),
+    Slurm(Box<SlurmDispatch>),
 }
 
 /// The Slurm jobs earlier runs submitted and never saw end: what the trial

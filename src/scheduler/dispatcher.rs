@@ -20,6 +20,7 @@ use super::promotions::Promotions;
 use super::pruner::MedianPruner;
 use super::queue::{QueuedTrial, Summary};
 use super::slots::Slots;
+use super::suggest::Suggestions;
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
 use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
 use crate::events::fanout::Fanout;
@@ -46,6 +47,8 @@ pub struct Dispatch {
     pub pruner: Option<MedianPruner>,
     /// `sweep.early_stop = "asha"`.
     pub promotions: Option<Promotions>,
+    /// `sweep.strategy = "tpe"`: more trials, suggested while it runs.
+    pub suggestions: Option<Suggestions>,
 }
 
 struct Running {
@@ -94,6 +97,9 @@ struct Dispatcher<'a> {
     exe: PathBuf,
     pruner: Option<MedianPruner>,
     promotions: Option<Promotions>,
+    suggestions: Option<Suggestions>,
+    /// Trials that may run at once: a suggestion is asked for while fewer run.
+    capacity: usize,
     states: Vec<TrialState>,
     /// Queued trial indices, largest estimate first.
     pending: Vec<usize>,
@@ -128,6 +134,8 @@ pub async fn dispatch(
             _ => pending.push(i),
         }
     }
+    let capacity =
+        dispatch.inventory.devices.len() * dispatch.limits.max_trials_per_device.max(1) as usize;
     let mut d = Dispatcher {
         fanout,
         slots: Slots::new(&dispatch.inventory, dispatch.limits),
@@ -141,6 +149,8 @@ pub async fn dispatch(
         exe: dispatch.exe,
         pruner: dispatch.pruner,
         promotions: dispatch.promotions,
+        suggestions: dispatch.suggestions,
+        capacity,
         pending,
         states,
         running: HashMap::new(),
@@ -152,6 +162,9 @@ pub async fn dispatch(
     d.sort_pending();
     let mut ticker = tokio::time::interval(TICK);
     loop {
+        if !d.interrupting {
+            d.top_up();
+        }
         if !d.interrupting && d.placement_changed {
             d.placement_changed = false;
             d.launch_ready();
@@ -172,6 +185,35 @@ pub async fn dispatch(
 }
 
 impl Dispatcher<'_> {
+    /// Asks for suggested trials while nothing waits and a device has room
+    /// (`sweep.strategy = "tpe"`); each is recorded before it is queued.
+    fn top_up(&mut self) {
+        let Some(source) = self.suggestions.as_mut() else {
+            return;
+        };
+        while self.pending.is_empty() && self.running.len() < self.capacity {
+            match source.next_trial() {
+                Ok(Some(suggested)) => {
+                    self.fanout.send(&SweepEvent::TrialRecorded {
+                        trial: Box::new(suggested.info),
+                        status: TrialStatus::Queued,
+                    });
+                    if let Some(queued) = suggested.queued {
+                        self.states.push(TrialState::new(queued));
+                        self.pending.push(self.states.len() - 1);
+                        self.placement_changed = true;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("palisweep: no more trials are suggested: {error}");
+                    self.suggestions = None;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Promoted trials first (higher rungs first), then the largest.
     fn sort_pending(&mut self) {
         let states = &self.states;
@@ -324,6 +366,11 @@ impl Dispatcher<'_> {
                 };
                 r.last_output = Instant::now();
                 let mut rung_eval = None;
+                if let (Some(source), WorkerEvent::Eval { metrics, .. }) =
+                    (self.suggestions.as_mut(), &line.event)
+                {
+                    source.on_eval(&self.states[r.trial].queued.info.id, metrics);
+                }
                 match &line.event {
                     WorkerEvent::Failed { kind, message } => {
                         r.failed = Some((*kind, message.clone()));

@@ -15,4 +15,5 @@ pub mod queue;
 pub mod reconcile;
 pub mod slots;
 pub mod slurm;
+pub mod suggest;
 pub mod trial_record;

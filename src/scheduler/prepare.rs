@@ -19,7 +19,7 @@ use crate::plan::placement::Limits;
 use crate::secrets::redact_text;
 use crate::spec::load::LoadedSpec;
 use crate::spec::schema::Method;
-use crate::sweep::expand::Expansion;
+use crate::sweep::expand::{Expansion, Trial};
 
 /// Why a sweep cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +174,26 @@ pub fn prepare(
         queue,
         lock,
     })
+}
+
+/// A trial suggested while the sweep runs: planned alone (its memory and
+/// cost), its folder and `trial.toml` written, its state read as
+/// [`prepare`] reads every trial's.
+pub fn prepare_suggested(
+    loaded: &LoadedSpec,
+    dir: &SweepDir,
+    inventory: &Inventory,
+    limits: Limits,
+    trial: Trial,
+) -> Result<(TrialInfo, Result<QueuedTrial, TrialStatus>), RunError> {
+    let expansion = Expansion {
+        trials: vec![trial],
+        axes: loaded.spec.sweep.axes.keys().cloned().collect(),
+        excluded: 0,
+        repeated_draws: 0,
+    };
+    let plan = build(&loaded.name, expansion, inventory.clone(), limits, &[])?;
+    trial_state(loaded, dir, &plan.trials[0])
 }
 
 /// What is known of the machine without touching CUDA (the scheduler

@@ -30,7 +30,7 @@ impl Overrides {
 }
 
 /// A loaded, statically valid spec with the layers it came from.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadedSpec {
     /// The spec file as given on the command line.
     pub path: PathBuf,

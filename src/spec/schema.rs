@@ -317,6 +317,9 @@ pub enum EarlyStop {
 pub enum Strategy {
     Grid,
     Random,
+    /// Model-based suggestions (a tree-structured Parzen estimator), one
+    /// at a time while the sweep runs, `samples` in all.
+    Tpe,
 }
 
 /// One sweep axis: a list of values, or (random strategy) a distribution.

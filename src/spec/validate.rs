@@ -334,13 +334,27 @@ fn check_eval(c: &mut Checker, spec: &Spec) {
 
 fn check_sweep(c: &mut Checker, spec: &Spec) {
     c.require(
-        spec.sweep.strategy != Strategy::Random || spec.sweep.samples >= 1,
+        spec.sweep.strategy == Strategy::Grid || spec.sweep.samples >= 1,
         "sweep.samples",
-        "must be at least 1: a random sweep of no draws has no trials",
+        "must be at least 1: a sweep of no draws has no trials",
         "e.g. samples = 8",
     );
     if spec.sweep.early_stop == EarlyStop::Asha {
         check_asha(c, spec);
+    }
+    if spec.sweep.strategy == Strategy::Tpe {
+        c.require(
+            spec.sweep.zip.is_empty(),
+            "sweep.zip",
+            "tpe models each axis on its own and cannot walk axes together",
+            "remove zip, or use strategy = \"grid\"",
+        );
+        c.require(
+            spec.resources.backend == Backend::Local,
+            "sweep.strategy",
+            "tpe runs on the local backend only (its Slurm wiring is not built yet)",
+            "strategy = \"random\", or resources.backend = \"local\"",
+        );
     }
 }
 

@@ -88,7 +88,9 @@ pub fn expand(loaded: &LoadedSpec, allow_large: bool) -> Result<Expansion, SpecE
             check_size(loaded, &["sweep", "axes"], count, allow_large)?;
             (grid(&groups), 0)
         }
-        Strategy::Random => {
+        // A TPE sweep's trials are suggested while it runs; what it is
+        // planned and checked with are `samples` random draws of its space.
+        Strategy::Random | Strategy::Tpe => {
             let samples = usize::try_from(sweep.samples).unwrap_or(usize::MAX);
             check_size(loaded, &["sweep", "samples"], samples, allow_large)?;
             random(&groups, sweep.samples, loaded.spec.experiment.seed)
@@ -176,8 +178,8 @@ fn check_axes(loaded: &LoadedSpec) -> Vec<Problem> {
                 problems.push(axis_problem(
                     loaded,
                     key,
-                    format!("a `{kind}` distribution needs sweep.strategy = \"random\""),
-                    "give a list of values for a grid, or set strategy = \"random\" with samples = N",
+                    format!("a `{kind}` distribution needs sweep.strategy = \"random\" or \"tpe\""),
+                    "give a list of values for a grid, or set strategy = \"random\" (or \"tpe\") with samples = N",
                 ));
             }
             Axis::Distribution(Distribution::Uniform([lo, hi]))
@@ -363,7 +365,7 @@ fn check_size(
     Ok(())
 }
 
-type Combo = BTreeMap<String, Value>;
+pub type Combo = BTreeMap<String, Value>;
 
 fn grid(groups: &[Group]) -> Vec<Combo> {
     let mut combos = vec![Combo::new()];
@@ -439,6 +441,12 @@ fn combo_equal(a: &Combo, b: &Combo) -> bool {
 fn matches_rule(combo: &Combo, rule: &BTreeMap<String, Value>) -> bool {
     rule.iter()
         .all(|(k, v)| combo.get(k).is_some_and(|c| values_equal(c, v)))
+}
+
+/// The trials of these axis values (a suggestion, or what a store
+/// recorded), resolved and checked as the expansion's own.
+pub fn trials_at(loaded: &LoadedSpec, combos: Vec<Combo>) -> Result<Vec<Trial>, SpecError> {
+    build_trials(loaded, combos)
 }
 
 fn build_trials(loaded: &LoadedSpec, combos: Vec<Combo>) -> Result<Vec<Trial>, SpecError> {

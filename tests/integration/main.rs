@@ -24,4 +24,5 @@ mod simulate;
 mod slurm;
 mod spec_errors;
 mod tensorboard;
+mod tpe;
 mod worker;

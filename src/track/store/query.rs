@@ -637,7 +637,7 @@ impl Store {
                     COALESCE(a.reason, t.exit_reason)
              FROM trials t LEFT JOIN own_attempts a
                ON a.sweep = t.sweep AND a.trial_id = t.id
-              AND a.outcome IS NOT NULL AND a.outcome NOT IN ('finished', 'stopped')
+              AND a.outcome IS NOT NULL AND a.outcome NOT IN ('finished', 'stopped', 'paused')
              WHERE t.sweep = ?1 AND (t.status = 'failed' OR a.attempt IS NOT NULL)
              ORDER BY t.id, a.attempt",
         )?;
