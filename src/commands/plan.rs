@@ -60,6 +60,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             )?;
         }
         out!("{}", render::to_table(&plan, &timing))?;
+        if let Some(line) = budget_line(&loaded, &plan, &timing) {
+            outln!("{line}")?;
+        }
         if slurm {
             outln!("\nSlurm: one job per trial (first attempt):")?;
             for (t, line) in plan.trials.iter().zip(&sbatch) {
@@ -68,6 +71,35 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `sweep.budget` against the plan: how much of the sweep it pays for.
+fn budget_line(loaded: &LoadedSpec, plan: &SweepPlan, timing: &Timing) -> Option<String> {
+    let budget = &loaded.spec.sweep.budget;
+    let mut parts = Vec::new();
+    if budget.trials > 0 {
+        parts.push(format!(
+            "{} of the {} trials",
+            budget.trials.min(plan.trials.len() as u32),
+            plan.trials.len()
+        ));
+    }
+    if budget.gpu_hours > 0.0 {
+        let total: f64 = plan.trials.iter().map(|t| t.rel_cost).sum();
+        parts.push(match timing.hours(total) {
+            Some(hours) => format!(
+                "{} device-hours of the estimated {} for the whole sweep ({:.0}%)",
+                budget.gpu_hours,
+                render::hours_text(hours),
+                100.0 * (budget.gpu_hours / hours).min(1.0)
+            ),
+            None => format!(
+                "{} device-hours (no estimate of the whole sweep's hours yet: it needs a finished trial)",
+                budget.gpu_hours
+            ),
+        });
+    }
+    (!parts.is_empty()).then(|| format!("budget: {}; launches stop there", parts.join(", ")))
 }
 
 /// The store's measured rate for the plan's hours; an unreadable store

@@ -22,6 +22,7 @@ use crate::events::fanout::Fanout;
 use crate::layout::{ResultsRoot, SweepDir, TrialDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
+use crate::scheduler::budget_gate::{BudgetGate, TrialSpend};
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::prepare_suggested;
@@ -407,8 +408,46 @@ fn work(
             pruner,
             promotions,
             suggestions,
+            budget: budget_gate(loaded, prepared)?,
         }))
     })
+}
+
+/// `sweep.budget` with what earlier runs of the sweep spent (the store's
+/// attempts, after reconciliation closed the open ones).
+fn budget_gate(
+    loaded: &LoadedSpec,
+    prepared: &PreparedSweep,
+) -> anyhow::Result<Option<BudgetGate>> {
+    let spec = &loaded.spec.sweep.budget;
+    if spec.gpu_hours <= 0.0 && spec.trials == 0 {
+        return Ok(None);
+    }
+    let store = ResultsRoot::new(&loaded.results).store();
+    let store = if store.is_file() {
+        Some(Store::open_read_only(&store)?)
+    } else {
+        None
+    };
+    let mut history = Vec::new();
+    for (info, status) in &prepared.recorded {
+        let attempts = match &store {
+            Some(store) => store.attempts(&prepared.sweep.name, &info.id)?,
+            None => Vec::new(),
+        };
+        history.push(TrialSpend {
+            trial: info.id.clone(),
+            rel_cost: info.rel_cost,
+            seconds: attempts
+                .iter()
+                .filter_map(|a| Some(a.end? - a.start?))
+                .filter(|s| *s > 0.0)
+                .sum(),
+            launched: !attempts.is_empty(),
+            finished: *status == TrialStatus::Finished,
+        });
+    }
+    Ok(BudgetGate::new(spec, &history))
 }
 
 /// A TPE sweep's suggestions so far (its `suggestions.jsonl`), as the

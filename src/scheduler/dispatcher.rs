@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::budget_gate::{BudgetGate, Running as BudgetRunning, refusal};
 use super::executor::{self, ExecutorEvent, Launch, RunId};
 use super::fate::{
     self, AttemptEnd, BackendEnd, ExitFacts, StopCause, TrialState, settle, tail_text,
@@ -49,6 +50,8 @@ pub struct Dispatch {
     pub promotions: Option<Promotions>,
     /// `sweep.strategy = "tpe"`: more trials, suggested while it runs.
     pub suggestions: Option<Suggestions>,
+    /// `sweep.budget`.
+    pub budget: Option<BudgetGate>,
 }
 
 struct Running {
@@ -98,6 +101,7 @@ struct Dispatcher<'a> {
     pruner: Option<MedianPruner>,
     promotions: Option<Promotions>,
     suggestions: Option<Suggestions>,
+    budget: Option<BudgetGate>,
     /// Trials that may run at once: a suggestion is asked for while fewer run.
     capacity: usize,
     states: Vec<TrialState>,
@@ -150,6 +154,7 @@ pub async fn dispatch(
         pruner: dispatch.pruner,
         promotions: dispatch.promotions,
         suggestions: dispatch.suggestions,
+        budget: dispatch.budget,
         capacity,
         pending,
         states,
@@ -188,10 +193,14 @@ impl Dispatcher<'_> {
     /// Asks for suggested trials while nothing waits and a device has room
     /// (`sweep.strategy = "tpe"`); each is recorded before it is queued.
     fn top_up(&mut self) {
+        let running = self.running_costs();
         let Some(source) = self.suggestions.as_mut() else {
             return;
         };
         while self.pending.is_empty() && self.running.len() < self.capacity {
+            if self.budget.as_ref().is_some_and(|b| b.spent(&running)) {
+                return;
+            }
             match source.next_trial() {
                 Ok(Some(suggested)) => {
                     self.fanout.send(&SweepEvent::TrialRecorded {
@@ -212,6 +221,29 @@ impl Dispatcher<'_> {
                 }
             }
         }
+    }
+
+    /// Relative cost and seconds so far of each running trial.
+    fn running_costs(&self) -> Vec<BudgetRunning> {
+        self.running
+            .values()
+            .map(|r| {
+                let info = &self.states[r.trial].queued.info;
+                BudgetRunning {
+                    trial: info.id.clone(),
+                    rel_cost: info.rel_cost,
+                    elapsed_s: r.started.elapsed().as_secs_f64(),
+                }
+            })
+            .collect()
+    }
+
+    /// The budget's verdict on starting trial `i` now: the reason it may
+    /// not, if it may not.
+    fn refused_by_budget(&self, i: usize) -> Option<String> {
+        let gate = self.budget.as_ref()?;
+        let info = &self.states[i].queued.info;
+        refusal(gate.admit(&info.id, info.rel_cost, &self.running_costs()))
     }
 
     /// Promoted trials first (higher rungs first), then the largest.
@@ -286,7 +318,7 @@ impl Dispatcher<'_> {
                 .iter_mut()
                 .find(|s| s.queued.info.id == stopped.trial && s.status == TrialStatus::Paused)
             {
-                fate::stop_at_rung(state, stopped.reason(rungs, eta), self.fanout);
+                fate::end_early(state, stopped.reason(rungs, eta), self.fanout);
             }
         }
     }
@@ -295,6 +327,10 @@ impl Dispatcher<'_> {
     fn launch_ready(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for i in pending {
+            if let Some(reason) = self.refused_by_budget(i) {
+                fate::end_early(&mut self.states[i], reason, self.fanout);
+                continue;
+            }
             let bytes = self.states[i].queued.memory_now();
             let Some(device) = self.slots.choose(bytes) else {
                 if self.slots.could_ever_fit(bytes) {
@@ -325,6 +361,9 @@ impl Dispatcher<'_> {
             ) {
                 Ok((pid, start_time)) => {
                     self.slots.take(device, bytes);
+                    if let Some(gate) = self.budget.as_mut() {
+                        gate.launched(&self.states[i].queued.info.id);
+                    }
                     let state = &mut self.states[i];
                     self.running.insert(
                         run,
@@ -422,6 +461,16 @@ impl Dispatcher<'_> {
                 };
                 self.slots.release(r.device, r.bytes);
                 self.placement_changed = true;
+                if let Some(gate) = self.budget.as_mut() {
+                    let info = &self.states[r.trial].queued.info;
+                    let finished = r.finished.is_some() && code == Some(0);
+                    gate.attempt_ended(
+                        &info.id,
+                        info.rel_cost,
+                        r.started.elapsed().as_secs_f64(),
+                        finished,
+                    );
+                }
                 let exit = Exit {
                     code,
                     signal,

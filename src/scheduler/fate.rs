@@ -338,8 +338,9 @@ fn tally(states: &[TrialState]) -> (Counts, Vec<(String, String)>) {
     (counts, failures)
 }
 
-/// Ends a trial paused at an ASHA rung that no result can promote any more.
-pub fn stop_at_rung(state: &mut TrialState, reason: String, fanout: &Fanout) {
+/// Ends a trial early stopping will not run further: paused at an ASHA
+/// rung no result can promote any more, or never started for the budget.
+pub fn end_early(state: &mut TrialState, reason: String, fanout: &Fanout) {
     state.status = TrialStatus::Pruned;
     state.reason = Some(reason);
     end_trial(fanout, state, None);

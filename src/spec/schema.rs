@@ -263,6 +263,19 @@ pub struct Sweep {
     pub early_stop_warmup: u32,
     /// The rungs of `early_stop = "asha"`.
     pub asha: AshaRungs,
+    /// When to stop launching trials.
+    pub budget: SweepBudget,
+}
+
+/// `sweep.budget`: launches stop when the next trial's estimated cost would
+/// take the sweep past `gpu_hours`, or once `trials` have been launched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepBudget {
+    /// Device-hours (a CPU slot's hour counts as one); 0 = no limit.
+    pub gpu_hours: f64,
+    /// 0 = no limit.
+    pub trials: u32,
 }
 
 /// `⌊log_η(max/min)⌋` in integers: the largest s with `min·η^s <= max`.

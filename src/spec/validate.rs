@@ -342,6 +342,13 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
     if spec.sweep.early_stop == EarlyStop::Asha {
         check_asha(c, spec);
     }
+    let budget = &spec.sweep.budget;
+    c.require(
+        budget.gpu_hours.is_finite() && budget.gpu_hours >= 0.0,
+        "sweep.budget.gpu_hours",
+        "must be a number of hours, at least 0 (0 = no limit)",
+        "e.g. gpu_hours = 24.0",
+    );
     if spec.sweep.strategy == Strategy::Tpe {
         c.require(
             spec.sweep.zip.is_empty(),

@@ -8,6 +8,7 @@ mod asha;
 mod bad_input;
 mod bench;
 mod browser;
+mod budget;
 mod chaos;
 mod expansion;
 mod experiments;
