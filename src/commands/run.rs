@@ -35,7 +35,9 @@ use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
 use crate::scheduler::suggest::{Suggested, SuggestionLine, Suggestions};
+use crate::scheduler::trial_record;
 use crate::search::asha::Rungs;
+use crate::search::hyperband::Hyperband;
 use crate::search::space::{Point, Space};
 use crate::search::tpe::{Tpe, TpeConfig};
 use crate::secrets::{REDACTED, redact_json};
@@ -364,14 +366,19 @@ fn work(
         Strategy::Tpe => Some(suggestions(loaded, prepared, limits, &history)?),
         _ => None,
     };
+    let a = &sweep.asha;
     let promotions = match sweep.early_stop {
-        EarlyStop::Asha => {
-            let a = &sweep.asha;
-            let rungs = Rungs::new(a.min_steps, a.max_steps, a.eta)?;
-            Some(Promotions::rebuild(rungs, metric, history))
-        }
-        _ => None,
-    };
+        EarlyStop::Asha => Some(Promotions::new(
+            Rungs::new(a.min_steps, a.max_steps, a.eta)?,
+            metric,
+        )),
+        EarlyStop::Hyperband => Some(Promotions::hyperband(
+            Hyperband::new(a.min_steps, a.max_steps, a.eta)?,
+            metric,
+        )),
+        EarlyStop::None | EarlyStop::Median => None,
+    }
+    .map(|p| p.rebuild(&launch_order(prepared), history));
     Ok(if resources.backend == Backend::Slurm {
         let work = SlurmDispatch {
             sweep: prepared.sweep.name.clone(),
@@ -448,6 +455,25 @@ fn budget_gate(
         });
     }
     Ok(BudgetGate::new(spec, &history))
+}
+
+/// The trials that ever started, in the order their first attempt did
+/// (the trial folders' attempt records, which a crash does not lose).
+fn launch_order(prepared: &PreparedSweep) -> Vec<String> {
+    let mut first: Vec<(f64, String)> = prepared
+        .recorded
+        .iter()
+        .filter_map(|(info, _)| {
+            let dir = TrialDir::from_path(std::path::Path::new(&info.dir));
+            let start = trial_record::attempts(&dir)
+                .iter()
+                .map(|a| a.start)
+                .min_by(f64::total_cmp)?;
+            Some((start, info.id.clone()))
+        })
+        .collect();
+    first.sort_by(|a, b| a.0.total_cmp(&b.0));
+    first.into_iter().map(|(_, id)| id).collect()
 }
 
 /// A TPE sweep's suggestions so far (its `suggestions.jsonl`), as the

@@ -310,15 +310,13 @@ impl Dispatcher<'_> {
         let Some(promotions) = self.promotions.as_ref() else {
             return;
         };
-        let rungs = promotions.rungs().resources().len();
-        let eta = promotions.rungs().eta();
         for stopped in promotions.stopped() {
             if let Some(state) = self
                 .states
                 .iter_mut()
                 .find(|s| s.queued.info.id == stopped.trial && s.status == TrialStatus::Paused)
             {
-                fate::end_early(state, stopped.reason(rungs, eta), self.fanout);
+                fate::end_early(state, stopped.reason(), self.fanout);
             }
         }
     }

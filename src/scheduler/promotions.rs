@@ -1,16 +1,20 @@
-//! ASHA in the scheduler (`sweep.early_stop = "asha"`): the step at which a
-//! trial's next attempt stops (its rung), what its evaluation there
-//! decides, and that state rebuilt from the store's evaluations when a
-//! sweep resumes. The halving itself is `search::asha`'s, a pure machine
-//! whose decisions depend only on the order of rung results; live, that is
-//! the order in which the dispatcher reads the rung evaluations, and a
-//! rebuild replays them in the order of their recorded wall times (the
-//! same order unless two workers report within the same instant).
+//! ASHA and Hyperband in the scheduler (`sweep.early_stop = "asha"` or
+//! `"hyperband"`): the step at which a trial's next attempt stops (its
+//! rung), what its evaluation there decides, and that state rebuilt from
+//! the trial folders and the store when a sweep resumes. The halving itself
+//! is `search::asha`'s, a pure machine whose decisions depend only on the
+//! order of rung results; live, that is the order in which the dispatcher
+//! reads the rung evaluations, and a rebuild replays them in the order of
+//! their recorded wall times (the same order unless two workers report
+//! within the same instant). Hyperband is brackets of ASHA with different
+//! lowest rungs (`search::hyperband`); a trial joins a bracket when it is
+//! first launched, in launch order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::metrics::names::higher_is_better;
 use crate::search::asha::{Asha, Decision, Promotion, Rungs, State};
+use crate::search::hyperband::Hyperband;
 
 /// One recorded evaluation of the selection metric (a store row).
 #[derive(Clone, Debug, PartialEq)]
@@ -38,93 +42,119 @@ pub struct StoppedAtRung {
     pub trial: String,
     pub rung: usize,
     pub step: u64,
+    /// Rungs of its bracket.
+    pub rungs: usize,
+    pub eta: u32,
 }
 
 impl StoppedAtRung {
     /// The trial's reason in the store and `show`.
-    pub fn reason(&self, rungs: usize, eta: u32) -> String {
+    pub fn reason(&self) -> String {
         format!(
-            "stopped at rung {} of {rungs} (step {}): not in the top 1/{eta} of its rung",
-            self.rung, self.step
+            "stopped at rung {} of {} (step {}): not in the top 1/{} of its rung",
+            self.rung, self.rungs, self.step, self.eta
         )
     }
 }
 
 pub struct Promotions {
-    asha: Asha<String>,
+    brackets: Vec<Asha<String>>,
+    /// Deals new trials to brackets; `None`: one bracket (ASHA).
+    hyperband: Option<Hyperband>,
+    bracket_of: BTreeMap<String, usize>,
     metric: String,
     higher_is_better: bool,
 }
 
 impl Promotions {
-    /// `metric` is the selection metric (`val/loss`).
+    /// ASHA over `rungs`; `metric` is the selection metric (`val/loss`).
     pub fn new(rungs: Rungs, metric: &str) -> Self {
         Promotions {
-            asha: Asha::new(rungs),
+            brackets: vec![Asha::new(rungs)],
+            hyperband: None,
+            bracket_of: BTreeMap::new(),
             metric: metric.to_owned(),
             higher_is_better: higher_is_better(metric),
         }
     }
 
-    /// The state an uninterrupted run would have reached after `history`:
-    /// the first evaluation of each trial at each step, replayed in the
-    /// order of their wall times. Evaluations that are no rung result of
-    /// the trial at that point (a trial that trained past a rung before
-    /// ASHA was on) are left out.
-    pub fn rebuild(rungs: Rungs, metric: &str, mut history: Vec<RecordedEval>) -> Self {
-        let mut promotions = Promotions::new(rungs, metric);
+    /// Hyperband: one ASHA per bracket.
+    pub fn hyperband(hyperband: Hyperband, metric: &str) -> Self {
+        let brackets = (0..hyperband.brackets().len())
+            .map(|b| Asha::new(hyperband.rungs(b)))
+            .collect();
+        Promotions {
+            brackets,
+            hyperband: Some(hyperband),
+            ..Promotions::new(Rungs::new(1, 1, 2).expect("a one-rung ladder"), metric)
+        }
+    }
+
+    /// The state an uninterrupted run would have reached: the trials
+    /// launched so far join their brackets in `launched` order, then the
+    /// first evaluation of each trial at each step is replayed in the order
+    /// of wall times. Evaluations that are no rung result of the trial at
+    /// that point (a trial that trained past a rung before early stopping
+    /// was on) are left out.
+    pub fn rebuild(mut self, launched: &[String], mut history: Vec<RecordedEval>) -> Self {
+        for trial in launched {
+            self.bracket(trial);
+        }
         history.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
         let mut seen = BTreeSet::new();
         for eval in history {
             if !seen.insert((eval.trial.clone(), eval.step)) {
                 continue;
             }
-            if promotions.asha.state(&eval.trial).is_none()
-                && eval.step == promotions.rungs().resources()[0]
-            {
-                let _ = promotions.asha.start(eval.trial.clone());
-            }
             let value = eval.value.unwrap_or(f64::NAN);
-            promotions.report(&eval.trial, eval.step, value);
+            self.report(&eval.trial, eval.step, value);
         }
-        promotions
+        self
     }
 
-    pub fn rungs(&self) -> &Rungs {
-        self.asha.rungs()
+    /// The bracket of `trial`, which joins one (at its bottom rung) when
+    /// first seen.
+    fn bracket(&mut self, trial: &str) -> usize {
+        if let Some(&b) = self.bracket_of.get(trial) {
+            return b;
+        }
+        let b = self.hyperband.as_mut().map_or(0, Hyperband::assign);
+        self.bracket_of.insert(trial.to_owned(), b);
+        let _ = self.brackets[b].start(trial.to_owned());
+        b
+    }
+
+    fn state(&self, trial: &str) -> Option<(usize, State)> {
+        let b = *self.bracket_of.get(trial)?;
+        Some((b, self.brackets[b].state(&trial.to_owned())?))
     }
 
     /// The step the next attempt of `trial` stops after: its current rung,
-    /// or `None` at the top rung (it trains to its end). A trial seen for
-    /// the first time enters at the bottom rung.
+    /// or `None` at the top rung (it trains to its end).
     pub fn stop_after(&mut self, trial: &str) -> Option<u64> {
-        let resources = self.asha.rungs().resources().to_vec();
-        let top = resources.len() - 1;
-        let rung = match self.asha.state(&trial.to_owned()) {
-            None => {
-                let _ = self.asha.start(trial.to_owned());
-                0
-            }
+        let b = self.bracket(trial);
+        let rungs = self.brackets[b].rungs();
+        let rung = match self.brackets[b].state(&trial.to_owned()) {
             Some(State::Training(r) | State::Paused(r)) => r,
-            Some(State::Complete) => top,
+            Some(State::Complete) | None => rungs.top(),
         };
-        (rung < top).then(|| resources[rung])
+        (rung < rungs.top()).then(|| rungs.resources()[rung])
     }
 
     /// The rung `trial` trains towards (0 for a trial not started): the
     /// dispatcher runs higher rungs first, as Li et al.'s workers ask for
     /// a promotion before a new trial.
     pub fn target(&self, trial: &str) -> usize {
-        match self.asha.state(&trial.to_owned()) {
-            Some(State::Training(r) | State::Paused(r)) => r,
-            Some(State::Complete) => self.asha.rungs().top(),
+        match self.state(trial) {
+            Some((_, State::Training(r) | State::Paused(r))) => r,
+            Some((b, State::Complete)) => self.brackets[b].rungs().top(),
             None => 0,
         }
     }
 
     /// Whether `trial` waits at a rung (not promoted, not training).
     pub fn is_paused(&self, trial: &str) -> bool {
-        matches!(self.asha.state(&trial.to_owned()), Some(State::Paused(_)))
+        matches!(self.state(trial), Some((_, State::Paused(_))))
     }
 
     /// An evaluation of `trial`: a rung result when it is at the step of
@@ -140,16 +170,16 @@ impl Promotions {
     }
 
     fn report(&mut self, trial: &str, step: u64, value: f64) -> Option<RungResult> {
-        let trial = trial.to_owned();
-        let Some(State::Training(rung)) = self.asha.state(&trial) else {
+        let Some((b, State::Training(rung))) = self.state(trial) else {
             return None;
         };
-        if self.asha.rungs().resources()[rung] != step {
+        let asha = &mut self.brackets[b];
+        if asha.rungs().resources()[rung] != step {
             return None;
         }
         // The machine ranks lower first.
         let value = if self.higher_is_better { -value } else { value };
-        let outcome = self.asha.report(&trial, rung, value).ok()?;
+        let outcome = asha.report(&trial.to_owned(), rung, value).ok()?;
         Some(RungResult {
             continues: matches!(outcome.decision, Decision::Continue { .. }),
             promoted: outcome
@@ -163,16 +193,22 @@ impl Promotions {
     /// The trials paused now: when no trial trains or waits to start, none
     /// of them can be promoted any more.
     pub fn stopped(&self) -> Vec<StoppedAtRung> {
-        let resources = self.asha.rungs().resources();
-        self.asha
-            .paused()
-            .into_iter()
-            .map(|s| StoppedAtRung {
-                step: resources[s.rung],
-                trial: s.trial,
-                rung: s.rung,
+        let mut stopped: Vec<StoppedAtRung> = self
+            .brackets
+            .iter()
+            .flat_map(|asha| {
+                let rungs = asha.rungs();
+                asha.paused().into_iter().map(move |s| StoppedAtRung {
+                    step: rungs.resources()[s.rung],
+                    trial: s.trial,
+                    rung: s.rung,
+                    rungs: rungs.resources().len(),
+                    eta: rungs.eta(),
+                })
             })
-            .collect()
+            .collect();
+        stopped.sort_by(|a, b| a.trial.cmp(&b.trial));
+        stopped
     }
 }
 
@@ -255,7 +291,13 @@ mod tests {
 
     #[test]
     fn a_rebuild_from_the_recorded_evaluations_reaches_the_same_state() {
-        let (live, mut history, _) = live_run();
+        let (live, mut history, launches) = live_run();
+        let mut launched: Vec<String> = Vec::new();
+        for (trial, _) in launches {
+            if !launched.contains(&trial) {
+                launched.push(trial);
+            }
+        }
         // A duplicate (a retried attempt evaluating again) and noise rows.
         history.push(RecordedEval {
             wall_time: 99.0,
@@ -269,7 +311,8 @@ mod tests {
             wall_time: 0.5,
         });
         history.reverse();
-        let rebuilt = Promotions::rebuild(Rungs::new(5, 45, 3).unwrap(), "val/loss", history);
+        let rebuilt =
+            Promotions::new(Rungs::new(5, 45, 3).unwrap(), "val/loss").rebuild(&launched, history);
         assert_eq!(rebuilt.stopped(), live.stopped());
         for t in ["a", "b", "d", "g", "i"] {
             assert_eq!(rebuilt.target(t), live.target(t), "{t}");
@@ -295,5 +338,28 @@ mod tests {
         assert_eq!(p.stop_after("b"), None, "b trains to its end");
         assert!(p.is_paused("a") && p.is_paused("c"));
         assert_eq!(p.on_eval("a", 2, &f1(1.0)), None, "not a rung of a");
+    }
+
+    #[test]
+    fn hyperband_deals_trials_to_brackets_that_start_at_different_rungs() {
+        // 5..45, η = 3: brackets start at 5 (9 trials), 15 (5) and 45 (3).
+        let hb = Hyperband::new(5, 45, 3).unwrap();
+        let mut p = Promotions::hyperband(hb, "val/loss");
+        let stops: Vec<Option<u64>> = ["t1", "t2", "t3", "t4"]
+            .iter()
+            .map(|t| p.stop_after(t))
+            .collect();
+        assert_eq!(stops, [Some(5), Some(15), None, Some(5)]);
+        // t2's first rung is 15: its result there is a rung result, one at 5 is not.
+        assert_eq!(p.on_eval("t2", 5, &loss(1.0)), None);
+        let result = p.on_eval("t2", 15, &loss(1.0)).expect("a rung result");
+        assert!(!result.continues, "one result of three needed");
+        assert!(p.is_paused("t2"));
+        let stopped = p.stopped();
+        assert_eq!(stopped.len(), 1);
+        assert_eq!(
+            stopped[0].reason(),
+            "stopped at rung 0 of 2 (step 15): not in the top 1/3 of its rung"
+        );
     }
 }

@@ -323,6 +323,9 @@ pub enum EarlyStop {
     /// Asynchronous successive halving: trials pause (checkpointed) at
     /// each rung of `sweep.asha`; the top 1/eta of a rung resume to the next.
     Asha,
+    /// Brackets of ASHA over `sweep.asha`'s steps, each starting at a
+    /// different rung (Li et al. 2017), trials dealt in the paper's shares.
+    Hyperband,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

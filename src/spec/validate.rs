@@ -339,7 +339,10 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
         "must be at least 1: a sweep of no draws has no trials",
         "e.g. samples = 8",
     );
-    if spec.sweep.early_stop == EarlyStop::Asha {
+    if matches!(
+        spec.sweep.early_stop,
+        EarlyStop::Asha | EarlyStop::Hyperband
+    ) {
         check_asha(c, spec);
     }
     let budget = &spec.sweep.budget;
@@ -369,6 +372,10 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
 /// at a rung is ranked by its evaluation there.
 fn check_asha(c: &mut Checker, spec: &Spec) {
     let a = &spec.sweep.asha;
+    let name = match spec.sweep.early_stop {
+        EarlyStop::Hyperband => "hyperband",
+        _ => "asha",
+    };
     if a.max_steps == 0 {
         let help = match spec.train.method {
             Method::Synthetic => format!("max_steps = {}", spec.synthetic.steps),
@@ -377,7 +384,9 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
         // Named at the key the user wrote: the unset one has no line.
         c.fail(
             "sweep.early_stop",
-            "asha needs `sweep.asha.max_steps`, the trials' training length (its top rung)",
+            format!(
+                "{name} needs `sweep.asha.max_steps`, the trials' training length (its top rung)"
+            ),
             format!("[sweep.asha] {help}"),
         );
         return;
@@ -402,7 +411,7 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
     if spec.resources.backend == Backend::Slurm {
         c.fail(
             "sweep.early_stop",
-            "asha runs on the local backend only (its Slurm wiring is not built yet)",
+            format!("{name} runs on the local backend only (its Slurm wiring is not built yet)"),
             Some("early_stop = \"median\", or resources.backend = \"local\"".to_owned()),
         );
     }

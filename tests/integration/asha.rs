@@ -324,3 +324,41 @@ fn a_promoted_real_trial_trains_the_same_curve_as_an_uninterrupted_run() {
         );
     }
 }
+
+#[test]
+fn hyperband_deals_trials_to_brackets_that_pause_them_at_different_rungs() {
+    // Rungs 5, 15, 45 and η = 3 give three brackets, first compared at 5,
+    // 15 and 45 steps; launched one at a time, a, b and c go to them in
+    // that order (the shares 9 : 5 : 3 deal the first three one each).
+    // Alone in their brackets, a and b are never in a top third.
+    let spec = spec(2)
+        .replace("early_stop = \"asha\"", "early_stop = \"hyperband\"")
+        .replace(
+            "\"train.lr\" = [",
+            "\"train.lr\" = [4.9e-5, 8.1e-5, 1.6e-5]\n# [",
+        );
+    let test = Test::new().spec(&spec);
+    run(&test)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 2 pruned");
+    let expected: BTreeMap<&str, (String, Option<String>)> = [
+        (
+            "a",
+            (
+                "pruned".to_owned(),
+                Some("stopped at rung 0 of 3 (step 5): not in the top 1/3 of its rung".to_owned()),
+            ),
+        ),
+        (
+            "b",
+            (
+                "pruned".to_owned(),
+                Some("stopped at rung 0 of 2 (step 15): not in the top 1/3 of its rung".to_owned()),
+            ),
+        ),
+        ("c", ("finished".to_owned(), None)),
+    ]
+    .into();
+    assert_eq!(outcomes(&test), expected);
+    assert_eq!(launches(&test), "a5 b15 c45");
+}
