@@ -96,6 +96,7 @@ impl Promotions {
     /// of wall times. Evaluations that are no rung result of the trial at
     /// that point (a trial that trained past a rung before early stopping
     /// was on) are left out.
+    #[must_use]
     pub fn rebuild(mut self, launched: &[String], mut history: Vec<RecordedEval>) -> Self {
         for trial in launched {
             self.bracket(trial);
@@ -292,10 +293,10 @@ mod tests {
     #[test]
     fn a_rebuild_from_the_recorded_evaluations_reaches_the_same_state() {
         let (live, mut history, launches) = live_run();
-        let mut launched: Vec<String> = Vec::new();
+        let mut order: Vec<String> = Vec::new();
         for (trial, _) in launches {
-            if !launched.contains(&trial) {
-                launched.push(trial);
+            if !order.contains(&trial) {
+                order.push(trial);
             }
         }
         // A duplicate (a retried attempt evaluating again) and noise rows.
@@ -312,7 +313,7 @@ mod tests {
         });
         history.reverse();
         let rebuilt =
-            Promotions::new(Rungs::new(5, 45, 3).unwrap(), "val/loss").rebuild(&launched, history);
+            Promotions::new(Rungs::new(5, 45, 3).unwrap(), "val/loss").rebuild(&order, history);
         assert_eq!(rebuilt.stopped(), live.stopped());
         for t in ["a", "b", "d", "g", "i"] {
             assert_eq!(rebuilt.target(t), live.target(t), "{t}");
