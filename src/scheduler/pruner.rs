@@ -3,18 +3,17 @@
 //! of the other trials' values at that same step is stopped and recorded as
 //! `pruned`. A strategy that returns a decision, testable without workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::promotions::RecordedEval;
 use crate::metrics::names::higher_is_better;
+use crate::search::median::MedianRule;
 
 pub struct MedianPruner {
     metric: String,
     higher_is_better: bool,
-    min_trials: usize,
-    warmup: usize,
-    /// Trial → step → value of the metric.
-    history: HashMap<String, BTreeMap<u64, f64>>,
+    /// The rule itself, on "lower is better" values.
+    rule: MedianRule<String>,
 }
 
 impl MedianPruner {
@@ -25,9 +24,7 @@ impl MedianPruner {
         MedianPruner {
             metric: metric.to_owned(),
             higher_is_better: higher_is_better(metric),
-            min_trials: min_trials.max(1) as usize,
-            warmup: warmup as usize,
-            history: HashMap::new(),
+            rule: MedianRule::new(min_trials, warmup),
         }
     }
 
@@ -37,11 +34,7 @@ impl MedianPruner {
         let mut ordered: Vec<&RecordedEval> = history.iter().collect();
         ordered.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
         for eval in ordered {
-            let seen = self
-                .history
-                .get(&eval.trial)
-                .is_some_and(|steps| steps.contains_key(&eval.step));
-            if let (false, Some(value)) = (seen, eval.value) {
+            if let (false, Some(value)) = (self.rule.has(&eval.trial, eval.step), eval.value) {
                 let metrics = BTreeMap::from([(self.metric.clone(), value)]);
                 self.report(&eval.trial, eval.step, &metrics);
             }
@@ -54,35 +47,8 @@ impl MedianPruner {
         let Some(&value) = metrics.get(&self.metric) else {
             return false;
         };
-        if value.is_nan() {
-            return false;
-        }
-        let own = self.history.entry(trial.to_owned()).or_default();
-        own.insert(step, value);
-        if own.len() <= self.warmup {
-            return false;
-        }
-        let mut others: Vec<f64> = self
-            .history
-            .iter()
-            .filter(|(id, _)| id.as_str() != trial)
-            .filter_map(|(_, steps)| steps.get(&step).copied())
-            .collect();
-        if others.len() < self.min_trials {
-            return false;
-        }
-        others.sort_by(f64::total_cmp);
-        let mid = others.len() / 2;
-        let median = if others.len().is_multiple_of(2) {
-            f64::midpoint(others[mid - 1], others[mid])
-        } else {
-            others[mid]
-        };
-        if self.higher_is_better {
-            value < median
-        } else {
-            value > median
-        }
+        let value = if self.higher_is_better { -value } else { value };
+        self.rule.report(&trial.to_owned(), step, value)
     }
 }
 

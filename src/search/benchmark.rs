@@ -106,18 +106,8 @@ pub fn summarise(strategy: Strategy, seeds: Vec<SeedOutcome>) -> Summary {
 /// The median, `None` standing for +∞ (the midpoint of the two middle
 /// values of an even count); `None` for no values.
 pub fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.map(|v| v.unwrap_or(f64::INFINITY)).collect();
-    if sorted.is_empty() {
-        return None;
-    }
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    let m = if sorted.len().is_multiple_of(2) {
-        f64::midpoint(sorted[mid - 1], sorted[mid])
-    } else {
-        sorted[mid]
-    };
-    m.is_finite().then_some(m)
+    let values: Vec<f64> = values.map(|v| v.unwrap_or(f64::INFINITY)).collect();
+    super::median::median_of(values).filter(|m| m.is_finite())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The median stopping rule over trial keys of any type, as
-//! `sweep.early_stop = "median"` applies it (`scheduler/pruner.rs` holds the
-//! scheduler's copy, keyed by metric maps): at an evaluation step, a trial
+//! `sweep.early_stop = "median"` applies it (`scheduler/pruner.rs` feeds it
+//! the scheduler's metric maps): at an evaluation step, a trial
 //! worse than the median of the other trials' values at that same step
 //! stops, once `min_trials` others reported the step and after the trial's
 //! own first `warmup` evaluations. Values are "lower is better".
@@ -24,6 +24,13 @@ impl<T: Eq + Hash + Clone> MedianRule<T> {
         }
     }
 
+    /// Whether `trial` reported `step` already.
+    pub fn has(&self, trial: &T, step: u64) -> bool {
+        self.history
+            .get(trial)
+            .is_some_and(|steps| steps.contains_key(&step))
+    }
+
     /// Records `trial`'s value at `step`; true when it should stop.
     pub fn report(&mut self, trial: &T, step: u64, value: f64) -> bool {
         if value.is_nan() {
@@ -34,7 +41,7 @@ impl<T: Eq + Hash + Clone> MedianRule<T> {
         if own.len() <= self.warmup {
             return false;
         }
-        let mut others: Vec<f64> = self
+        let others: Vec<f64> = self
             .history
             .iter()
             .filter(|(id, _)| *id != trial)
@@ -43,15 +50,23 @@ impl<T: Eq + Hash + Clone> MedianRule<T> {
         if others.len() < self.min_trials {
             return false;
         }
-        others.sort_by(f64::total_cmp);
-        let mid = others.len() / 2;
-        let median = if others.len().is_multiple_of(2) {
-            f64::midpoint(others[mid - 1], others[mid])
-        } else {
-            others[mid]
-        };
-        value > median
+        median_of(others).is_some_and(|median| value > median)
     }
+}
+
+/// The median (the midpoint of the two middle values of an even count);
+/// `None` for no values.
+pub fn median_of(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        f64::midpoint(values[mid - 1], values[mid])
+    } else {
+        values[mid]
+    })
 }
 
 #[cfg(test)]

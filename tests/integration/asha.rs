@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use crate::util::{Test, count, events, processes_under, signal, spawn, trial_dirs};
+use crate::util::{Test, count, events, trial_dirs};
 
 /// Nine trials a..i on one device, rungs 5, 15 and 45 steps, η = 3.
 ///
@@ -207,25 +206,10 @@ fn asha_promotes_and_stops_the_trials_worked_by_hand_and_no_step_runs_twice() {
 #[test]
 fn a_kill_9_mid_sweep_then_run_gives_the_same_promotions() {
     let test = Test::new().spec(&spec(40));
-    let mut args = crate::util::run_args("fake-cuda:1x80GiB");
-    args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
-    let first = spawn(&test, &args.iter().map(String::as_str).collect::<Vec<_>>());
     // Kill the scheduler once d is on its way to rung 1 (five launches).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !test.path().join("results/s/trials").is_dir() || launches(&test).split(' ').count() < 6 {
-        assert!(Instant::now() < deadline, "the sweep never got going");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    signal(&first, nix::sys::signal::Signal::SIGKILL);
-    let _ = first.wait_with_output();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !processes_under(test.path()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "workers outlived their scheduler"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::util::kill_9_run_when(&test, || {
+        test.path().join("results/s/trials").is_dir() && launches(&test).split(' ').count() >= 6
+    });
     run(&test)
         .code(0)
         .stdout_has("1 finished, 0 failed, 8 pruned");

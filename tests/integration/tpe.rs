@@ -3,9 +3,7 @@
 //! deterministic and survive a kill -9, and TPE beats random search at the
 //! same budget.
 
-use std::time::{Duration, Instant};
-
-use crate::util::{Test, processes_under, signal, spawn};
+use crate::util::Test;
 
 /// The synthetic validation loss falls with the learning rate over the
 /// whole of [1e-7, 1e-4] (`2·exp(-3·sqrt(lr/1e-4))`, from 1.03 to 0.10):
@@ -70,27 +68,8 @@ fn a_tpe_sweep_killed_mid_way_suggests_what_an_uninterrupted_one_did() {
     assert_eq!(crate::util::trial_dirs(&whole, "s").len(), 9);
 
     let killed = Test::new().spec(&spec("tpe", 7, 9, 30));
-    let args = run_args();
-    let first = spawn(
-        &killed,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
     // Past the five random starts: the model has made suggestions.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while suggested(&killed).len() < 7 {
-        assert!(Instant::now() < deadline, "the sweep never got going");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    signal(&first, nix::sys::signal::Signal::SIGKILL);
-    let _ = first.wait_with_output();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !processes_under(killed.path()).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "workers outlived their scheduler"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::util::kill_9_run_when(&killed, || suggested(&killed).len() >= 7);
     run(&killed).code(0).stdout_has("9 finished, 0 failed");
     assert_eq!(
         suggested(&killed),

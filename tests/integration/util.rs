@@ -315,3 +315,27 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Starts `run` of `spec.toml` on one made-up GPU, waits until `ready`
+/// says so (up to 120 s), kills the scheduler with SIGKILL and waits (up to
+/// 60 s) until its workers, left without it, have stopped.
+pub fn kill_9_run_when(test: &Test, ready: impl Fn() -> bool) {
+    let mut args = run_args("fake-cuda:1x80GiB");
+    args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
+    let first = spawn(test, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "the sweep never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    let _ = first.wait_with_output();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !processes_under(test.path()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived their scheduler"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
