@@ -17,6 +17,7 @@ use crate::search::benchmark::{Criteria, Summary, grid_best, score, summarise};
 use crate::search::record::{RecordError, Recorded, RecordedTrial};
 use crate::search::simulate::{Settings, Strategy, replay};
 use crate::search::surface::Surface;
+use crate::search::traces::{self, SavedTrace, SavedTraces};
 use crate::spec::load::{Overrides, load};
 use crate::track::store::Store;
 
@@ -44,12 +45,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         min_resource: args.min_resource,
         ..Settings::default()
     };
+    // A sweep replayed from the store keeps its traces for the report.
+    let mut keep_traces: Option<PathBuf> = None;
     let source = if let Some(path) = &args.recorded {
         Source::Fixed(Box::new(read_file(path)?))
     } else if let Some(name) = &args.surface {
         Source::Surface(Surface::named(name).context("an unknown surface passed clap")?)
     } else {
-        Source::Fixed(Box::new(from_store(args, &mut settings)?))
+        let (recorded, sweep_dir) = from_store(args, &mut settings)?;
+        keep_traces = Some(sweep_dir.join(traces::FILE));
+        Source::Fixed(Box::new(recorded))
     };
     if let Some(path) = &args.export {
         let recorded = source.at(0);
@@ -77,16 +82,30 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         .filter_map(|name| Strategy::parse(name))
         .collect();
     let mut summaries = Vec::new();
+    let mut saved = Vec::new();
     for &strategy in &strategies {
         let mut outcomes = Vec::new();
         for seed in 0..args.seeds {
             let recorded = source.at(seed);
             let replayed = replay(&recorded, strategy, &settings, seed)?;
+            if seed == 0 {
+                saved.push(SavedTrace::of(strategy.name(), &replayed));
+            }
             outcomes.push(score(&recorded, &replayed, criteria, seed));
         }
         summaries.push(summarise(strategy, outcomes));
     }
     let reference = source.at(0);
+    if let Some(path) = keep_traces {
+        let traces = SavedTraces {
+            metric: reference.metric.clone(),
+            seed: 0,
+            workers: settings.workers,
+            strategies: saved,
+        };
+        std::fs::write(&path, serde_json::to_vec_pretty(&traces)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.format == "json" {
         let json = to_json(&reference, &summaries, &settings, criteria, args);
         outln!("{}", serde_json::to_string_pretty(&json)?)?;
@@ -111,7 +130,7 @@ fn read_file(path: &Path) -> anyhow::Result<Recorded> {
 
 /// The finished trials of a sweep in the store: their selection-metric
 /// curves and seconds per step (wall time over steps).
-fn from_store(args: &SimulateArgs, settings: &mut Settings) -> anyhow::Result<Recorded> {
+fn from_store(args: &SimulateArgs, settings: &mut Settings) -> anyhow::Result<(Recorded, PathBuf)> {
     let mut sweep = args.from.clone();
     let mut results: Option<PathBuf> = args.results.clone();
     let mut metric = args.metric.clone();
@@ -171,7 +190,11 @@ fn from_store(args: &SimulateArgs, settings: &mut Settings) -> anyhow::Result<Re
     recorded
         .validate()
         .with_context(|| format!("sweep {} cannot be replayed", row.name))?;
-    Ok(recorded)
+    let sweep_dir = ResultsRoot::new(&results)
+        .sweep(&row.name)
+        .path()
+        .to_owned();
+    Ok((recorded, sweep_dir))
 }
 
 fn percent(x: Option<f64>) -> String {

@@ -76,6 +76,7 @@ pub fn sections(report: &Report, with_plots: bool) -> Result<Vec<Section>, Repor
     }
     out.push(super::importance_section::importance(report, with_plots)?);
     out.push(curves(report, with_plots)?);
+    out.push(best_so_far(report, with_plots)?);
     out.push(pareto(report, with_plots)?);
     out.push(super::gallery::section(report));
     out.push(excluded(report));
@@ -528,6 +529,48 @@ fn hyperparameters(report: &Report, with_plots: bool) -> Result<Section, ReportE
         sec.blocks.push(Block::Plot {
             title: format!("{} per checkpoint", sec.title.to_lowercase()),
             svg: plots::grids(&report.metric, report.higher_is_better, &report.grids)?,
+        });
+    }
+    Ok(sec)
+}
+
+/// The best selection value against the device-hours spent to reach it.
+fn best_so_far(report: &Report, with_plots: bool) -> Result<Section, ReportError> {
+    let mut sec = Section::new("Best so far against compute");
+    let Some(sweep) = report.best_so_far.first().filter(|l| !l.points.is_empty()) else {
+        sec.para("No trial has ended with a value yet.");
+        return Ok(sec);
+    };
+    let simulated = &report.best_so_far[1..];
+    let (hours, best) = sweep.points.last().copied().unwrap_or_default();
+    sec.para(format!(
+        "The best {} of the trials that had ended, against the {} they had used: {} after {} h.{}",
+        report.metric,
+        report.hours_label,
+        number(best),
+        super::format::hours(hours),
+        if simulated.is_empty() {
+            " `palisweep simulate --from SWEEP` replays the sweep under other strategies (ASHA, Hyperband, TPE, …) and adds a line for each here.".to_owned()
+        } else {
+            format!(
+                " The {} simulated lines replay this sweep's recorded curves and times under other strategies (`palisweep simulate`, seed 0).",
+                simulated.len()
+            )
+        }
+    ));
+    if with_plots {
+        sec.blocks.push(Block::Plot {
+            title: format!("best {} so far", report.metric),
+            svg: plots::lines_over(
+                &format!(
+                    "best {} so far against {}",
+                    report.metric, report.hours_label
+                ),
+                &report.metric,
+                report.hours_label,
+                &report.best_so_far,
+                &|v| super::format::hours(*v),
+            )?,
         });
     }
     Ok(sec)

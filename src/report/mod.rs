@@ -27,6 +27,7 @@ mod markdown;
 mod overlay;
 mod parallel;
 mod plots;
+mod progress;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,9 @@ pub struct Report {
     /// The selection metric of the top groups' best runs.
     pub metric_curves: Vec<Curve>,
     pub loss_curves: Vec<Curve>,
+    /// Best so far against device-hours: the sweep as run, then the
+    /// strategies `simulate` replayed it under (when it ran).
+    pub best_so_far: Vec<plots::Line>,
     /// Bootstrap intervals over validation examples; `None` when the seed
     /// varied (the seed spread is the noise then).
     pub bootstrap: Option<bootstrap::Bootstrap>,
@@ -171,6 +175,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
 
     let configs = store.trial_configs(&sweep.name)?;
     let mut trials = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
     for row in &rows {
         let config = configs.get(&row.id).map_or("", String::as_str);
         let config: toml::Table = toml::from_str(config).map_err(|e| ReportError::Config {
@@ -178,6 +183,13 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
             source: Box::new(e),
         })?;
         let result = results.get(&row.id);
+        if let (Some(end), Some(seconds)) = (row.end, result.and_then(|r| r.wall_time_s)) {
+            ended.push(progress::Ended {
+                end,
+                seconds,
+                value: result.and_then(|r| r.best),
+            });
+        }
         trials.push(TrialFacts {
             id: row.id.clone(),
             params: varying
@@ -226,6 +238,7 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
     )?;
 
     let report = Report {
+        best_so_far: best_so_far(&sweep, &metric, ended, higher),
         importance: importance::decompose(&trials, &varying),
         gpu_names: store
             .latest_environment(&sweep.name)?
@@ -252,6 +265,19 @@ pub fn build(store: &Store, sweep: &str, options: &ReportOptions) -> Result<Repo
         sweep,
     };
     Ok(with_evidence(report, &configs, options))
+}
+
+/// The sweep's best so far against compute, then `simulate`'s replays.
+fn best_so_far(
+    sweep: &SweepRow,
+    metric: &str,
+    ended: Vec<progress::Ended>,
+    higher: bool,
+) -> Vec<plots::Line> {
+    let dir = crate::layout::ResultsRoot::new(&sweep.results).sweep(&sweep.name);
+    let mut lines = vec![progress::of_sweep(ended, higher)];
+    lines.extend(progress::simulated(dir.path(), metric));
+    lines
 }
 
 /// `--metric`, else the sweep's `eval.select` metric; one that no trial

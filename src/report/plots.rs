@@ -304,15 +304,39 @@ fn line(
     Ok(())
 }
 
+/// A named series over any x.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
 /// Curves of the top runs over optimiser steps; a loss on a log axis, a
 /// bounded metric from 0; the legend in a strip below the plot.
 pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, ReportError> {
+    let lines: Vec<Line> = curves
+        .iter()
+        .map(|c| Line {
+            label: c.label.clone(),
+            points: c.points.iter().map(|&(s, v)| (s as f64, v)).collect(),
+        })
+        .collect();
+    lines_over(title, metric, "step", &lines, &|v| format!("{v:.0}"))
+}
+
+/// [`curves`] over another x (`x_desc`, its ticks written by `x_text`).
+pub fn lines_over(
+    title: &str,
+    metric: &str,
+    x_desc: &str,
+    curves: &[Line],
+    x_text: &dyn Fn(&f64) -> String,
+) -> Result<String, ReportError> {
     let max_step = curves
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.0))
-        .max()
-        .unwrap_or(1)
-        .max(1);
+        .fold(0.0_f64, f64::max);
+    let max_step = if max_step > 0.0 { max_step } else { 1.0 };
     let values = || curves.iter().flat_map(|c| c.points.iter().map(|p| p.1));
     let legend_rows = u32::try_from(curves.len().div_ceil(LEGEND_COLUMNS)).unwrap_or(1);
     let legend_height = LEGEND_ROW * legend_rows + 12;
@@ -322,7 +346,7 @@ pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, Rep
     let log = is_loss(metric) && !positive.is_empty() && positive.len() == values().count();
     svg(title, size, |root| {
         let (plot, legend_area) = root.split_vertically(WIDE.1);
-        let x = 0.0..max_step as f64;
+        let x = 0.0..max_step;
         if log {
             let (lo, hi) = positive
                 .iter()
@@ -336,9 +360,9 @@ pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, Rep
             mesh!(chart)
                 .disable_y_mesh()
                 .y_labels(30)
-                .x_desc("step")
+                .x_desc(x_desc)
                 .y_desc(format!("{metric} (log scale)"))
-                .x_label_formatter(&|v| format!("{v:.0}"))
+                .x_label_formatter(x_text)
                 .y_label_formatter(&|v| {
                     if is_1_2_5(*v) {
                         number(*v)
@@ -352,9 +376,9 @@ pub fn curves(title: &str, metric: &str, curves: &[Curve]) -> Result<String, Rep
             let (lo, hi) = value_range(metric, values());
             let mut chart = frame(&plot, title).build_cartesian_2d(x, lo..hi)?;
             mesh!(chart)
-                .x_desc("step")
+                .x_desc(x_desc)
                 .y_desc(metric)
-                .x_label_formatter(&|v| format!("{v:.0}"))
+                .x_label_formatter(x_text)
                 .y_label_formatter(&|v| number(*v))
                 .draw()?;
             draw_curves(&mut chart, curves)?;
@@ -376,14 +400,14 @@ fn is_1_2_5(v: f64) -> bool {
 
 fn draw_curves<Y>(
     chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
-    curves: &[Curve],
+    curves: &[Line],
 ) -> DrawResult
 where
     Y: Ranged<ValueType = f64>,
 {
     for (i, curve) in curves.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let points: Vec<(f64, f64)> = curve.points.iter().map(|&(s, v)| (s as f64, v)).collect();
+        let points = curve.points.clone();
         chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
         if points.len() <= 40 {
             chart.draw_series(
@@ -397,7 +421,7 @@ where
 }
 
 /// The series' names in rows under the plot, never over a curve.
-fn legend(area: &Area<'_>, curves: &[Curve]) -> DrawResult {
+fn legend(area: &Area<'_>, curves: &[Line]) -> DrawResult {
     let column_width =
         i32::try_from(WIDE.0 / u32::try_from(LEGEND_COLUMNS).unwrap_or(1)).unwrap_or(190);
     let row = i32::try_from(LEGEND_ROW).unwrap_or(24);

@@ -465,9 +465,9 @@ fn report_names_the_best_trial_per_checkpoint_and_writes_valid_html() {
 
     assert_well_formed(&html);
     let svgs = html.matches("<svg").count();
-    // One figure of two heatmaps, two learning-curve plots, one Pareto plot,
-    // one parallel-coordinates plot.
-    assert_eq!(svgs, 5, "{html}");
+    // One figure of two heatmaps, two learning-curve plots, the best so far
+    // against compute, one Pareto plot, one parallel-coordinates plot.
+    assert_eq!(svgs, 6, "{html}");
     assert_eq!(html.matches("</svg>").count(), svgs);
     // Nothing to fetch: no script, link, source or URL but SVG's namespace.
     assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("src="));

@@ -17,3 +17,4 @@ pub mod simulate;
 pub mod space;
 pub mod surface;
 pub mod tpe;
+pub mod traces;

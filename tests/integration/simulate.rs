@@ -83,6 +83,28 @@ fn a_store_replay_of_the_grid_reaches_the_grids_best_with_all_its_compute() {
     let asha = strategy(&json, "asha");
     assert!(asha["median_compute"].as_f64().unwrap() < 1.0, "{asha:#}");
 
+    // The report draws the replays beside the sweep as it ran.
+    test.run_in(&["report", "s", "--results", "results"])
+        .code(0);
+    let md = std::fs::read_to_string(test.path().join("results/s/report/report.md")).unwrap();
+    let section = md
+        .split("## Best so far against compute")
+        .nth(1)
+        .expect("the best-so-far section");
+    assert!(
+        section.contains("The 4 simulated lines replay this sweep"),
+        "{section}"
+    );
+    let html = std::fs::read_to_string(test.path().join("results/s/report/report.html")).unwrap();
+    for line in [
+        "this sweep, as run",
+        "simulated: grid",
+        "simulated: asha",
+        "simulated: tpe+asha",
+    ] {
+        assert!(html.contains(line), "no {line} in the plot");
+    }
+
     // Exported, then read back: the same replay.
     test.run_in(&[
         "simulate",
