@@ -76,6 +76,13 @@ def parse_args():
         help="the metric value the HParams table shows for a trial",
     )
     p.add_argument(
+        "--expect-steps",
+        action="append",
+        default=[],
+        metavar="TRIAL:TAG=N",
+        help="a scalar's points are steps 1..N, each once (a continuous curve)",
+    )
+    p.add_argument(
         "--expect-scalar",
         action="append",
         default=[],
@@ -102,6 +109,7 @@ def in_process(args):
     # Scalars: simple_values arrive as the scalars plugin's tensors.
     scalar_tags = multiplexer.PluginRunToTagToContent("scalars")
     scalars = {}
+    steps = {}
     for trial in trials:
         tags = scalar_tags.get(trial, {})
         check(tags, f"{trial}: no scalars")
@@ -109,6 +117,7 @@ def in_process(args):
             for e in multiplexer.Tensors(trial, tag):
                 value = tensor_util.make_ndarray(e.tensor_proto).item()
                 scalars[(trial, tag, e.step)] = value
+                steps.setdefault((trial, tag), []).append(e.step)
     print(f"python loader: {len(trials)} trial runs, {len(scalars)} scalar points")
 
     # The hparams plugin's summaries, parsed by the plugin's own code.
@@ -177,6 +186,14 @@ def in_process(args):
         check(
             got_value is not None and math.isclose(got_value, float(value), rel_tol=1e-6),
             f"{trial}: HParams shows {tag} = {got_value}, expected {value}",
+        )
+    for expectation in args.expect_steps:
+        key, n = expectation.split("=")
+        trial, tag = key.split(":", 1)
+        got_steps = sorted(steps.get((trial, tag), []))
+        check(
+            got_steps == list(range(1, int(n) + 1)),
+            f"{trial} {tag}: steps {got_steps}, expected 1..{n} once each",
         )
     for expectation in args.expect_scalar:
         key, value = expectation.split("=")
