@@ -100,19 +100,8 @@ fn tensorboard_reads_a_sweeps_scalars_hparams_and_statuses() {
     }
     assert_eq!(expectations.len(), 5, "{expectations:?}");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard/check.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(test.path().join("results/tb/tb"))
-        .arg("--serve")
-        .args(&expectations)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "check.py failed:\n{stdout}\n{stderr}");
+    let stdout = check(&python, &test, &["--serve"], &expectations);
     assert!(stdout.contains("python loader: 2 trial runs"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }
 
 #[test]
@@ -123,16 +112,13 @@ fn a_promoted_asha_trial_has_one_continuous_curve_in_tensorboard() {
     // Three trials, rungs 5 and 15, η = 3: the best at step 5 (the largest
     // learning rate) is promoted when the third result arrives and resumes
     // from its checkpoint in a second attempt.
-    let test = Test::new().spec(
-        "[experiment]\nname = \"tb\"\n\
-         [data]\npath = \"generated:json\"\n\
-         [model]\ncheckpoint = \"tiny\"\n\
-         [train]\nmethod = \"synthetic\"\nbatch_size = 8\ngrad_accum = 1\n\
-         [synthetic]\nsteps = 15\nstep_ms = 2\n\
+    let test = Test::new().spec(&crate::util::synthetic_spec(
+        "tb",
+        "[synthetic]\nsteps = 15\nstep_ms = 2\n\
          [sweep]\nearly_stop = \"asha\"\n\
          [sweep.asha]\nmin_steps = 5\nmax_steps = 15\n\
          [sweep.axes]\n\"train.lr\" = [1e-5, 1e-4, 1e-3]\n",
-    );
+    ));
     run_spec(&test, "fake-cuda:1x80GiB")
         .code(0)
         .stdout_has("1 finished, 0 failed, 2 pruned");
@@ -151,15 +137,23 @@ fn a_promoted_asha_trial_has_one_continuous_curve_in_tensorboard() {
         // Early stopping is the sweep's own choice, not a failure.
         expectations.push(format!("--expect-status={id}=STATUS_SUCCESS"));
     }
+    check(&python, &test, &[], &expectations);
+}
+
+/// Runs `check.py` on sweep `tb`'s TensorBoard folder with these
+/// expectations; asserts it passed and returns what it printed.
+fn check(python: &Path, test: &Test, flags: &[&str], expectations: &[String]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard/check.py");
     let out = Command::new(python)
         .arg(script)
         .arg(test.path().join("results/tb/tb"))
-        .args(&expectations)
+        .args(flags)
+        .args(expectations)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "check.py failed:\n{stdout}\n{stderr}");
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+    stdout
 }
