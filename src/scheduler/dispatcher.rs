@@ -46,7 +46,7 @@ pub struct Dispatch {
     pub exe: PathBuf,
     /// `sweep.early_stop = "median"`.
     pub pruner: Option<MedianPruner>,
-    /// `sweep.early_stop = "asha"`.
+    /// `sweep.early_stop = "asha"` or `"hyperband"`.
     pub promotions: Option<Promotions>,
     /// `sweep.strategy = "tpe"`: more trials, suggested while it runs.
     pub suggestions: Option<Suggestions>,
@@ -193,6 +193,9 @@ impl Dispatcher<'_> {
     /// Asks for suggested trials while nothing waits and a device has room
     /// (`sweep.strategy = "tpe"`); each is recorded before it is queued.
     fn top_up(&mut self) {
+        if self.suggestions.is_none() {
+            return;
+        }
         let running = self.running_costs();
         let Some(source) = self.suggestions.as_mut() else {
             return;
