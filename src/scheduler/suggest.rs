@@ -156,8 +156,18 @@ impl Suggestions {
                     .to_string(),
                 reason,
             })?;
+            // Other values, the same trial (an axis that changes nothing):
+            // a repeat too, or a resumed sweep would list the trial twice.
+            let id = suggested.info.id.clone();
+            if self.trials().any(|(t, _)| t == id) {
+                self.append(SuggestionLine {
+                    trial: None,
+                    params: point,
+                })?;
+                continue;
+            }
             self.append(SuggestionLine {
-                trial: Some(suggested.info.id.clone()),
+                trial: Some(id),
                 params: point,
             })?;
             return Ok(Some(suggested));
@@ -187,7 +197,7 @@ impl Suggestions {
         })
     }
 
-    /// A space of lists only: its points not yet tried.
+    /// A space of lists only: its points not suggested yet.
     fn open_points(&self) -> Option<Vec<Point>> {
         let space = self.tpe.space();
         if !space.is_finite() {
@@ -207,7 +217,8 @@ impl Suggestions {
                 })
                 .collect();
         }
-        points.retain(|p| !self.trials().any(|(_, q)| Space::same(p, q)));
+        // Repeats count as tried: their point made a trial already.
+        points.retain(|p| !self.lines.iter().any(|l| Space::same(p, &l.params)));
         Some(points)
     }
 
@@ -230,5 +241,82 @@ impl Suggestions {
             .map_err(record)?;
         self.lines.push(line);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::search::tpe::TpeConfig;
+    use crate::spec::schema::Axis;
+
+    /// TPE over one list axis `k` of `ks`;
+    /// `id` names the trial a point makes.
+    fn suggestions(
+        record: PathBuf,
+        ks: Vec<serde_json::Value>,
+        history: &[RecordedEval],
+        id: fn(&Point) -> String,
+    ) -> Suggestions {
+        let mut axes = BTreeMap::new();
+        axes.insert("k".to_owned(), Axis::Values(ks));
+        let tpe = Tpe::new(Space::from_axes(&axes).unwrap(), TpeConfig::default(), 7).unwrap();
+        let materialize: Materialize = Box::new(move |point: &Point| {
+            Ok(Suggested {
+                info: TrialInfo {
+                    id: id(point),
+                    params: point.clone(),
+                    config: String::new(),
+                    dir: String::new(),
+                    est_memory_bytes: 0,
+                    batch_size: 1,
+                    grad_accum: 1,
+                    rel_cost: 1.0,
+                },
+                queued: None,
+            })
+        });
+        Suggestions::new(tpe, 4, "val/loss", record, history, materialize).unwrap()
+    }
+
+    fn by_value(point: &Point) -> String {
+        format!("t{}", point["k"])
+    }
+
+    #[test]
+    fn a_finite_space_is_suggested_once_each_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("suggestions.jsonl");
+        let ks = vec![json!(1), json!(2), json!(3)];
+        let mut first = suggestions(record.clone(), ks.clone(), &[], by_value);
+        let mut ids = Vec::new();
+        while let Some(s) = first.next_trial().unwrap() {
+            ids.push(s.info.id);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["t1", "t2", "t3"], "each point once, then none");
+        let again = suggestions(record, ks, &[], by_value);
+        let read: Vec<&str> = again.trials().map(|(t, _)| t).collect();
+        assert_eq!(read, ids, "the record keeps the order");
+        assert!(!again.exhausted(), "3 of 4 samples");
+    }
+
+    #[test]
+    fn other_values_that_make_the_same_trial_are_recorded_as_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("suggestions.jsonl");
+        let mut s = suggestions(record, vec![json!(1), json!(2)], &[], |_| "same".into());
+        assert_eq!(s.next_trial().unwrap().unwrap().info.id, "same");
+        assert!(
+            s.next_trial().unwrap().is_none(),
+            "the other point is the same trial"
+        );
+        assert_eq!(s.trials().count(), 1);
+        assert_eq!(s.lines.len(), 2, "the repeat is recorded");
     }
 }
