@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::output::{OutputError, outln};
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
-use crate::events::event::{AttemptOutcome, EventSink, SweepEvent, SweepStatus, TrialStatus, now};
+use crate::events::event::{
+    AttemptOutcome, EventSink, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now,
+};
 use crate::events::fanout::Fanout;
 use crate::layout::{ResultsRoot, SweepDir, TrialDir};
 use crate::plan::build::display_path;
@@ -34,7 +36,7 @@ use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_w
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
-use crate::scheduler::suggest::{Suggested, SuggestionLine, Suggestions};
+use crate::scheduler::suggest::{Suggested, Suggestions, read_record};
 use crate::scheduler::trial_record;
 use crate::search::asha::Rungs;
 use crate::search::hyperband::Hyperband;
@@ -415,46 +417,42 @@ fn work(
             pruner,
             promotions,
             suggestions,
-            budget: budget_gate(loaded, prepared)?,
+            budget: budget_gate(loaded, prepared),
         }))
     })
 }
 
-/// `sweep.budget` with what earlier runs of the sweep spent (the store's
-/// attempts, after reconciliation closed the open ones).
-fn budget_gate(
-    loaded: &LoadedSpec,
-    prepared: &PreparedSweep,
-) -> anyhow::Result<Option<BudgetGate>> {
+/// `sweep.budget` with what earlier runs of the sweep spent.
+fn budget_gate(loaded: &LoadedSpec, prepared: &PreparedSweep) -> Option<BudgetGate> {
     let spec = &loaded.spec.sweep.budget;
     if spec.gpu_hours <= 0.0 && spec.trials == 0 {
-        return Ok(None);
+        return None;
     }
-    let store = ResultsRoot::new(&loaded.results).store();
-    let store = if store.is_file() {
-        Some(Store::open_read_only(&store)?)
-    } else {
-        None
-    };
-    let mut history = Vec::new();
-    for (info, status) in &prepared.recorded {
-        let attempts = match &store {
-            Some(store) => store.attempts(&prepared.sweep.name, &info.id)?,
-            None => Vec::new(),
-        };
-        history.push(TrialSpend {
-            trial: info.id.clone(),
-            rel_cost: info.rel_cost,
-            seconds: attempts
-                .iter()
-                .filter_map(|a| Some(a.end? - a.start?))
-                .filter(|s| *s > 0.0)
-                .sum(),
-            launched: !attempts.is_empty(),
-            finished: *status == TrialStatus::Finished,
-        });
-    }
-    Ok(BudgetGate::new(spec, &history))
+    // The trial folders' attempt records, which reconciliation has just
+    // closed (the store gets those only once this run's events flow).
+    let history: Vec<TrialSpend> = prepared
+        .recorded
+        .iter()
+        .map(|(info, status)| {
+            let attempts = folder_attempts(info);
+            TrialSpend {
+                trial: info.id.clone(),
+                rel_cost: info.rel_cost,
+                seconds: attempts
+                    .iter()
+                    .filter_map(|a| Some(a.end? - a.start))
+                    .filter(|s| *s > 0.0)
+                    .sum(),
+                launched: !attempts.is_empty(),
+                finished: *status == TrialStatus::Finished,
+            }
+        })
+        .collect();
+    BudgetGate::new(spec, &history)
+}
+
+fn folder_attempts(info: &TrialInfo) -> Vec<trial_record::AttemptRecord> {
+    trial_record::attempts(&TrialDir::from_path(std::path::Path::new(&info.dir)))
 }
 
 /// The trials that ever started, in the order their first attempt did
@@ -464,8 +462,7 @@ fn launch_order(prepared: &PreparedSweep) -> Vec<String> {
         .recorded
         .iter()
         .filter_map(|(info, _)| {
-            let dir = TrialDir::from_path(std::path::Path::new(&info.dir));
-            let start = trial_record::attempts(&dir)
+            let start = folder_attempts(info)
                 .iter()
                 .map(|a| a.start)
                 .min_by(f64::total_cmp)?;
@@ -481,16 +478,12 @@ fn launch_order(prepared: &PreparedSweep) -> Vec<String> {
 /// the axes.
 fn suggested_so_far(loaded: &LoadedSpec, drawn: Expansion) -> anyhow::Result<Expansion> {
     let record = suggestion_record(loaded);
-    let mut combos = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(&record) {
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let line: SuggestionLine = serde_json::from_str(line)
-                .with_context(|| format!("{} is damaged", record.display()))?;
-            if line.trial.is_some() {
-                combos.push(line.params);
-            }
-        }
-    }
+    let combos = read_record(&record)
+        .with_context(|| format!("cannot read {}", record.display()))?
+        .into_iter()
+        .filter(|line| line.trial.is_some())
+        .map(|line| line.params)
+        .collect();
     Ok(Expansion {
         trials: trials_at(loaded, combos)?,
         ..drawn

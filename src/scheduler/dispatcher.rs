@@ -253,7 +253,8 @@ impl Dispatcher<'_> {
     fn sort_pending(&mut self) {
         let states = &self.states;
         let promotions = self.promotions.as_ref();
-        self.pending.sort_by_key(|&i| {
+        // Cached: a key looks the trial up by id.
+        self.pending.sort_by_cached_key(|&i| {
             let q = &states[i].queued;
             let rung = promotions.map_or(0, |p| p.target(&q.info.id));
             (std::cmp::Reverse(rung), std::cmp::Reverse(q.memory_now()))

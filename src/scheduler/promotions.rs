@@ -69,13 +69,7 @@ pub struct Promotions {
 impl Promotions {
     /// ASHA over `rungs`; `metric` is the selection metric (`val/loss`).
     pub fn new(rungs: Rungs, metric: &str) -> Self {
-        Promotions {
-            brackets: vec![Asha::new(rungs)],
-            hyperband: None,
-            bracket_of: BTreeMap::new(),
-            metric: metric.to_owned(),
-            higher_is_better: higher_is_better(metric),
-        }
+        Promotions::with(vec![Asha::new(rungs)], None, metric)
     }
 
     /// Hyperband: one ASHA per bracket.
@@ -83,10 +77,16 @@ impl Promotions {
         let brackets = (0..hyperband.brackets().len())
             .map(|b| Asha::new(hyperband.rungs(b)))
             .collect();
+        Promotions::with(brackets, Some(hyperband), metric)
+    }
+
+    fn with(brackets: Vec<Asha<String>>, hyperband: Option<Hyperband>, metric: &str) -> Self {
         Promotions {
             brackets,
-            hyperband: Some(hyperband),
-            ..Promotions::new(Rungs::new(1, 1, 2).expect("a one-rung ladder"), metric)
+            hyperband,
+            bracket_of: BTreeMap::new(),
+            metric: metric.to_owned(),
+            higher_is_better: higher_is_better(metric),
         }
     }
 

@@ -11,7 +11,6 @@
 //! stopping ended (or that wait at an ASHA rung) inform the model too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::promotions::RecordedEval;
 use super::queue::QueuedTrial;
 use crate::events::event::TrialInfo;
+use crate::jsonl;
 use crate::metrics::names::higher_is_better;
 use crate::search::space::{Point, Space};
 use crate::search::tpe::{Observation, Request, Tpe};
@@ -54,6 +54,16 @@ pub struct SuggestionLine {
     pub params: Point,
 }
 
+/// The suggestions a sweep recorded, in order (a line torn by a crash is
+/// dropped: its trial was never queued).
+pub fn read_record(path: &std::path::Path) -> std::io::Result<Vec<SuggestionLine>> {
+    jsonl::read(path)?
+        .lines
+        .iter()
+        .map(|(_, line)| serde_json::from_str(line).map_err(std::io::Error::other))
+        .collect()
+}
+
 pub struct Suggestions {
     tpe: Tpe,
     samples: usize,
@@ -77,15 +87,7 @@ impl Suggestions {
         history: &[RecordedEval],
         materialize: Materialize,
     ) -> std::io::Result<Self> {
-        let lines = match std::fs::read_to_string(&record) {
-            Ok(text) => text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-                .collect::<Result<Vec<_>, _>>()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let lines = read_record(&record)?;
         let mut suggestions = Suggestions {
             tpe,
             samples,
@@ -230,13 +232,10 @@ impl Suggestions {
             source,
         };
         let text = serde_json::to_string(&line).map_err(|e| record(std::io::Error::other(e)))?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.record)
-            .and_then(|mut f| {
-                writeln!(f, "{text}")?;
-                f.sync_data()
+        jsonl::open_append(&self.record)
+            .and_then(|(mut file, _)| {
+                jsonl::append_line(&mut file, &text)?;
+                file.sync_data()
             })
             .map_err(record)?;
         self.lines.push(line);
