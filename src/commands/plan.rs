@@ -139,6 +139,7 @@ fn sbatch_lines(loaded: &LoadedSpec, plan: &SweepPlan) -> anyhow::Result<Vec<Str
                 attempt: 1,
                 memory_bytes: t.memory.total,
                 sets: &[],
+                stop_after: None,
                 exe: &exe,
             }
             .command_line()

@@ -24,6 +24,7 @@ use crate::events::fanout::Fanout;
 use crate::layout::{ResultsRoot, SweepDir, TrialDir};
 use crate::plan::build::display_path;
 use crate::plan::placement::Limits;
+use crate::scheduler::adaptive::Adaptive;
 use crate::scheduler::budget_gate::{BudgetGate, TrialSpend};
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
@@ -381,6 +382,12 @@ fn work(
         EarlyStop::None | EarlyStop::Median => None,
     }
     .map(|p| p.rebuild(&launch_order(prepared), history));
+    let adaptive = Adaptive {
+        pruner,
+        promotions,
+        suggestions,
+        budget: budget_gate(loaded, prepared),
+    };
     Ok(if resources.backend == Backend::Slurm {
         let work = SlurmDispatch {
             sweep: prepared.sweep.name.clone(),
@@ -392,7 +399,7 @@ fn work(
             slurm: loaded.spec.slurm.clone(),
             retries: resources.retries,
             exe,
-            pruner,
+            adaptive,
             detach: options.follow.detach,
             on_interrupt: match options.follow.cancel_on_exit {
                 Some(true) => OnInterrupt::Cancel,
@@ -414,10 +421,7 @@ fn work(
             stall_timeout: seconds(resources.stall_timeout),
             kill_grace: Duration::from_secs_f64(options.kill_grace),
             exe,
-            pruner,
-            promotions,
-            suggestions,
-            budget: budget_gate(loaded, prepared),
+            adaptive,
         }))
     })
 }

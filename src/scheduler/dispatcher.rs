@@ -10,18 +10,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::budget_gate::{BudgetGate, Running as BudgetRunning, refusal};
+use super::adaptive::Adaptive;
+use super::budget_gate::Running as BudgetRunning;
 use super::executor::{self, ExecutorEvent, Launch, RunId};
 use super::fate::{
     self, AttemptEnd, BackendEnd, ExitFacts, StopCause, TrialState, settle, tail_text,
 };
 use super::memory_probe::MemoryProbe;
 use super::oom_killer;
-use super::promotions::Promotions;
-use super::pruner::MedianPruner;
 use super::queue::{QueuedTrial, Summary};
 use super::slots::Slots;
-use super::suggest::Suggestions;
 use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
 use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
 use crate::events::fanout::Fanout;
@@ -44,14 +42,8 @@ pub struct Dispatch {
     pub kill_grace: Duration,
     /// The palisweep executable the workers run.
     pub exe: PathBuf,
-    /// `sweep.early_stop = "median"`.
-    pub pruner: Option<MedianPruner>,
-    /// `sweep.early_stop = "asha"` or `"hyperband"`.
-    pub promotions: Option<Promotions>,
-    /// `sweep.strategy = "tpe"`: more trials, suggested while it runs.
-    pub suggestions: Option<Suggestions>,
-    /// `sweep.budget`.
-    pub budget: Option<BudgetGate>,
+    /// Early stopping, suggestions and the budget.
+    pub adaptive: Adaptive,
 }
 
 struct Running {
@@ -98,10 +90,7 @@ struct Dispatcher<'a> {
     stall_timeout: Option<Duration>,
     kill_grace: Duration,
     exe: PathBuf,
-    pruner: Option<MedianPruner>,
-    promotions: Option<Promotions>,
-    suggestions: Option<Suggestions>,
-    budget: Option<BudgetGate>,
+    adaptive: Adaptive,
     /// Trials that may run at once: a suggestion is asked for while fewer run.
     capacity: usize,
     states: Vec<TrialState>,
@@ -130,14 +119,7 @@ pub async fn dispatch(
         InventorySource::Nvml | InventorySource::NvidiaSmi
     );
     let mut states: Vec<TrialState> = dispatch.trials.into_iter().map(TrialState::new).collect();
-    // Trials a resumed ASHA sweep left waiting at a rung stay there.
-    let mut pending = Vec::new();
-    for (i, state) in states.iter_mut().enumerate() {
-        match &dispatch.promotions {
-            Some(p) if p.is_paused(&state.queued.info.id) => state.status = TrialStatus::Paused,
-            _ => pending.push(i),
-        }
-    }
+    let pending = dispatch.adaptive.first_queue(&mut states);
     let capacity =
         dispatch.inventory.devices.len() * dispatch.limits.max_trials_per_device.max(1) as usize;
     let mut d = Dispatcher {
@@ -151,10 +133,7 @@ pub async fn dispatch(
         stall_timeout: dispatch.stall_timeout,
         kill_grace: dispatch.kill_grace,
         exe: dispatch.exe,
-        pruner: dispatch.pruner,
-        promotions: dispatch.promotions,
-        suggestions: dispatch.suggestions,
-        budget: dispatch.budget,
+        adaptive: dispatch.adaptive,
         capacity,
         pending,
         states,
@@ -176,7 +155,7 @@ pub async fn dispatch(
         }
         if d.running.is_empty() && (d.pending.is_empty() || d.interrupting) {
             if !d.interrupting {
-                d.stop_paused_trials();
+                d.adaptive.stop_paused_trials(&mut d.states, d.fanout);
             }
             break;
         }
@@ -190,39 +169,18 @@ pub async fn dispatch(
 }
 
 impl Dispatcher<'_> {
-    /// Asks for suggested trials while nothing waits and a device has room
-    /// (`sweep.strategy = "tpe"`); each is recorded before it is queued.
+    /// Asks for suggested trials while a device has room.
     fn top_up(&mut self) {
-        if self.suggestions.is_none() {
-            return;
-        }
         let running = self.running_costs();
-        let Some(source) = self.suggestions.as_mut() else {
-            return;
-        };
-        while self.pending.is_empty() && self.running.len() < self.capacity {
-            if self.budget.as_ref().is_some_and(|b| b.spent(&running)) {
-                return;
-            }
-            match source.next_trial() {
-                Ok(Some(suggested)) => {
-                    self.fanout.send(&SweepEvent::TrialRecorded {
-                        trial: Box::new(suggested.info),
-                        status: TrialStatus::Queued,
-                    });
-                    if let Some(queued) = suggested.queued {
-                        self.states.push(TrialState::new(queued));
-                        self.pending.push(self.states.len() - 1);
-                        self.placement_changed = true;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    eprintln!("palisweep: no more trials are suggested: {error}");
-                    self.suggestions = None;
-                    return;
-                }
-            }
+        if self.adaptive.top_up(
+            &mut self.states,
+            &mut self.pending,
+            self.running.len(),
+            self.capacity,
+            &running,
+            self.fanout,
+        ) {
+            self.placement_changed = true;
         }
     }
 
@@ -241,95 +199,18 @@ impl Dispatcher<'_> {
             .collect()
     }
 
-    /// The budget's verdict on starting trial `i` now: the reason it may
-    /// not, if it may not.
-    fn refused_by_budget(&self, i: usize) -> Option<String> {
-        let gate = self.budget.as_ref()?;
-        let info = &self.states[i].queued.info;
-        refusal(gate.admit(&info.id, info.rel_cost, &self.running_costs()))
-    }
-
-    /// Promoted trials first (higher rungs first), then the largest.
     fn sort_pending(&mut self) {
-        let states = &self.states;
-        let promotions = self.promotions.as_ref();
-        // Cached: a key looks the trial up by id.
-        self.pending.sort_by_cached_key(|&i| {
-            let q = &states[i].queued;
-            let rung = promotions.map_or(0, |p| p.target(&q.info.id));
-            (std::cmp::Reverse(rung), std::cmp::Reverse(q.memory_now()))
-        });
-    }
-
-    /// A rung result: the reporting worker stops at its rung by itself;
-    /// trials it promoted that wait paused go back to the queue (one still
-    /// running is requeued when it exits).
-    fn on_rung_eval(
-        &mut self,
-        run: RunId,
-        step: u64,
-        metrics: &std::collections::BTreeMap<String, f64>,
-    ) {
-        let (Some(promotions), Some(r)) = (self.promotions.as_mut(), self.running.get_mut(&run))
-        else {
-            return;
-        };
-        let id = &self.states[r.trial].queued.info.id;
-        let Some(result) = promotions.on_eval(id, step, metrics) else {
-            return;
-        };
-        if r.stop.is_none() {
-            r.stop = Some(StopCause::Rung);
-        }
-        for trial in result.promoted {
-            let Some(i) = self.states.iter().position(|s| s.queued.info.id == trial) else {
-                continue;
-            };
-            if self.states[i].status == TrialStatus::Paused {
-                self.states[i].status = TrialStatus::Queued;
-                self.pending.push(i);
-                self.placement_changed = true;
-            }
-        }
-        self.sort_pending();
-    }
-
-    /// A paused trial whose rung promoted it while its worker was stopping.
-    fn requeue_if_promoted(&mut self, trial: usize) -> bool {
-        let state = &mut self.states[trial];
-        let promoted = self
-            .promotions
-            .as_ref()
-            .is_some_and(|p| !p.is_paused(&state.queued.info.id));
-        if state.status == TrialStatus::Paused && promoted && !self.interrupting {
-            state.status = TrialStatus::Queued;
-            return true;
-        }
-        false
-    }
-
-    /// Nothing trains and nothing waits to start: no paused trial can be
-    /// promoted any more, so each ends where it paused.
-    fn stop_paused_trials(&mut self) {
-        let Some(promotions) = self.promotions.as_ref() else {
-            return;
-        };
-        for stopped in promotions.stopped() {
-            if let Some(state) = self
-                .states
-                .iter_mut()
-                .find(|s| s.queued.info.id == stopped.trial && s.status == TrialStatus::Paused)
-            {
-                fate::end_early(state, stopped.reason(), self.fanout);
-            }
-        }
+        self.adaptive.sort(&self.states, &mut self.pending);
     }
 
     /// Starts every queued trial that fits somewhere now.
     fn launch_ready(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for i in pending {
-            if let Some(reason) = self.refused_by_budget(i) {
+            if let Some(reason) = self
+                .adaptive
+                .refusal(&self.states[i], &self.running_costs())
+            {
                 fate::end_early(&mut self.states[i], reason, self.fanout);
                 continue;
             }
@@ -346,10 +227,7 @@ impl Dispatcher<'_> {
             };
             self.next_run += 1;
             let run = self.next_run;
-            let stop_after = self
-                .promotions
-                .as_mut()
-                .and_then(|p| p.stop_after(&self.states[i].queued.info.id));
+            let stop_after = self.adaptive.stop_after(&self.states[i].queued.info.id);
             match start(
                 run,
                 &self.states[i],
@@ -363,9 +241,7 @@ impl Dispatcher<'_> {
             ) {
                 Ok((pid, start_time)) => {
                     self.slots.take(device, bytes);
-                    if let Some(gate) = self.budget.as_mut() {
-                        gate.launched(&self.states[i].queued.info.id);
-                    }
+                    self.adaptive.launched(&self.states[i].queued.info.id);
                     let state = &mut self.states[i];
                     self.running.insert(
                         run,
@@ -406,12 +282,7 @@ impl Dispatcher<'_> {
                     return;
                 };
                 r.last_output = Instant::now();
-                let mut rung_eval = None;
-                if let (Some(source), WorkerEvent::Eval { metrics, .. }) =
-                    (self.suggestions.as_mut(), &line.event)
-                {
-                    source.on_eval(&self.states[r.trial].queued.info.id, metrics);
-                }
+                let trial = r.trial;
                 match &line.event {
                     WorkerEvent::Failed { kind, message } => {
                         r.failed = Some((*kind, message.clone()));
@@ -422,30 +293,24 @@ impl Dispatcher<'_> {
                         });
                     }
                     WorkerEvent::Started { .. } => r.finished = None,
-                    WorkerEvent::Eval { step, metrics, .. } if self.promotions.is_some() => {
-                        rung_eval = Some((*step, metrics.clone()));
-                    }
                     WorkerEvent::Eval { step, metrics, .. } => {
-                        let id = &self.states[r.trial].queued.info.id;
-                        if let Some(pruner) = self.pruner.as_mut()
-                            && pruner.report(id, *step, metrics)
-                            && r.stop.is_none()
-                        {
-                            r.stop = Some(StopCause::Prune);
-                            r.term_sent = Some(Instant::now());
-                            executor::signal_group(r.pid, false);
-                        }
+                        let stop = self.adaptive.on_eval(
+                            &mut self.states,
+                            &mut self.pending,
+                            trial,
+                            *step,
+                            metrics,
+                        );
+                        self.on_stop_decided(run, stop);
                     }
                     _ => {}
                 }
+                let attempt = self.running.get(&run).map_or(0, |r| r.attempt);
                 self.fanout.send(&SweepEvent::Worker {
-                    trial: self.states[r.trial].queued.info.id.clone(),
-                    attempt: r.attempt,
+                    trial: self.states[trial].queued.info.id.clone(),
+                    attempt,
                     line,
                 });
-                if let Some((step, metrics)) = rung_eval {
-                    self.on_rung_eval(run, step, &metrics);
-                }
             }
             ExecutorEvent::Noise { run } => {
                 if let Some(r) = self.running.get_mut(&run) {
@@ -463,16 +328,11 @@ impl Dispatcher<'_> {
                 };
                 self.slots.release(r.device, r.bytes);
                 self.placement_changed = true;
-                if let Some(gate) = self.budget.as_mut() {
-                    let info = &self.states[r.trial].queued.info;
-                    let finished = r.finished.is_some() && code == Some(0);
-                    gate.attempt_ended(
-                        &info.id,
-                        info.rel_cost,
-                        r.started.elapsed().as_secs_f64(),
-                        finished,
-                    );
-                }
+                self.adaptive.attempt_ended(
+                    &self.states[r.trial],
+                    r.started.elapsed().as_secs_f64(),
+                    r.finished.is_some() && code == Some(0),
+                );
                 let exit = Exit {
                     code,
                     signal,
@@ -487,11 +347,36 @@ impl Dispatcher<'_> {
                     &self.inventory,
                     self.fanout,
                 );
-                if requeue || self.requeue_if_promoted(r.trial) {
+                let state = &mut self.states[r.trial];
+                if requeue || self.adaptive.requeue_if_promoted(state, self.interrupting) {
                     self.pending.push(r.trial);
                     self.sort_pending();
                 }
             }
+        }
+    }
+
+    /// What an evaluation decided for its worker: a pruned one is stopped
+    /// (SIGTERM, it checkpoints); one at its rung stops by itself, and the
+    /// trials its result promoted may start now.
+    fn on_stop_decided(&mut self, run: RunId, stop: Option<StopCause>) {
+        let Some(r) = self.running.get_mut(&run) else {
+            return;
+        };
+        match stop {
+            Some(cause) if r.stop.is_some() => {
+                self.placement_changed |= cause == StopCause::Rung;
+            }
+            Some(StopCause::Rung) => {
+                r.stop = Some(StopCause::Rung);
+                self.placement_changed = true;
+            }
+            Some(cause) => {
+                r.stop = Some(cause);
+                r.term_sent = Some(Instant::now());
+                executor::signal_group(r.pid, false);
+            }
+            None => {}
         }
     }
 

@@ -3,6 +3,7 @@
 //! devices ([`slots`]) and the running workers; the [`executor`] only
 //! starts and watches worker processes. Its only output is the
 //! [`crate::events`] stream, which the consumers under `track/` receive.
+pub mod adaptive;
 pub mod budget_gate;
 pub mod dispatcher;
 pub mod executor;

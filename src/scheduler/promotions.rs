@@ -153,6 +153,17 @@ impl Promotions {
         }
     }
 
+    /// Whether a worker of `trial` stops after evaluating at `step`: it is
+    /// a rung of its bracket below the top (a worker is told to stop at the
+    /// first rung ahead of it, so a rung it evaluates at is where it stops,
+    /// also when a resumed scheduler replays that evaluation).
+    pub fn stops_at(&self, trial: &str, step: u64) -> bool {
+        self.bracket_of.get(trial).is_some_and(|&b| {
+            let rungs = self.brackets[b].rungs();
+            rungs.resources()[..rungs.top()].contains(&step)
+        })
+    }
+
     /// Whether `trial` waits at a rung (not promoted, not training).
     pub fn is_paused(&self, trial: &str) -> bool {
         matches!(self.state(trial), Some((_, State::Paused(_))))

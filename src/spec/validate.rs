@@ -359,11 +359,13 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
             "tpe models each axis on its own and cannot walk axes together",
             "remove zip, or use strategy = \"grid\"",
         );
+        // TPE learns from finished trials: with no cap, Slurm would get
+        // every suggestion at once, made from no results (random search).
         c.require(
-            spec.resources.backend == Backend::Local,
+            spec.resources.backend == Backend::Local || spec.slurm.max_jobs > 0,
             "sweep.strategy",
-            "tpe runs on the local backend only (its Slurm wiring is not built yet)",
-            "strategy = \"random\", or resources.backend = \"local\"",
+            "tpe on Slurm needs `slurm.max_jobs`, the number of trials in flight while it learns from the finished ones",
+            "[slurm] max_jobs = 4",
         );
     }
 }
@@ -408,13 +410,6 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
         return;
     }
     let rungs = rung_ladder(a.min_steps, a.max_steps, a.eta);
-    if spec.resources.backend == Backend::Slurm {
-        c.fail(
-            "sweep.early_stop",
-            format!("{name} runs on the local backend only (its Slurm wiring is not built yet)"),
-            Some("early_stop = \"median\", or resources.backend = \"local\"".to_owned()),
-        );
-    }
     let below_top = &rungs[..rungs.len() - 1];
     let (every, evaluates): (String, Box<dyn Fn(u64) -> bool>) =
         match (spec.train.method, &spec.eval.every) {

@@ -34,7 +34,7 @@ use crate::util::{Test, count, events, trial_dirs};
 /// | i → 5  | … i (9)               | d g b     | i pauses                      |
 ///
 /// Nothing is left to run: a c e f h i stop at rung 0, b and g at rung 1.
-const LRS: [(&str, f64); 9] = [
+pub(crate) const LRS: [(&str, f64); 9] = [
     ("a", 4.9e-5),
     ("b", 8.1e-5),
     ("c", 1.6e-5),
@@ -46,9 +46,14 @@ const LRS: [(&str, f64); 9] = [
     ("i", 3.6e-5),
 ];
 
-const LAUNCHES: &str = "a5 b5 c5 b15 d5 d15 e5 f5 g5 g15 d45 h5 i5";
+pub(crate) const LAUNCHES: &str = "a5 b5 c5 b15 d5 d15 e5 f5 g5 g15 d45 h5 i5";
 
 fn spec(step_ms: u32) -> String {
+    spec_with(step_ms, "")
+}
+
+/// The nine trials' spec, with `extra` tables (another backend).
+pub(crate) fn spec_with(step_ms: u32, extra: &str) -> String {
     let lrs: Vec<String> = LRS.iter().map(|(_, lr)| format!("{lr:e}")).collect();
     crate::util::synthetic_spec(
         "s",
@@ -56,7 +61,7 @@ fn spec(step_ms: u32) -> String {
             "[synthetic]\nsteps = 45\nstep_ms = {step_ms}\n\
              [sweep]\nearly_stop = \"asha\"\n\
              [sweep.asha]\nmin_steps = 5\nmax_steps = 45\neta = 3\n\
-             [sweep.axes]\n\"train.lr\" = [{}]\n",
+             [sweep.axes]\n\"train.lr\" = [{}]\n{extra}",
             lrs.join(", ")
         ),
     )
@@ -69,7 +74,7 @@ fn run(test: &Test) -> crate::util::Output {
 }
 
 /// Trial folder → its letter, by its learning rate.
-fn letters(test: &Test) -> BTreeMap<String, &'static str> {
+pub(crate) fn letters(test: &Test) -> BTreeMap<String, &'static str> {
     trial_dirs(test, "s")
         .iter()
         .map(|dir| {
@@ -91,7 +96,7 @@ fn letters(test: &Test) -> BTreeMap<String, &'static str> {
 }
 
 /// Each trial's status and reason in the store, by letter.
-fn outcomes(test: &Test) -> BTreeMap<&'static str, (String, Option<String>)> {
+pub(crate) fn outcomes(test: &Test) -> BTreeMap<&'static str, (String, Option<String>)> {
     let letters = letters(test);
     let db = rusqlite::Connection::open(test.path().join("results/palisweep.sqlite")).unwrap();
     let mut stmt = db
@@ -106,7 +111,7 @@ fn outcomes(test: &Test) -> BTreeMap<&'static str, (String, Option<String>)> {
         .collect()
 }
 
-fn expected_outcomes() -> BTreeMap<&'static str, (String, Option<String>)> {
+pub(crate) fn expected_outcomes() -> BTreeMap<&'static str, (String, Option<String>)> {
     let stopped = |rung: usize, step: u64| {
         (
             "pruned".to_owned(),
@@ -128,7 +133,7 @@ fn expected_outcomes() -> BTreeMap<&'static str, (String, Option<String>)> {
 }
 
 /// Every attempt as `<letter><last step>`, in the order they started.
-fn launches(test: &Test) -> String {
+pub(crate) fn launches(test: &Test) -> String {
     let letters = letters(test);
     let mut all: Vec<(f64, String)> = Vec::new();
     for dir in trial_dirs(test, "s") {
@@ -163,7 +168,7 @@ fn launches(test: &Test) -> String {
 }
 
 /// Steps each trial trained, as listed by its step events (all attempts).
-fn steps_trained(dir: &Path) -> Vec<u64> {
+pub(crate) fn steps_trained(dir: &Path) -> Vec<u64> {
     events(dir, "step")
         .iter()
         .map(|e| e["step"].as_u64().unwrap())

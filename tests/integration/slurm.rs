@@ -432,3 +432,151 @@ fn plan_shows_the_sbatch_line_of_each_trial() {
     assert!(local["trials"][0].is_object(), "{local}");
     assert!(local["trials"][0].get("sbatch").is_none(), "{local}");
 }
+
+/// ASHA's hand-worked nine trials (`asha.rs`) through Slurm, one job at a
+/// time: each rung is one job whose worker stops there by itself.
+fn asha_spec(step_ms: u32) -> String {
+    crate::asha::spec_with(
+        step_ms,
+        "[resources]\nbackend = \"slurm\"\nretries = 2\n\
+         [slurm]\ncpus_per_trial = 1\npoll_interval = 0.3\nmax_jobs = 1\n",
+    )
+}
+
+/// Each trial's attempts as `(job, outcome)`, by letter.
+fn rung_jobs(test: &Test) -> Vec<(&'static str, Vec<(String, String)>)> {
+    let letters = crate::asha::letters(test);
+    trial_dirs(test, "s")
+        .iter()
+        .map(|dir| {
+            let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
+            let jobs = attempts(dir)
+                .iter()
+                .map(|a| {
+                    (
+                        a["job"].as_str().unwrap_or_default().to_owned(),
+                        a["outcome"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            (letter, jobs)
+        })
+        .collect()
+}
+
+#[test]
+fn asha_through_slurm_promotes_and_stops_the_trials_worked_by_hand() {
+    let Some(_cluster) = cluster() else {
+        return;
+    };
+    let test = Test::new().spec(&asha_spec(2));
+    test.run_in(&RUN)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(
+        crate::asha::outcomes(&test),
+        crate::asha::expected_outcomes()
+    );
+    assert_eq!(crate::asha::launches(&test), crate::asha::LAUNCHES);
+    for (letter, jobs) in rung_jobs(&test) {
+        // One job per rung: paused at each rung it reached, d finished.
+        let expected = match letter {
+            "d" => vec!["paused", "paused", "finished"],
+            "b" | "g" => vec!["paused", "paused"],
+            _ => vec!["paused"],
+        };
+        let outcomes: Vec<&str> = jobs.iter().map(|(_, o)| o.as_str()).collect();
+        assert_eq!(outcomes, expected, "trial {letter}: {jobs:?}");
+        let ids: BTreeSet<&String> = jobs.iter().map(|(j, _)| j).collect();
+        assert_eq!(ids.len(), jobs.len(), "trial {letter}: a job per rung");
+    }
+    for dir in trial_dirs(&test, "s") {
+        let mut steps = crate::asha::steps_trained(&dir);
+        let last = *steps.last().unwrap();
+        steps.dedup();
+        assert_eq!(steps, (1..=last).collect::<Vec<u64>>(), "no step twice");
+    }
+}
+
+#[test]
+fn a_killed_asha_orchestrator_restarts_and_gives_the_same_promotions() {
+    let Some(_cluster) = cluster() else {
+        return;
+    };
+    let test = Test::new().spec(&asha_spec(150));
+    let mut orchestrator = spawn(&test, &RUN);
+    // Killed once d runs towards rung 1 (after five jobs).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(test.path().join("results/s/trials").is_dir()
+        && crate::asha::launches(&test).split(' ').count() >= 6)
+    {
+        assert!(Instant::now() < deadline, "the sweep never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&orchestrator, nix::sys::signal::Signal::SIGKILL);
+    orchestrator.wait().unwrap();
+    test.run_in(&RUN)
+        .code(0)
+        .stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(
+        crate::asha::outcomes(&test),
+        crate::asha::expected_outcomes()
+    );
+    for (letter, jobs) in rung_jobs(&test) {
+        assert!(
+            jobs.iter().all(|(_, o)| o == "paused" || o == "finished"),
+            "trial {letter}: the job followed after the restart ended as it did: {jobs:?}"
+        );
+    }
+    for dir in trial_dirs(&test, "s") {
+        let mut steps = crate::asha::steps_trained(&dir);
+        steps.dedup();
+        let last = *steps.last().unwrap();
+        assert_eq!(
+            steps,
+            (1..=last).collect::<Vec<u64>>(),
+            "resumed, not rerun"
+        );
+    }
+}
+
+#[test]
+fn tpe_through_slurm_keeps_max_jobs_in_flight_and_stops_at_its_trial_budget() {
+    let Some(_cluster) = cluster() else {
+        return;
+    };
+    let test = Test::new().spec(&crate::util::synthetic_spec(
+        "s",
+        "[synthetic]\nsteps = 10\nstep_ms = 100\n\
+         [sweep]\nstrategy = \"tpe\"\nsamples = 6\n\
+         [sweep.budget]\ntrials = 4\n\
+         [sweep.axes]\n\"train.lr\" = { loguniform = [1e-6, 1e-3] }\n\
+         [resources]\nbackend = \"slurm\"\n\
+         [slurm]\ncpus_per_trial = 1\npoll_interval = 0.3\nmax_jobs = 2\n",
+    ));
+    test.run_in(&RUN).code(0).stdout_has("4 finished, 0 failed");
+    let suggested = crate::util::jsonl(&test.path().join("results/s/suggestions.jsonl"));
+    assert_eq!(
+        suggested.len(),
+        4,
+        "the budget stops suggestions: {suggested:?}"
+    );
+    let dirs = trial_dirs(&test, "s");
+    assert_eq!(dirs.len(), 4);
+    // Jobs' lives from their attempt records: never more than two at once.
+    let spans: Vec<(f64, f64)> = dirs
+        .iter()
+        .flat_map(|d| attempts(d))
+        .map(|a| (a["start"].as_f64().unwrap(), a["end"].as_f64().unwrap()))
+        .collect();
+    for (start, _) in &spans {
+        let live = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(live <= 2, "{live} jobs at once: {spans:?}");
+    }
+    // The next run holds: the budget counts the launched trials.
+    test.run_in(&RUN).code(0).stdout_has("4 finished, 0 failed");
+    assert_eq!(trial_dirs(&test, "s").len(), 4);
+}

@@ -295,3 +295,15 @@ fn asha_rungs_off_the_evaluation_steps_are_refused_with_the_rungs_named() {
         .stderr_has("spec.toml:7:1")
         .stderr_has("`sweep.early_stop`: asha needs `sweep.asha.max_steps`");
 }
+
+#[test]
+fn tpe_on_slurm_without_a_job_cap_is_refused_with_the_fix() {
+    plan(&format!(
+        "{BASE}[sweep]\nstrategy = \"tpe\"\nsamples = 4\n\
+         [sweep.axes]\n\"train.lr\" = {{ loguniform = [1e-6, 1e-3] }}\n\
+         [resources]\nbackend = \"slurm\"\n"
+    ))
+    .code(2)
+    .stderr_has("spec.toml:7:1: `sweep.strategy`: tpe on Slurm needs `slurm.max_jobs`")
+    .stderr_has("[slurm] max_jobs = 4");
+}

@@ -15,10 +15,11 @@ use super::sbatch::JobRequest;
 use super::tail::EventTail;
 use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
 use crate::events::fanout::Fanout;
+use crate::scheduler::adaptive::Adaptive;
+use crate::scheduler::budget_gate::Running as BudgetRunning;
 use crate::scheduler::fate::{
     self, AttemptEnd, BackendEnd, ExitFacts, StopCause, TrialState, settle,
 };
-use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::queue::{QueuedTrial, Summary};
 use crate::spec::schema::Slurm;
 use crate::worker::contract::WorkerExit;
@@ -47,7 +48,10 @@ pub struct SlurmDispatch {
     pub slurm: Slurm,
     pub retries: u32,
     pub exe: PathBuf,
-    pub pruner: Option<MedianPruner>,
+    /// Early stopping, suggestions and the budget, as on the local backend.
+    /// An attempt's device time counts from its submission (queue wait
+    /// included), which is what the job's record says.
+    pub adaptive: Adaptive,
     /// Submit and return (`run --detach`).
     pub detach: bool,
     pub on_interrupt: OnInterrupt,
@@ -89,7 +93,7 @@ pub fn preflight(d: &SlurmDispatch) -> Result<(), SlurmError> {
     client::reachable()?;
     let mut checked: Vec<Vec<String>> = Vec::new();
     for q in &d.trials {
-        let request = request(d, q, &[]);
+        let request = request(d, q, &[], None);
         let shape: Vec<String> = request
             .sbatch_args()
             .into_iter()
@@ -112,7 +116,12 @@ pub fn preflight(d: &SlurmDispatch) -> Result<(), SlurmError> {
     Ok(())
 }
 
-fn request<'a>(d: &'a SlurmDispatch, q: &'a QueuedTrial, sets: &'a [String]) -> JobRequest<'a> {
+fn request<'a>(
+    d: &'a SlurmDispatch,
+    q: &'a QueuedTrial,
+    sets: &'a [String],
+    stop_after: Option<u64>,
+) -> JobRequest<'a> {
     JobRequest {
         slurm: &d.slurm,
         sweep: &d.sweep,
@@ -121,6 +130,7 @@ fn request<'a>(d: &'a SlurmDispatch, q: &'a QueuedTrial, sets: &'a [String]) -> 
         attempt: q.next_attempt,
         memory_bytes: q.memory_now(),
         sets,
+        stop_after,
         exe: &d.exe,
     }
 }
@@ -156,12 +166,16 @@ pub async fn dispatch(
     let mut ticker = tokio::time::interval(poll);
     loop {
         if !x.interrupting && !x.leaving {
+            x.top_up();
             x.submit_ready();
         }
         if x.d.detach && x.pending.is_empty() {
             x.leaving = true;
         }
         if x.leaving || (x.jobs.is_empty() && (x.pending.is_empty() || x.interrupting)) {
+            if !x.leaving && !x.interrupting {
+                x.d.adaptive.stop_paused_trials(&mut x.states, x.fanout);
+            }
             break;
         }
         tokio::select! {
@@ -174,12 +188,16 @@ pub async fn dispatch(
 
 impl Dispatcher<'_> {
     /// Jobs of earlier runs (from the store and the trial folders) are
-    /// followed; every other queued trial waits to be submitted.
+    /// followed; every other queued trial waits to be submitted, but those
+    /// a resumed ASHA sweep left paused at a rung (they wait for promotion).
     fn adopt_open_jobs(&mut self) {
+        let waiting = self.d.adaptive.first_queue(&mut self.states);
         for (i, state) in self.states.iter_mut().enumerate() {
             let q = &mut state.queued;
             let Some(open) = q.open_job.take() else {
-                self.pending.push(i);
+                if waiting.contains(&i) {
+                    self.pending.push(i);
+                }
                 continue;
             };
             q.next_attempt = q.next_attempt.max(open.attempt + 1);
@@ -199,12 +217,51 @@ impl Dispatcher<'_> {
                 finished: None,
             });
         }
+        self.d.adaptive.sort(&self.states, &mut self.pending);
+    }
+
+    /// Asks TPE for the next trials while fewer than `slurm.max_jobs` run.
+    fn top_up(&mut self) {
+        let running = self.running_costs();
+        let capacity = self.d.slurm.max_jobs as usize;
+        self.d.adaptive.top_up(
+            &mut self.states,
+            &mut self.pending,
+            self.jobs.len(),
+            capacity,
+            &running,
+            self.fanout,
+        );
+    }
+
+    /// Relative cost and seconds since submission of each job.
+    fn running_costs(&self) -> Vec<BudgetRunning> {
+        let time = now();
+        self.jobs
+            .iter()
+            .map(|j| {
+                let info = &self.states[j.trial].queued.info;
+                BudgetRunning {
+                    trial: info.id.clone(),
+                    rel_cost: info.rel_cost,
+                    elapsed_s: (time - j.start).max(0.0),
+                }
+            })
+            .collect()
     }
 
     fn submit_ready(&mut self) {
         let max = self.d.slurm.max_jobs as usize;
         while !self.pending.is_empty() && (self.d.detach || max == 0 || self.jobs.len() < max) {
             let i = self.pending.remove(0);
+            if let Some(reason) = self
+                .d
+                .adaptive
+                .refusal(&self.states[i], &self.running_costs())
+            {
+                fate::end_early(&mut self.states[i], reason, self.fanout);
+                continue;
+            }
             if let Err(reason) = self.submit(i) {
                 fate::fail(&mut self.states[i], reason, self.fanout);
             }
@@ -212,9 +269,10 @@ impl Dispatcher<'_> {
     }
 
     fn submit(&mut self, i: usize) -> Result<(), String> {
+        let stop_after = self.d.adaptive.stop_after(&self.states[i].queued.info.id);
         let q = &self.states[i].queued;
         let sets = q.backoff_sets();
-        let request = request(&self.d, q, &sets);
+        let request = request(&self.d, q, &sets, stop_after);
         write_script(&request).map_err(|e| format!("cannot write the job script: {e}"))?;
         // Whatever the file holds now belongs to earlier attempts.
         let tail = EventTail::from_end(&q.dir.events());
@@ -239,6 +297,7 @@ impl Dispatcher<'_> {
             failed: None,
             finished: None,
         });
+        self.d.adaptive.launched(&q.info.id);
         let state = &mut self.states[i];
         state.queued.next_attempt += 1;
         state.status = TrialStatus::Running;
@@ -337,15 +396,25 @@ impl Dispatcher<'_> {
                     });
                 }
                 WorkerEvent::Eval { step, metrics, .. } => {
-                    let id = &self.states[trial].queued.info.id;
-                    if let Some(pruner) = self.d.pruner.as_mut()
-                        && pruner.report(id, *step, metrics)
-                        && job.stop.is_none()
-                    {
-                        job.stop = Some(StopCause::Prune);
-                        if let Err(e) = client::cancel(std::slice::from_ref(&job.id)) {
-                            eprintln!("palisweep: cannot stop pruned job {}: {e}", job.id);
+                    let stop = self.d.adaptive.on_eval(
+                        &mut self.states,
+                        &mut self.pending,
+                        trial,
+                        *step,
+                        metrics,
+                    );
+                    let job = &mut self.jobs[j];
+                    match stop {
+                        _ if job.stop.is_some() => {}
+                        // The worker checkpoints at its rung and exits by itself.
+                        Some(StopCause::Rung) => job.stop = Some(StopCause::Rung),
+                        Some(cause) => {
+                            job.stop = Some(cause);
+                            if let Err(e) = client::cancel(std::slice::from_ref(&job.id)) {
+                                eprintln!("palisweep: cannot stop pruned job {}: {e}", job.id);
+                            }
                         }
+                        None => {}
                     }
                 }
                 _ => {}
@@ -360,6 +429,11 @@ impl Dispatcher<'_> {
     }
 
     fn job_ended(&mut self, job: &Job, info: Option<&JobInfo>) {
+        self.d.adaptive.attempt_ended(
+            &self.states[job.trial],
+            (now() - job.start).max(0.0),
+            job.finished.is_some() && info.is_none_or(|i| i.state == "COMPLETED"),
+        );
         let (outcome, reason) = classify(job, info, &self.states[job.trial].queued.dir.log());
         let end = AttemptEnd {
             attempt: job.attempt,
@@ -379,8 +453,15 @@ impl Dispatcher<'_> {
             self.interrupting,
             self.fanout,
         );
-        if requeue {
+        let state = &mut self.states[job.trial];
+        if requeue
+            || self
+                .d
+                .adaptive
+                .requeue_if_promoted(state, self.interrupting || self.leaving)
+        {
             self.pending.push(job.trial);
+            self.d.adaptive.sort(&self.states, &mut self.pending);
         }
     }
 
@@ -491,8 +572,10 @@ fn classify(
     };
     facts.completed = info.state == "COMPLETED";
     // A worker stopped by a signal palisweep did not send (scancel from
-    // outside, preemption) exits as stopped: that is the job's loss, not a stop.
-    facts.exit = WorkerExit::from_code(info.exit_code).filter(|e| *e != WorkerExit::Stopped);
+    // outside, preemption) exits as stopped: that is the job's loss, not a
+    // stop. One at its ASHA rung stops by itself.
+    facts.exit = WorkerExit::from_code(info.exit_code)
+        .filter(|e| *e != WorkerExit::Stopped || job.stop == Some(StopCause::Rung));
     facts.backend = match info.state.as_str() {
         "OUT_OF_MEMORY" => Some(BackendEnd::OutOfMemory),
         "TIMEOUT" | "DEADLINE" => Some(BackendEnd::TimedOut),

@@ -22,6 +22,8 @@ pub struct JobRequest<'a> {
     pub memory_bytes: u64,
     /// `--set` overrides (the out-of-memory back-off's batch shape).
     pub sets: &'a [String],
+    /// The ASHA rung the worker stops at (`--stop-after`).
+    pub stop_after: Option<u64>,
     /// The palisweep the nodes run (the cluster shares it).
     pub exe: &'a Path,
 }
@@ -94,7 +96,7 @@ impl JobRequest<'_> {
             sets: self.sets.to_vec(),
             watch_stdin: false,
             deterministic: false,
-            stop_after: None,
+            stop_after: self.stop_after,
         };
         // A requeued job is the next attempt; Slurm gives the CPUs it granted.
         let worker = command.shell_line(self.exe, |flag| match flag {
@@ -182,6 +184,7 @@ mod tests {
             attempt: 2,
             memory_bytes: gib << 30,
             sets,
+            stop_after: None,
             exe: Path::new("/opt/palisweep/bin/palisweep"),
         }
     }
