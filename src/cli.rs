@@ -101,6 +101,10 @@ pub struct WorkerArgs {
     /// an ASHA rung, or for testing resume. At the last step it finishes.
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Stop (checkpoint, exit 4) after this epoch's last step and its
+    /// evaluation: an ASHA rung in epochs. At the last step it finishes.
+    #[arg(long, conflicts_with = "stop_after")]
+    pub stop_after_epoch: Option<u64>,
     /// Torch threads (default: all cores). CPU results depend on it.
     #[arg(long)]
     pub threads: Option<i32>,

@@ -30,7 +30,7 @@ use crate::scheduler::dispatcher::{Dispatch, dispatch};
 use crate::scheduler::prepare::prepare;
 use crate::scheduler::prepare::prepare_suggested;
 use crate::scheduler::prepare::{PreparedSweep, RunError};
-use crate::scheduler::promotions::{Promotions, RecordedEval};
+use crate::scheduler::promotions::{Promotions, RecordedEval, RungUnit};
 use crate::scheduler::pruner::MedianPruner;
 use crate::scheduler::queue::{OpenJob, QueuedTrial, Summary};
 use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_workers};
@@ -370,18 +370,21 @@ fn work(
         _ => None,
     };
     let a = &sweep.asha;
+    let (min, max) = a.range();
+    let unit = if a.in_epochs() {
+        RungUnit::Epoch
+    } else {
+        RungUnit::Step
+    };
     let promotions = match sweep.early_stop {
-        EarlyStop::Asha => Some(Promotions::new(
-            Rungs::new(a.min_steps, a.max_steps, a.eta)?,
-            metric,
-        )),
+        EarlyStop::Asha => Some(Promotions::new(Rungs::new(min, max, a.eta)?, metric)),
         EarlyStop::Hyperband => Some(Promotions::hyperband(
-            Hyperband::new(a.min_steps, a.max_steps, a.eta)?,
+            Hyperband::new(min, max, a.eta)?,
             metric,
         )),
         EarlyStop::None | EarlyStop::Median => None,
     }
-    .map(|p| p.rebuild(&launch_order(prepared), history));
+    .map(|p| p.in_unit(unit).rebuild(&launch_order(prepared), history));
     let adaptive = Adaptive {
         pruner,
         promotions,
@@ -553,6 +556,7 @@ fn recorded_evals(
                 evals.push(RecordedEval {
                     trial: row.trial_id.to_owned(),
                     step: row.step,
+                    epoch: row.epoch,
                     value: row.value,
                     wall_time: row.wall_time,
                 });
@@ -562,12 +566,18 @@ fn recorded_evals(
     }
     for event in &reconciled.events {
         if let SweepEvent::Worker { trial, line, .. } = event
-            && let WorkerEvent::Eval { step, metrics, .. } = &line.event
+            && let WorkerEvent::Eval {
+                step,
+                epoch,
+                metrics,
+                ..
+            } = &line.event
             && let Some(&value) = metrics.get(metric)
         {
             evals.push(RecordedEval {
                 trial: trial.clone(),
                 step: *step,
+                epoch: Some(*epoch),
                 value: Some(value).filter(|v| !v.is_nan()),
                 wall_time: line.time,
             });

@@ -19,7 +19,7 @@ use crate::spec::load::{Overrides, load};
 use crate::spec::schema::{Method, Spec};
 use crate::sweep::expand::expand;
 use crate::train::learner::{RunContext, TrainError, train};
-use crate::worker::contract::{WorkerExit, orphan_grace};
+use crate::worker::contract::{StopAfter, WorkerExit, orphan_grace};
 use crate::worker::protocol::{EventWriter, FailureKind, WorkerEvent};
 use crate::worker::synthetic::{self, SyntheticContext, SyntheticEnd};
 use crate::worker::trial_lock;
@@ -137,7 +137,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
         device,
         threads,
         stop: &stop,
-        stop_after: args.stop_after,
+        stop_after: stop_after(args),
     };
     let mut events = EventWriter::open(&ctx.trial.events(), ctx.attempt)
         .with_context(|| format!("cannot write {}", ctx.trial.events().display()))?;
@@ -189,7 +189,7 @@ fn run_synthetic(
         threads,
         device: args.device.clone().unwrap_or_else(|| "cpu".into()),
         stop,
-        stop_after: args.stop_after,
+        stop_after: stop_after(args),
     };
     let mut events = EventWriter::open(&trial.events(), args.attempt)
         .with_context(|| format!("cannot write {}", trial.events().display()))?;
@@ -229,4 +229,11 @@ fn classify(error: &TrainError) -> (FailureKind, WorkerExit) {
         TrainError::Model(e) if e.is_bad_input() => (FailureKind::Data, WorkerExit::BadInput),
         _ => (FailureKind::Other, WorkerExit::Failed),
     }
+}
+
+/// `--stop-after` or `--stop-after-epoch` (clap refuses both).
+fn stop_after(args: &WorkerArgs) -> Option<StopAfter> {
+    args.stop_after
+        .map(StopAfter::Step)
+        .or(args.stop_after_epoch.map(StopAfter::Epoch))
 }

@@ -14,6 +14,7 @@ use super::pruner::MedianPruner;
 use super::suggest::Suggestions;
 use crate::events::event::{SweepEvent, TrialStatus};
 use crate::events::fanout::Fanout;
+use crate::worker::contract::StopAfter;
 
 /// The sweep's early stopping, suggestions and budget (each optional).
 #[derive(Default)]
@@ -107,8 +108,8 @@ impl Adaptive {
         refusal(gate.admit(&info.id, info.rel_cost, running))
     }
 
-    /// The step the trial's next attempt stops after (its rung), if any.
-    pub fn stop_after(&mut self, trial: &str) -> Option<u64> {
+    /// Where the trial's next attempt stops (its rung), if anywhere.
+    pub fn stop_after(&mut self, trial: &str) -> Option<StopAfter> {
         self.promotions.as_mut()?.stop_after(trial)
     }
 
@@ -137,7 +138,7 @@ impl Adaptive {
         states: &mut [TrialState],
         pending: &mut Vec<usize>,
         i: usize,
-        step: u64,
+        (step, epoch): (u64, u64),
         metrics: &BTreeMap<String, f64>,
     ) -> Option<StopCause> {
         let id = states[i].queued.info.id.clone();
@@ -145,10 +146,12 @@ impl Adaptive {
             source.on_eval(&id, metrics);
         }
         if let Some(promotions) = self.promotions.as_mut() {
-            let Some(result) = promotions.on_eval(&id, step, metrics) else {
+            let Some(result) = promotions.on_eval(&id, step, Some(epoch), metrics) else {
                 // Not a new rung result, but perhaps one already counted (a
                 // resumed scheduler following a job reads it again).
-                return promotions.stops_at(&id, step).then_some(StopCause::Rung);
+                return promotions
+                    .stops_at(&id, step, Some(epoch))
+                    .then_some(StopCause::Rung);
             };
             for trial in result.promoted {
                 let Some(p) = states.iter().position(|s| s.queued.info.id == trial) else {

@@ -24,7 +24,7 @@ use crate::devices::detect::{DeviceKind, Inventory, InventorySource};
 use crate::events::event::{AttemptOutcome, SweepEvent, TrialStatus, now};
 use crate::events::fanout::Fanout;
 use crate::plan::placement::Limits;
-use crate::worker::contract::{WorkerCommand, WorkerExit};
+use crate::worker::contract::{StopAfter, WorkerCommand, WorkerExit};
 use crate::worker::protocol::{FailureKind, WorkerEvent};
 
 /// How often timeouts are checked and memory is sampled.
@@ -293,12 +293,17 @@ impl Dispatcher<'_> {
                         });
                     }
                     WorkerEvent::Started { .. } => r.finished = None,
-                    WorkerEvent::Eval { step, metrics, .. } => {
+                    WorkerEvent::Eval {
+                        step,
+                        epoch,
+                        metrics,
+                        ..
+                    } => {
                         let stop = self.adaptive.on_eval(
                             &mut self.states,
                             &mut self.pending,
                             trial,
-                            *step,
+                            (*step, *epoch),
                             metrics,
                         );
                         self.on_stop_decided(run, stop);
@@ -456,7 +461,7 @@ fn worker_threads(inventory: &Inventory, limits: Limits) -> Vec<u32> {
 fn start(
     run: RunId,
     state: &TrialState,
-    stop_after: Option<u64>,
+    stop_after: Option<StopAfter>,
     device: usize,
     inventory: &Inventory,
     threads: u32,

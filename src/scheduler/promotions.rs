@@ -15,12 +15,48 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::metrics::names::higher_is_better;
 use crate::search::asha::{Asha, Decision, Promotion, Rungs, State};
 use crate::search::hyperband::Hyperband;
+use crate::worker::contract::StopAfter;
+
+/// What the rungs count: optimiser steps, or epochs (`sweep.asha.max_epochs`,
+/// evaluated at each epoch's end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RungUnit {
+    Step,
+    Epoch,
+}
+
+impl RungUnit {
+    /// Where a worker stops at a rung of `resource` units.
+    fn stop_after(self, resource: u64) -> StopAfter {
+        match self {
+            RungUnit::Step => StopAfter::Step(resource),
+            RungUnit::Epoch => StopAfter::Epoch(resource),
+        }
+    }
+
+    /// The resource an evaluation at `step` (after `epoch` epochs) reached.
+    fn of(self, step: u64, epoch: Option<u64>) -> Option<u64> {
+        match self {
+            RungUnit::Step => Some(step),
+            RungUnit::Epoch => epoch,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RungUnit::Step => "step",
+            RungUnit::Epoch => "epoch",
+        }
+    }
+}
 
 /// One recorded evaluation of the selection metric (a store row).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordedEval {
     pub trial: String,
     pub step: u64,
+    /// Epochs done when it was made (absent from old stores).
+    pub epoch: Option<u64>,
     /// `None`: the worker reported NaN.
     pub value: Option<f64>,
     pub wall_time: f64,
@@ -41,7 +77,9 @@ pub struct RungResult {
 pub struct StoppedAtRung {
     pub trial: String,
     pub rung: usize,
-    pub step: u64,
+    /// The rung's resource, in `unit`s.
+    pub at: u64,
+    pub unit: RungUnit,
     /// Rungs of its bracket.
     pub rungs: usize,
     pub eta: u32,
@@ -51,8 +89,12 @@ impl StoppedAtRung {
     /// The trial's reason in the store and `show`.
     pub fn reason(&self) -> String {
         format!(
-            "stopped at rung {} of {} (step {}): not in the top 1/{} of its rung",
-            self.rung, self.rungs, self.step, self.eta
+            "stopped at rung {} of {} ({} {}): not in the top 1/{} of its rung",
+            self.rung,
+            self.rungs,
+            self.unit.name(),
+            self.at,
+            self.eta
         )
     }
 }
@@ -64,6 +106,7 @@ pub struct Promotions {
     bracket_of: BTreeMap<String, usize>,
     metric: String,
     higher_is_better: bool,
+    unit: RungUnit,
 }
 
 impl Promotions {
@@ -87,7 +130,15 @@ impl Promotions {
             bracket_of: BTreeMap::new(),
             metric: metric.to_owned(),
             higher_is_better: higher_is_better(metric),
+            unit: RungUnit::Step,
         }
+    }
+
+    /// The same, with rungs counted in `unit` (steps by default).
+    #[must_use]
+    pub fn in_unit(mut self, unit: RungUnit) -> Self {
+        self.unit = unit;
+        self
     }
 
     /// The state an uninterrupted run would have reached: the trials
@@ -104,11 +155,14 @@ impl Promotions {
         history.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
         let mut seen = BTreeSet::new();
         for eval in history {
-            if !seen.insert((eval.trial.clone(), eval.step)) {
+            let Some(resource) = self.unit.of(eval.step, eval.epoch) else {
+                continue;
+            };
+            if !seen.insert((eval.trial.clone(), resource)) {
                 continue;
             }
             let value = eval.value.unwrap_or(f64::NAN);
-            self.report(&eval.trial, eval.step, value);
+            self.report(&eval.trial, resource, value);
         }
         self
     }
@@ -130,16 +184,16 @@ impl Promotions {
         Some((b, self.brackets[b].state(&trial.to_owned())?))
     }
 
-    /// The step the next attempt of `trial` stops after: its current rung,
-    /// or `None` at the top rung (it trains to its end).
-    pub fn stop_after(&mut self, trial: &str) -> Option<u64> {
+    /// Where the next attempt of `trial` stops: its current rung, or `None`
+    /// at the top rung (it trains to its end).
+    pub fn stop_after(&mut self, trial: &str) -> Option<StopAfter> {
         let b = self.bracket(trial);
         let rungs = self.brackets[b].rungs();
         let rung = match self.brackets[b].state(&trial.to_owned()) {
             Some(State::Training(r) | State::Paused(r)) => r,
             Some(State::Complete) | None => rungs.top(),
         };
-        (rung < rungs.top()).then(|| rungs.resources()[rung])
+        (rung < rungs.top()).then(|| self.unit.stop_after(rungs.resources()[rung]))
     }
 
     /// The rung `trial` trains towards (0 for a trial not started): the
@@ -157,10 +211,13 @@ impl Promotions {
     /// a rung of its bracket below the top (a worker is told to stop at the
     /// first rung ahead of it, so a rung it evaluates at is where it stops,
     /// also when a resumed scheduler replays that evaluation).
-    pub fn stops_at(&self, trial: &str, step: u64) -> bool {
+    pub fn stops_at(&self, trial: &str, step: u64, epoch: Option<u64>) -> bool {
+        let Some(resource) = self.unit.of(step, epoch) else {
+            return false;
+        };
         self.bracket_of.get(trial).is_some_and(|&b| {
             let rungs = self.brackets[b].rungs();
-            rungs.resources()[..rungs.top()].contains(&step)
+            rungs.resources()[..rungs.top()].contains(&resource)
         })
     }
 
@@ -169,24 +226,26 @@ impl Promotions {
         matches!(self.state(trial), Some((_, State::Paused(_))))
     }
 
-    /// An evaluation of `trial`: a rung result when it is at the step of
-    /// the rung the trial trains towards, else `None`.
+    /// An evaluation of `trial` at `step`, after `epoch` epochs: a rung
+    /// result when it is at the rung the trial trains towards, else `None`.
     pub fn on_eval(
         &mut self,
         trial: &str,
         step: u64,
+        epoch: Option<u64>,
         metrics: &BTreeMap<String, f64>,
     ) -> Option<RungResult> {
         let value = metrics.get(&self.metric).copied().unwrap_or(f64::NAN);
-        self.report(trial, step, value)
+        self.report(trial, self.unit.of(step, epoch)?, value)
     }
 
-    fn report(&mut self, trial: &str, step: u64, value: f64) -> Option<RungResult> {
+    /// A result at `resource` (in the rungs' unit).
+    fn report(&mut self, trial: &str, resource: u64, value: f64) -> Option<RungResult> {
         let Some((b, State::Training(rung))) = self.state(trial) else {
             return None;
         };
         let asha = &mut self.brackets[b];
-        if asha.rungs().resources()[rung] != step {
+        if asha.rungs().resources()[rung] != resource {
             return None;
         }
         // The machine ranks lower first.
@@ -211,7 +270,8 @@ impl Promotions {
             .flat_map(|asha| {
                 let rungs = asha.rungs();
                 asha.paused().into_iter().map(move |s| StoppedAtRung {
-                    step: rungs.resources()[s.rung],
+                    at: rungs.resources()[s.rung],
+                    unit: self.unit,
                     trial: s.trial,
                     rung: s.rung,
                     rungs: rungs.resources().len(),
@@ -236,7 +296,7 @@ mod tests {
     /// tests (a..i with rung-0 values 5 3 8 1 9 4 2 7 6), run as the
     /// dispatcher runs it: one trial at a time, promoted trials first.
     /// Each launch: the trial and the step it was told to stop after.
-    type Launches = Vec<(String, Option<u64>)>;
+    type Launches = Vec<(String, Option<StopAfter>)>;
 
     fn live_run() -> (Promotions, Vec<RecordedEval>, Launches) {
         let mut p = Promotions::new(Rungs::new(5, 45, 3).unwrap(), "val/loss");
@@ -262,16 +322,20 @@ mod tests {
             let trial = queue.remove(0);
             let stop_at = p.stop_after(&trial);
             launches.push((trial.clone(), stop_at));
-            let step = stop_at.unwrap_or(45);
+            let step = match stop_at {
+                Some(StopAfter::Step(s)) => s,
+                _ => 45,
+            };
             clock += 1.0;
             let v = value(&trial, step);
             history.push(RecordedEval {
                 trial: trial.clone(),
                 step,
+                epoch: None,
                 value: Some(v),
                 wall_time: clock,
             });
-            if let Some(result) = p.on_eval(&trial, step, &loss(v)) {
+            if let Some(result) = p.on_eval(&trial, step, None, &loss(v)) {
                 if result.continues {
                     queue.push(trial.clone());
                 }
@@ -293,7 +357,10 @@ mod tests {
         // d went to the top; b was promoted when c arrived and ran next.
         let order: Vec<String> = launches
             .iter()
-            .map(|(t, s)| format!("{t}{}", s.map_or("end".into(), |s| s.to_string())))
+            .map(|(t, s)| match s {
+                Some(StopAfter::Step(s)) => format!("{t}{s}"),
+                _ => format!("{t}end"),
+            })
             .collect();
         assert_eq!(
             order.join(" "),
@@ -319,6 +386,7 @@ mod tests {
         history.push(RecordedEval {
             trial: "z".into(),
             step: 7,
+            epoch: None,
             value: None,
             wall_time: 0.5,
         });
@@ -336,8 +404,8 @@ mod tests {
         let mut p = Promotions::new(Rungs::new(1, 3, 3).unwrap(), "val/field_f1");
         let f1 = |v: f64| BTreeMap::from([("val/field_f1".to_owned(), v)]);
         for (t, v) in [("a", 0.2), ("b", 0.9), ("c", 0.5)] {
-            assert_eq!(p.stop_after(t), Some(1));
-            let result = p.on_eval(t, 1, &f1(v)).expect("a rung result");
+            assert_eq!(p.stop_after(t), Some(StopAfter::Step(1)));
+            let result = p.on_eval(t, 1, None, &f1(v)).expect("a rung result");
             assert_eq!(
                 result.promoted,
                 if t == "c" {
@@ -349,7 +417,7 @@ mod tests {
         }
         assert_eq!(p.stop_after("b"), None, "b trains to its end");
         assert!(p.is_paused("a") && p.is_paused("c"));
-        assert_eq!(p.on_eval("a", 2, &f1(1.0)), None, "not a rung of a");
+        assert_eq!(p.on_eval("a", 2, None, &f1(1.0)), None, "not a rung of a");
     }
 
     #[test]
@@ -357,14 +425,17 @@ mod tests {
         // 5..45, η = 3: brackets start at 5 (9 trials), 15 (5) and 45 (3).
         let hb = Hyperband::new(5, 45, 3).unwrap();
         let mut p = Promotions::hyperband(hb, "val/loss");
-        let stops: Vec<Option<u64>> = ["t1", "t2", "t3", "t4"]
+        let stops: Vec<Option<StopAfter>> = ["t1", "t2", "t3", "t4"]
             .iter()
             .map(|t| p.stop_after(t))
             .collect();
-        assert_eq!(stops, [Some(5), Some(15), None, Some(5)]);
+        let step = |s| Some(StopAfter::Step(s));
+        assert_eq!(stops, [step(5), step(15), None, step(5)]);
         // t2's first rung is 15: its result there is a rung result, one at 5 is not.
-        assert_eq!(p.on_eval("t2", 5, &loss(1.0)), None);
-        let result = p.on_eval("t2", 15, &loss(1.0)).expect("a rung result");
+        assert_eq!(p.on_eval("t2", 5, None, &loss(1.0)), None);
+        let result = p
+            .on_eval("t2", 15, None, &loss(1.0))
+            .expect("a rung result");
         assert!(!result.continues, "one result of three needed");
         assert!(p.is_paused("t2"));
         let stopped = p.stopped();
@@ -373,5 +444,44 @@ mod tests {
             stopped[0].reason(),
             "stopped at rung 0 of 2 (step 15): not in the top 1/3 of its rung"
         );
+    }
+
+    #[test]
+    fn rungs_in_epochs_stop_workers_at_epochs_and_rank_their_epoch_ends() {
+        let mut p =
+            Promotions::new(Rungs::new(1, 3, 3).unwrap(), "val/loss").in_unit(RungUnit::Epoch);
+        for (t, v) in [("a", 3.0), ("b", 1.0), ("c", 2.0)] {
+            assert_eq!(p.stop_after(t), Some(StopAfter::Epoch(1)));
+            // Step 4 is no epoch of its own: the epoch decides.
+            assert_eq!(p.on_eval(t, 4, Some(0), &loss(v)), None, "mid-epoch");
+            assert!(!p.stops_at(t, 8, Some(0)));
+            assert!(p.stops_at(t, 8, Some(1)));
+            let result = p.on_eval(t, 8, Some(1), &loss(v)).expect("a rung result");
+            assert_eq!(result.promoted.is_empty(), t != "c");
+        }
+        assert_eq!(p.stop_after("b"), None, "b trains to its end");
+        let stopped = p.stopped();
+        assert_eq!(
+            stopped[0].reason(),
+            "stopped at rung 0 of 2 (epoch 1): not in the top 1/3 of its rung"
+        );
+        // A rebuild reads the epochs of the recorded evaluations.
+        let history = [("a", 3.0), ("b", 1.0), ("c", 2.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, (t, v))| RecordedEval {
+                trial: (*t).to_owned(),
+                step: 8,
+                epoch: Some(1),
+                value: Some(*v),
+                wall_time: i as f64,
+            })
+            .collect();
+        let order: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+        let rebuilt = Promotions::new(Rungs::new(1, 3, 3).unwrap(), "val/loss")
+            .in_unit(RungUnit::Epoch)
+            .rebuild(&order, history);
+        assert_eq!(rebuilt.stopped(), stopped);
+        assert_eq!(rebuilt.target("b"), 1);
     }
 }

@@ -301,16 +301,36 @@ pub fn rung_ladder(min: u64, max: u64, eta: u32) -> Vec<u64> {
     (0..=s).rev().map(|k| max / u64::from(eta).pow(k)).collect()
 }
 
-/// Asynchronous successive halving's resource levels, in optimiser steps:
-/// rungs at `max_steps / eta^k` down to `min_steps` (see `search::asha`).
+/// Asynchronous successive halving's resource levels, in optimiser steps
+/// (rungs at `max_steps / eta^k` down to `min_steps`, see `search::asha`)
+/// or, when `max_epochs` is set, in epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AshaRungs {
     pub min_steps: u64,
     /// The top rung: the trials' training length. 0 = unset.
     pub max_steps: u64,
+    pub min_epochs: u64,
+    /// The top rung in epochs (`train.epochs`). 0 = rungs in steps.
+    pub max_epochs: u64,
     /// The reduction factor: the top 1/eta of a rung is promoted.
     pub eta: u32,
+}
+
+impl AshaRungs {
+    /// Whether the rungs count epochs (else optimiser steps).
+    pub fn in_epochs(&self) -> bool {
+        self.max_epochs > 0
+    }
+
+    /// The lowest and the top rung, in the rungs' unit.
+    pub fn range(&self) -> (u64, u64) {
+        if self.in_epochs() {
+            (self.min_epochs, self.max_epochs)
+        } else {
+            (self.min_steps, self.max_steps)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

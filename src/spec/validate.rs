@@ -378,6 +378,18 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
         EarlyStop::Hyperband => "hyperband",
         _ => "asha",
     };
+    if a.eta < 2 {
+        c.fail(
+            "sweep.asha.eta",
+            format!("must be at least 2 (got {})", a.eta),
+            Some("eta = 3".to_owned()),
+        );
+        return;
+    }
+    if a.in_epochs() {
+        check_asha_epochs(c, spec);
+        return;
+    }
     if a.max_steps == 0 {
         let help = match spec.train.method {
             Method::Synthetic => format!("max_steps = {}", spec.synthetic.steps),
@@ -389,15 +401,7 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
             format!(
                 "{name} needs `sweep.asha.max_steps`, the trials' training length (its top rung)"
             ),
-            format!("[sweep.asha] {help}"),
-        );
-        return;
-    }
-    if a.eta < 2 {
-        c.fail(
-            "sweep.asha.eta",
-            format!("must be at least 2 (got {})", a.eta),
-            Some("eta = 3".to_owned()),
+            format!("[sweep.asha] {help} (or rungs in epochs: max_epochs)"),
         );
         return;
     }
@@ -441,6 +445,54 @@ fn check_asha(c: &mut Checker, spec: &Spec) {
                 rungs_text.join(", ")
             ),
             Some("set eval.every to a step count that divides every rung, or choose min_steps/max_steps whose rungs are multiples of it".to_owned()),
+        );
+    }
+}
+
+/// Rungs in epochs: a trial is ranked by its evaluation at the end of the
+/// rung's epoch, and the top rung is the whole training.
+fn check_asha_epochs(c: &mut Checker, spec: &Spec) {
+    let a = &spec.sweep.asha;
+    if a.max_steps > 0 {
+        c.fail(
+            "sweep.asha.max_epochs",
+            "rungs are in steps (max_steps) or in epochs (max_epochs), not both".to_owned(),
+            Some("remove max_steps, or max_epochs".to_owned()),
+        );
+        return;
+    }
+    if spec.train.method == Method::Synthetic {
+        c.fail(
+            "sweep.asha.max_epochs",
+            "synthetic trials have no epochs".to_owned(),
+            Some(format!("max_steps = {}", spec.synthetic.steps)),
+        );
+        return;
+    }
+    if a.min_epochs == 0 || a.min_epochs > a.max_epochs {
+        c.fail(
+            "sweep.asha.min_epochs",
+            format!("must be in 1..=max_epochs ({})", a.max_epochs),
+            Some("e.g. min_epochs = 1".to_owned()),
+        );
+        return;
+    }
+    let epochs = u64::from(spec.train.epochs);
+    if a.max_epochs != epochs {
+        c.fail(
+            "sweep.asha.max_epochs",
+            format!(
+                "the top rung is the trials' training length, train.epochs = {epochs} (got {})",
+                a.max_epochs
+            ),
+            Some(format!("max_epochs = {epochs}")),
+        );
+    }
+    if spec.eval.every != EvalEvery::Named("epoch".to_owned()) {
+        c.fail(
+            "eval.every",
+            "rungs in epochs rank a trial by its evaluation at the end of each rung's epoch, so evaluations must be per epoch".to_owned(),
+            Some("every = \"epoch\"".to_owned()),
         );
     }
 }

@@ -31,6 +31,7 @@ use crate::spec::checkpoint::{self as ckpt_ref, CheckpointRef};
 use crate::spec::schema::{EvalEvery, Precision, Spec};
 use crate::track::predictions::{self, PredictionsError};
 use crate::train::adapt_plan::{adapt_plan, attention_mode};
+use crate::worker::contract::StopAfter;
 use crate::worker::protocol::{EventWriter, WorkerEvent};
 
 use super::checkpoint::{self, CheckpointError, TrainState};
@@ -76,8 +77,8 @@ pub struct RunContext<'a> {
     pub threads: i32,
     /// Set by SIGTERM or a closed stdin: checkpoint and stop.
     pub stop: &'a AtomicBool,
-    /// Stop after this step as if asked to (testing resume).
-    pub stop_after: Option<u64>,
+    /// Stop there as if asked to: an ASHA rung (or testing resume).
+    pub stop_after: Option<StopAfter>,
 }
 
 /// What a finished run reports.
@@ -405,9 +406,12 @@ impl<'a> Trainer<'a> {
                     self.model.set_training(true);
                 }
                 // At the last step a rung is the end: finish, not stop.
-                if self.ctx.stop_after == Some(self.state.step)
-                    && self.state.step < self.total_steps
-                {
+                let at_rung = match self.ctx.stop_after {
+                    Some(StopAfter::Step(step)) => self.state.step == step,
+                    Some(StopAfter::Epoch(epoch)) => epoch_end && self.state.epoch == epoch,
+                    None => false,
+                };
+                if at_rung && self.state.step < self.total_steps {
                     self.ctx.stop.store(true, Ordering::SeqCst);
                 }
                 let stopping = self.ctx.stop.load(Ordering::SeqCst);

@@ -93,8 +93,19 @@ pub struct WorkerCommand {
     pub watch_stdin: bool,
     /// Torch's deterministic algorithms (`rerun` on CUDA).
     pub deterministic: bool,
-    /// Checkpoint and stop (exit 4) after this step: an ASHA rung.
-    pub stop_after: Option<u64>,
+    /// Checkpoint and stop (exit 4) there: an ASHA rung.
+    pub stop_after: Option<StopAfter>,
+}
+
+/// Where a worker checkpoints and stops by itself (exit 4): an ASHA rung,
+/// in the unit its rungs are in. At the trial's last step it finishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopAfter {
+    /// After this optimiser step (`--stop-after`).
+    Step(u64),
+    /// After the last step of this epoch and its evaluation
+    /// (`--stop-after-epoch`; epochs count from 1).
+    Epoch(u64),
 }
 
 /// One argument of the command line: a flag, or a flag's value (which a
@@ -125,9 +136,16 @@ impl WorkerCommand {
         if self.deterministic {
             words.push(Word::Flag("--deterministic"));
         }
-        if let Some(step) = self.stop_after {
-            words.push(Word::Flag("--stop-after"));
-            words.push(Word::Value("--stop-after", step.to_string().into()));
+        match self.stop_after {
+            Some(StopAfter::Step(step)) => {
+                words.push(Word::Flag("--stop-after"));
+                words.push(Word::Value("--stop-after", step.to_string().into()));
+            }
+            Some(StopAfter::Epoch(epoch)) => {
+                words.push(Word::Flag("--stop-after-epoch"));
+                words.push(Word::Value("--stop-after-epoch", epoch.to_string().into()));
+            }
+            None => {}
         }
         for set in &self.sets {
             words.push(Word::Flag("--set"));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::contract::StopAfter;
 use super::protocol::{EventWriter, FailureKind, WorkerEvent};
 use crate::layout::TrialDir;
 use crate::rng::SplitMix64;
@@ -25,7 +26,8 @@ pub struct SyntheticContext<'a> {
     pub threads: i32,
     pub device: String,
     pub stop: &'a AtomicBool,
-    pub stop_after: Option<u64>,
+    /// Synthetic trials have no epochs: only a step stops them.
+    pub stop_after: Option<StopAfter>,
 }
 
 /// How a synthetic run ended, short of an I/O error.
@@ -151,7 +153,7 @@ pub fn run(
         }
         progress.step = step;
         save(&path, &progress)?;
-        if ctx.stop_after == Some(step) && step < s.steps {
+        if ctx.stop_after == Some(StopAfter::Step(step)) && step < s.steps {
             return Ok(SyntheticEnd::Stopped { step });
         }
     }

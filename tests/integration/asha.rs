@@ -265,10 +265,83 @@ fn curve(rows: &[serde_json::Value], trial: &str, name: &str) -> Vec<(u64, Strin
 #[test]
 fn a_promoted_real_trial_trains_the_same_curve_as_an_uninterrupted_run() {
     let swept = Test::new().spec(&real_spec(true, "3e-3, 1e-2, 3e-2"));
+    promoted_matches_alone(&swept, |lr| Test::new().spec(&real_spec(false, lr)));
+}
+
+/// Rungs in epochs: 8 training examples in batches of 4 make 2 steps an
+/// epoch; rungs at epochs 1 and 3 (steps 2 and 6), evaluated per epoch.
+fn epoch_spec(asha: bool, lrs: &str) -> String {
+    let early_stop = if asha {
+        "[sweep]\nearly_stop = \"asha\"\n[sweep.asha]\nmin_epochs = 1\nmax_epochs = 3\neta = 3\n"
+    } else {
+        ""
+    };
+    format!(
+        "[experiment]\nname = \"s\"\nseed = 5\n\
+         [data]\npath = \"data\"\ntask = \"json\"\nmax_suffix_tokens = 32\n\
+         [model]\ncheckpoint = \"tiny\"\n\
+         [train]\nepochs = 3\nbatch_size = 4\ngrad_accum = 1\nwarmup = 1\n\
+         [eval]\nevery = \"epoch\"\ngenerate = false\n\
+         {early_stop}\
+         [sweep.axes]\n\"train.lr\" = [{lrs}]\n"
+    )
+}
+
+/// A test folder with `spec` and a dataset of 8 training examples.
+fn with_small_data(spec: &str) -> Test {
+    let test = Test::new().spec(spec);
+    test.run_in(&[
+        "init-data",
+        "--out",
+        "data",
+        "--train",
+        "8",
+        "--valid",
+        "4",
+        "--test",
+        "2",
+    ])
+    .code(0);
+    test
+}
+
+#[test]
+fn rungs_in_epochs_pause_trials_after_their_epoch_and_the_promoted_one_matches_an_uninterrupted_run()
+ {
+    let swept = with_small_data(&epoch_spec(true, "3e-3, 1e-2, 3e-2"));
+    promoted_matches_alone(&swept, |lr| with_small_data(&epoch_spec(false, lr)));
+    let db = rusqlite::Connection::open(swept.path().join("results/palisweep.sqlite")).unwrap();
+    let stopped: Vec<Option<String>> = db
+        .prepare("SELECT exit_reason FROM trials WHERE sweep = 's' AND status = 'pruned'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    for reason in &stopped {
+        assert_eq!(
+            reason.as_deref(),
+            Some("stopped at rung 0 of 2 (epoch 1): not in the top 1/3 of its rung")
+        );
+    }
+    for dir in trial_dirs(&swept, "s") {
+        let steps = steps_trained(&dir);
+        assert!(
+            steps == [1, 2] || steps == (1..=6).collect::<Vec<u64>>(),
+            "a trial stops after its first epoch (2 steps) or trains all 3: {steps:?}"
+        );
+    }
+}
+
+/// The sweep's finished trial was paused at its first rung, then resumed;
+/// its curves equal those of the same trial run alone without ASHA
+/// (`alone(lr)`): steps 1..6, evaluations at 2, 4 and 6.
+fn promoted_matches_alone(swept: &Test, alone: impl Fn(&str) -> Test) {
     // Two slots of one torch thread each: no reduction is split across
     // threads, so the comparison below can be bit for bit even on a
     // loaded machine (a 2-thread run once differed under the full suite).
-    crate::util::run_spec(&swept, "cpu:2")
+    crate::util::run_spec(swept, "cpu:2")
         .code(0)
         .stdout_has("1 finished, 0 failed, 2 pruned");
     let db = rusqlite::Connection::open(swept.path().join("results/palisweep.sqlite")).unwrap();
@@ -294,11 +367,11 @@ fn a_promoted_real_trial_trains_the_same_curve_as_an_uninterrupted_run() {
 
     // The same trial (same id: the sweep table is not part of it), alone
     // and without ASHA.
-    let alone = Test::new().spec(&real_spec(false, &lr));
+    let alone = alone(&lr);
     crate::util::run_spec(&alone, "cpu:2")
         .code(0)
         .stdout_has("1 finished, 0 failed");
-    let swept_rows = crate::util::metric_rows(&swept, "s");
+    let swept_rows = crate::util::metric_rows(swept, "s");
     let alone_rows = crate::util::metric_rows(&alone, "s");
     for name in ["train/loss", "train/grad_norm", "val/loss"] {
         let resumed = curve(&swept_rows, &promoted, name);

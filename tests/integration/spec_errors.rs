@@ -307,3 +307,21 @@ fn tpe_on_slurm_without_a_job_cap_is_refused_with_the_fix() {
     .stderr_has("spec.toml:7:1: `sweep.strategy`: tpe on Slurm needs `slurm.max_jobs`")
     .stderr_has("[slurm] max_jobs = 4");
 }
+
+#[test]
+fn asha_rungs_in_epochs_need_per_epoch_evaluations_and_the_whole_training_on_top() {
+    plan(&format!(
+        "{BASE}[eval]\nevery = 10\n[sweep]\nearly_stop = \"asha\"\n\
+         [sweep.asha]\nmin_epochs = 1\nmax_epochs = 3\n"
+    ))
+    .code(2)
+    .stderr_has("`eval.every`: rungs in epochs rank a trial by its evaluation at the end of each rung's epoch")
+    .stderr_has("every = \"epoch\"")
+    .stderr_has("`sweep.asha.max_epochs`: the top rung is the trials' training length, train.epochs = 1 (got 3)")
+    .stderr_has("max_epochs = 1");
+    plan(&format!(
+        "{BASE}[sweep]\nearly_stop = \"asha\"\n[sweep.asha]\nmax_steps = 10\nmax_epochs = 1\n"
+    ))
+    .code(2)
+    .stderr_has("`sweep.asha.max_epochs`: rungs are in steps (max_steps) or in epochs (max_epochs), not both");
+}

@@ -22,7 +22,7 @@ use crate::scheduler::fate::{
 };
 use crate::scheduler::queue::{QueuedTrial, Summary};
 use crate::spec::schema::Slurm;
-use crate::worker::contract::WorkerExit;
+use crate::worker::contract::{StopAfter, WorkerExit};
 use crate::worker::protocol::{FailureKind, WorkerEvent};
 
 /// The device label Slurm attempts are recorded with.
@@ -120,7 +120,7 @@ fn request<'a>(
     d: &'a SlurmDispatch,
     q: &'a QueuedTrial,
     sets: &'a [String],
-    stop_after: Option<u64>,
+    stop_after: Option<StopAfter>,
 ) -> JobRequest<'a> {
     JobRequest {
         slurm: &d.slurm,
@@ -395,12 +395,17 @@ impl Dispatcher<'_> {
                         best_metric: *best_metric,
                     });
                 }
-                WorkerEvent::Eval { step, metrics, .. } => {
+                WorkerEvent::Eval {
+                    step,
+                    epoch,
+                    metrics,
+                    ..
+                } => {
                     let stop = self.d.adaptive.on_eval(
                         &mut self.states,
                         &mut self.pending,
                         trial,
-                        *step,
+                        (*step, *epoch),
                         metrics,
                     );
                     let job = &mut self.jobs[j];

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::devices::grammar::parse_bytes;
 use crate::layout::TrialDir;
 use crate::spec::schema::Slurm;
-use crate::worker::contract::{WorkerCommand, shell_quote};
+use crate::worker::contract::{StopAfter, WorkerCommand, shell_quote};
 
 /// What a job is made from.
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub struct JobRequest<'a> {
     /// `--set` overrides (the out-of-memory back-off's batch shape).
     pub sets: &'a [String],
     /// The ASHA rung the worker stops at (`--stop-after`).
-    pub stop_after: Option<u64>,
+    pub stop_after: Option<StopAfter>,
     /// The palisweep the nodes run (the cluster shares it).
     pub exe: &'a Path,
 }
