@@ -16,14 +16,16 @@ use serde::{Deserialize, Serialize};
 
 use super::output::{OutputError, outln};
 use crate::cli::{AttachArgs, FollowArgs, RunArgs};
+use crate::devices::detect::DeviceKind;
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED};
 use crate::events::event::{
     AttemptOutcome, EventSink, SweepEvent, SweepStatus, TrialInfo, TrialStatus, now,
 };
 use crate::events::fanout::Fanout;
 use crate::layout::{ResultsRoot, SweepDir, TrialDir};
-use crate::plan::build::display_path;
+use crate::plan::build::{display_path, estimate};
 use crate::plan::placement::Limits;
+use crate::plan::text_lengths::{self, TextLengths};
 use crate::scheduler::adaptive::Adaptive;
 use crate::scheduler::budget_gate::{BudgetGate, TrialSpend};
 use crate::scheduler::dispatcher::{Dispatch, dispatch};
@@ -37,7 +39,7 @@ use crate::scheduler::reconcile::{Reconciled, TrialFolder, reconcile, wait_for_w
 use crate::scheduler::slurm::dispatcher::{
     OnInterrupt, SlurmDispatch, dispatch as slurm_dispatch, preflight,
 };
-use crate::scheduler::suggest::{Suggested, Suggestions, read_record};
+use crate::scheduler::suggest::{CostModel, Suggested, Suggestions, read_record};
 use crate::scheduler::trial_record;
 use crate::search::asha::Rungs;
 use crate::search::hyperband::Hyperband;
@@ -529,14 +531,48 @@ fn suggestions(
             queued: state.ok(),
         })
     });
-    Ok(Suggestions::new(
+    let suggestions = Suggestions::new(
         tpe,
         loaded.spec.sweep.samples as usize,
         &loaded.spec.eval.select.metric,
         suggestion_record(loaded),
         history,
         materialize,
-    )?)
+    )?;
+    Ok(if loaded.spec.sweep.cost_aware {
+        suggestions.with_cost(plan_cost(loaded, prepared))
+    } else {
+        suggestions
+    })
+}
+
+/// A point's cost as `plan` estimates it: the relative cost of the trial it
+/// makes, on the sweep's kind of device (1 for a point that makes no trial,
+/// which `materialize` then reports).
+fn plan_cost(loaded: &LoadedSpec, prepared: &PreparedSweep) -> CostModel {
+    let owned = loaded.clone();
+    let kind = prepared
+        .inventory
+        .devices
+        .first()
+        .map_or(DeviceKind::Cpu, |d| d.kind);
+    let lengths: std::sync::Mutex<std::collections::BTreeMap<String, TextLengths>> =
+        std::sync::Mutex::default();
+    Box::new(move |point: &Point| {
+        let Some(trial) = trials_at(&owned, vec![point.clone()])
+            .ok()
+            .and_then(|mut t| t.pop())
+        else {
+            return 1.0;
+        };
+        let mut cache = lengths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let measured = *cache
+            .entry(trial.spec.data.path.clone())
+            .or_insert_with(|| text_lengths::measure(&trial.spec.data));
+        estimate(&trial.spec, &measured, kind).2
+    })
 }
 
 /// Every recorded evaluation of `metric` in the sweep, for early stopping

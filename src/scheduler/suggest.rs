@@ -34,6 +34,10 @@ pub struct Suggested {
 /// an error says why the point cannot run.
 pub type Materialize = Box<dyn FnMut(&Point) -> Result<Suggested, String> + Send>;
 
+/// A point's estimated cost (the plan's relative cost of its trial), for
+/// cost-aware suggestions.
+pub type CostModel = Box<dyn Fn(&Point) -> f64 + Send>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SuggestError {
     #[error("cannot record a suggestion in {path}: {source}")]
@@ -74,6 +78,7 @@ pub struct Suggestions {
     /// Best value so far per trial, lower is better.
     best: HashMap<String, f64>,
     materialize: Materialize,
+    cost: Option<CostModel>,
 }
 
 impl Suggestions {
@@ -97,6 +102,7 @@ impl Suggestions {
             lines,
             best: HashMap::new(),
             materialize,
+            cost: None,
         };
         for eval in history {
             if let Some(value) = eval.value {
@@ -104,6 +110,14 @@ impl Suggestions {
             }
         }
         Ok(suggestions)
+    }
+
+    /// Ranks candidates by expected improvement per unit of `cost`
+    /// (`sweep.cost_aware`).
+    #[must_use]
+    pub fn with_cost(mut self, cost: CostModel) -> Self {
+        self.cost = Some(cost);
+        self
     }
 
     /// The trials suggested so far, in order.
@@ -195,7 +209,7 @@ impl Suggestions {
             observed: &observed,
             pending: &pending,
             open: open.as_deref(),
-            cost: None,
+            cost: self.cost.as_deref().map(|c| c as &dyn Fn(&Point) -> f64),
         })
     }
 

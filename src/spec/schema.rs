@@ -248,6 +248,9 @@ pub enum SelectMode {
 pub struct Sweep {
     pub strategy: Strategy,
     pub samples: u32,
+    /// TPE ranks candidates by expected improvement per unit of the plan's
+    /// estimated cost.
+    pub cost_aware: bool,
     pub max_trials: u32,
     /// Dotted spec key -> a list of values, or a distribution for `random`.
     pub axes: BTreeMap<String, Axis>,

@@ -352,6 +352,12 @@ fn check_sweep(c: &mut Checker, spec: &Spec) {
         "must be a number of hours, at least 0 (0 = no limit)",
         "e.g. gpu_hours = 24.0",
     );
+    c.require(
+        !spec.sweep.cost_aware || spec.sweep.strategy == Strategy::Tpe,
+        "sweep.cost_aware",
+        "weighs TPE's suggestions by cost, and this sweep does not use TPE",
+        "strategy = \"tpe\", or remove cost_aware",
+    );
     if spec.sweep.strategy == Strategy::Tpe {
         c.require(
             spec.sweep.zip.is_empty(),

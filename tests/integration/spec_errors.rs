@@ -325,3 +325,13 @@ fn asha_rungs_in_epochs_need_per_epoch_evaluations_and_the_whole_training_on_top
     .code(2)
     .stderr_has("`sweep.asha.max_epochs`: rungs are in steps (max_steps) or in epochs (max_epochs), not both");
 }
+
+#[test]
+fn cost_aware_without_tpe_is_refused() {
+    plan(&format!("{BASE}[sweep]\ncost_aware = true\n"))
+        .code(2)
+        .stderr_has(
+            "`sweep.cost_aware`: weighs TPE's suggestions by cost, and this sweep does not use TPE",
+        )
+        .stderr_has("strategy = \"tpe\", or remove cost_aware");
+}

@@ -122,3 +122,44 @@ fn tpe_finds_a_better_configuration_than_random_search_at_the_same_budget() {
 fn binomial(n: u64, k: u64) -> u64 {
     (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
 }
+
+/// Two step times whose loss is the same (`synthetic.step_ms` changes only
+/// the cost, tenfold), crossed with the learning rate.
+fn cost_spec(seed: u64, cost_aware: bool) -> String {
+    spec("tpe", seed, 12, 1)
+        .replace(
+            "samples = 12\n",
+            &format!("samples = 12\ncost_aware = {cost_aware}\n"),
+        )
+        .replace(
+            "\"train.weight_decay\" = { uniform = [0.0, 0.5] }\n",
+            "\"synthetic.step_ms\" = [1, 10]\n",
+        )
+}
+
+#[test]
+fn cost_aware_tpe_suggests_the_dearer_of_two_equal_configurations_less_often() {
+    // After TPE's 5 random trials, how many suggestions took the dear
+    // step time, over three seeds.
+    let dear = |cost_aware: bool| -> usize {
+        (1..=3)
+            .map(|seed| {
+                let test = Test::new().spec(&cost_spec(seed, cost_aware));
+                run(&test).code(0).stdout_has("12 finished, 0 failed");
+                crate::util::jsonl(&test.path().join("results/s/suggestions.jsonl"))
+                    .iter()
+                    .skip(5)
+                    .filter(|l| l["params"]["synthetic.step_ms"] == 10)
+                    .count()
+            })
+            .sum()
+    };
+    let (plain, aware) = (dear(false), dear(true));
+    eprintln!(
+        "dear suggestions after the random start, of 21: plain TPE {plain}, cost-aware {aware}"
+    );
+    assert!(
+        aware < plain && aware <= 3,
+        "cost-aware TPE chose the tenfold dearer step time {aware} times of 21, plain TPE {plain}"
+    );
+}
