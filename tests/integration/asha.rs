@@ -178,10 +178,7 @@ pub(crate) fn steps_trained(dir: &Path) -> Vec<u64> {
 #[test]
 fn asha_promotes_and_stops_the_trials_worked_by_hand_and_no_step_runs_twice() {
     let test = Test::new().spec(&spec(2));
-    run(&test)
-        .code(0)
-        .stdout_has("1 finished, 0 failed, 8 pruned");
-    assert_eq!(outcomes(&test), expected_outcomes());
+    ends_as_worked_by_hand(&test, &run(&test));
     assert_eq!(launches(&test), LAUNCHES);
     let letters = letters(&test);
     for dir in trial_dirs(&test, "s") {
@@ -215,14 +212,24 @@ fn a_kill_9_mid_sweep_then_run_gives_the_same_promotions() {
     crate::util::kill_9_run_when(&test, || {
         test.path().join("results/s/trials").is_dir() && launches(&test).split(' ').count() >= 6
     });
-    run(&test)
-        .code(0)
-        .stdout_has("1 finished, 0 failed, 8 pruned");
-    assert_eq!(outcomes(&test), expected_outcomes());
+    ends_as_worked_by_hand(&test, &run(&test));
     // The rung results before the kill counted: nothing was promoted twice
     // or trained again from the start.
-    let letters = letters(&test);
-    for dir in trial_dirs(&test, "s") {
+    each_resumed_from_its_checkpoint(&test);
+}
+
+/// A finished run of the nine trials: the summary, and each trial's
+/// status and reason in the store as worked by hand.
+pub(crate) fn ends_as_worked_by_hand(test: &Test, out: &crate::util::Output) {
+    out.code(0).stdout_has("1 finished, 0 failed, 8 pruned");
+    assert_eq!(outcomes(test), expected_outcomes());
+}
+
+/// Each trial trained steps 1..its last, resuming (a step trained again
+/// after a kill, from the last checkpoint, counts once).
+pub(crate) fn each_resumed_from_its_checkpoint(test: &Test) {
+    let letters = letters(test);
+    for dir in trial_dirs(test, "s") {
         let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
         let mut steps = steps_trained(&dir);
         steps.dedup();

@@ -470,13 +470,7 @@ fn asha_through_slurm_promotes_and_stops_the_trials_worked_by_hand() {
         return;
     };
     let test = Test::new().spec(&asha_spec(2));
-    test.run_in(&RUN)
-        .code(0)
-        .stdout_has("1 finished, 0 failed, 8 pruned");
-    assert_eq!(
-        crate::asha::outcomes(&test),
-        crate::asha::expected_outcomes()
-    );
+    crate::asha::ends_as_worked_by_hand(&test, &test.run_in(&RUN));
     assert_eq!(crate::asha::launches(&test), crate::asha::LAUNCHES);
     for (letter, jobs) in rung_jobs(&test) {
         // One job per rung: paused at each rung it reached, d finished.
@@ -490,12 +484,7 @@ fn asha_through_slurm_promotes_and_stops_the_trials_worked_by_hand() {
         let ids: BTreeSet<&String> = jobs.iter().map(|(j, _)| j).collect();
         assert_eq!(ids.len(), jobs.len(), "trial {letter}: a job per rung");
     }
-    for dir in trial_dirs(&test, "s") {
-        let mut steps = crate::asha::steps_trained(&dir);
-        let last = *steps.last().unwrap();
-        steps.dedup();
-        assert_eq!(steps, (1..=last).collect::<Vec<u64>>(), "no step twice");
-    }
+    crate::asha::each_resumed_from_its_checkpoint(&test);
 }
 
 #[test]
@@ -515,29 +504,14 @@ fn a_killed_asha_orchestrator_restarts_and_gives_the_same_promotions() {
     }
     signal(&orchestrator, nix::sys::signal::Signal::SIGKILL);
     orchestrator.wait().unwrap();
-    test.run_in(&RUN)
-        .code(0)
-        .stdout_has("1 finished, 0 failed, 8 pruned");
-    assert_eq!(
-        crate::asha::outcomes(&test),
-        crate::asha::expected_outcomes()
-    );
+    crate::asha::ends_as_worked_by_hand(&test, &test.run_in(&RUN));
     for (letter, jobs) in rung_jobs(&test) {
         assert!(
             jobs.iter().all(|(_, o)| o == "paused" || o == "finished"),
             "trial {letter}: the job followed after the restart ended as it did: {jobs:?}"
         );
     }
-    for dir in trial_dirs(&test, "s") {
-        let mut steps = crate::asha::steps_trained(&dir);
-        steps.dedup();
-        let last = *steps.last().unwrap();
-        assert_eq!(
-            steps,
-            (1..=last).collect::<Vec<u64>>(),
-            "resumed, not rerun"
-        );
-    }
+    crate::asha::each_resumed_from_its_checkpoint(&test);
 }
 
 #[test]
