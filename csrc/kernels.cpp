@@ -99,6 +99,13 @@ struct ChunkedAttention : public torch::autograd::Function<ChunkedAttention> {
                                int64_t chunk) {
     auto blocked = blocked_in.value_or(at::Tensor());
     auto q_len = q.size(2);
+    // k and v arrive as [B, Hkv, L, D] views of [B, L, Hkv, D] projections.
+    // matmul folds [B, Hkv] into one batch dimension, which such a view
+    // allows only when B = 1: otherwise every chunk would copy all of k
+    // and v again (a strided copy of the whole sequence per chunk). One
+    // contiguous copy each, kept for the backward in place of the views.
+    k = k.contiguous();
+    v = v.contiguous();
     std::vector<at::Tensor> outs;
     for (int64_t q0 = 0; q0 < q_len; q0 += chunk) {
       auto c = std::min(chunk, q_len - q0);

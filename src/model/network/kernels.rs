@@ -301,6 +301,34 @@ mod tests {
         check((3, 3), (10, 10), None, None, 4);
     }
 
+    /// As the model calls it: q, k and v are `[B, H, L, D]` views of
+    /// `[B, L, H, D]` projections (which the kernel copies once, not per
+    /// chunk); the gradients reach the projections.
+    #[test]
+    fn views_of_the_projections_give_the_eager_results() {
+        let (b, l, d) = (3, 9, 8);
+        let q = leaf(&[b, l, 4, d], 1);
+        let k = leaf(&[b, l, 2, d], 2);
+        let v = leaf(&[b, l, 2, d], 3);
+        let upstream = leaf(&[b, 4, l, d], 4).detach();
+        let heads = |t: &Tensor| t.transpose(1, 2);
+        let grads = |out: &Tensor| {
+            let g = Tensor::run_backward(&[out * &upstream], &[&q, &k, &v], false, false);
+            g.iter().map(Tensor::copy).collect::<Vec<_>>()
+        };
+        let reference = eager(&heads(&q), &heads(&k), &heads(&v), None, 0.3, Some(5.0));
+        let chunked =
+            chunked_attention(&heads(&q), &heads(&k), &heads(&v), None, 0.3, Some(5.0), 2).unwrap();
+        assert!(rel_diff(&chunked, &reference) <= 1e-4);
+        for (name, (a, b)) in ["q", "k", "v"]
+            .iter()
+            .zip(grads(&chunked).iter().zip(&grads(&reference)))
+        {
+            let diff = rel_diff(a, b);
+            assert!(diff <= 1e-4, "d{name}: {diff:e}");
+        }
+    }
+
     /// The NF4 layer gives the dense path's output bit for bit, and its
     /// input and bias gradients.
     #[test]
