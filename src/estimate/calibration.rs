@@ -196,11 +196,11 @@ fn assert_within_tolerance(mut rows: Vec<Checked>, name: &str) {
 /// open): with memory-efficient attention, the `small` preset at 896 px
 /// needs ~1.4 GiB per sample where the estimate counts ~0.65 (batch 1
 /// measured 1341 MiB, batch 4 5566 MiB), while `tiny` at 896 px and every
-/// 224/448 px row are within ±15%. The difference is glibc's heap keeping
-/// freed blocks: with a fixed mmap threshold the same runs peak near the
-/// estimate without its heap term (docs/benchmarks.md, "Where the `small`
-/// 896 px rows' memory goes"), so the heap term, calibrated at 224/448 px,
-/// is what falls short. The rows were also measured before the chunked
+/// 224/448 px row are within ±15%. Most of the difference is glibc's heap
+/// keeping freed blocks: with a fixed mmap threshold the same runs peak
+/// within 15% of the estimate (docs/benchmarks.md, "Where the `small` 896
+/// px rows' memory goes"), so the heap term, calibrated at 224/448 px, is
+/// what falls short most. The rows were also measured before the chunked
 /// attention stopped copying k and v per chunk at batch ≥ 2. They are held
 /// to [`KNOWN_GAP_BOUND`] instead, and must stay outside ±15% until they
 /// are measured again and the heap term explains them (then delete them
