@@ -30,19 +30,26 @@ pub struct Adaptive {
 }
 
 impl Adaptive {
-    /// The trials to queue at the start: all but those a resumed ASHA
-    /// sweep left waiting at a rung (they stay paused until promoted).
-    pub fn first_queue(&self, states: &mut [TrialState]) -> Vec<usize> {
-        let mut pending = Vec::new();
-        for (i, state) in states.iter_mut().enumerate() {
-            match &self.promotions {
-                Some(p) if p.is_paused(&state.queued.info.id) => {
-                    state.status = TrialStatus::Paused;
-                }
-                _ => pending.push(i),
+    /// Marks `paused` the trials a resumed ASHA sweep left waiting at a
+    /// rung: they stay out of the queue until promoted.
+    pub fn mark_paused(&self, states: &mut [TrialState]) {
+        let Some(promotions) = &self.promotions else {
+            return;
+        };
+        for state in states {
+            if promotions.is_paused(&state.queued.info.id) {
+                state.status = TrialStatus::Paused;
             }
         }
-        pending
+    }
+
+    /// The trials to queue at the start: all but the paused
+    /// ([`Adaptive::mark_paused`]).
+    pub fn first_queue(&self, states: &mut [TrialState]) -> Vec<usize> {
+        self.mark_paused(states);
+        (0..states.len())
+            .filter(|&i| states[i].status != TrialStatus::Paused)
+            .collect()
     }
 
     /// Promoted trials first (higher rungs first, as Li et al.'s workers
@@ -55,6 +62,12 @@ impl Adaptive {
             let rung = promotions.map_or(0, |p| p.target(&q.info.id));
             (std::cmp::Reverse(rung), std::cmp::Reverse(q.memory_now()))
         });
+    }
+
+    /// Whether new trials are suggested while the sweep runs (TPE): only
+    /// then is [`Adaptive::top_up`] worth its costs of the running trials.
+    pub fn suggests(&self) -> bool {
+        self.suggestions.is_some()
     }
 
     /// Asks for suggested trials while nothing waits and fewer than
@@ -101,11 +114,15 @@ impl Adaptive {
     }
 
     /// The budget's verdict on starting `state` now: the reason it may
-    /// not, if it may not.
-    pub fn refusal(&self, state: &TrialState, running: &[Running]) -> Option<String> {
+    /// not, if it may not. `running` is asked only when a budget is set.
+    pub fn refusal(
+        &self,
+        state: &TrialState,
+        running: impl FnOnce() -> Vec<Running>,
+    ) -> Option<String> {
         let gate = self.budget.as_ref()?;
         let info = &state.queued.info;
-        refusal(gate.admit(&info.id, info.rel_cost, running))
+        refusal(gate.admit(&info.id, info.rel_cost, &running()))
     }
 
     /// Where the trial's next attempt stops (its rung), if anywhere.

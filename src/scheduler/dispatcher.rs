@@ -171,6 +171,9 @@ pub async fn dispatch(
 impl Dispatcher<'_> {
     /// Asks for suggested trials while a device has room.
     fn top_up(&mut self) {
+        if !self.adaptive.suggests() {
+            return;
+        }
         let running = self.running_costs();
         if self.adaptive.top_up(
             &mut self.states,
@@ -209,7 +212,7 @@ impl Dispatcher<'_> {
         for i in pending {
             if let Some(reason) = self
                 .adaptive
-                .refusal(&self.states[i], &self.running_costs())
+                .refusal(&self.states[i], || self.running_costs())
             {
                 fate::end_early(&mut self.states[i], reason, self.fanout);
                 continue;
@@ -282,7 +285,7 @@ impl Dispatcher<'_> {
                     return;
                 };
                 r.last_output = Instant::now();
-                let trial = r.trial;
+                let (trial, attempt) = (r.trial, r.attempt);
                 match &line.event {
                     WorkerEvent::Failed { kind, message } => {
                         r.failed = Some((*kind, message.clone()));
@@ -310,7 +313,6 @@ impl Dispatcher<'_> {
                     }
                     _ => {}
                 }
-                let attempt = self.running.get(&run).map_or(0, |r| r.attempt);
                 self.fanout.send(&SweepEvent::Worker {
                     trial: self.states[trial].queued.info.id.clone(),
                     attempt,

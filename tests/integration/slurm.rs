@@ -493,17 +493,11 @@ fn a_killed_asha_orchestrator_restarts_and_gives_the_same_promotions() {
         return;
     };
     let test = Test::new().spec(&asha_spec(150));
-    let mut orchestrator = spawn(&test, &RUN);
-    // Killed once d runs towards rung 1 (after five jobs).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !(test.path().join("results/s/trials").is_dir()
-        && crate::asha::launches(&test).split(' ').count() >= 6)
-    {
-        assert!(Instant::now() < deadline, "the sweep never got going");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    signal(&orchestrator, nix::sys::signal::Signal::SIGKILL);
-    orchestrator.wait().unwrap();
+    // Killed once d runs towards rung 1 (after five jobs); its jobs run on.
+    crate::util::kill_9_when(&test, &RUN, || {
+        test.path().join("results/s/trials").is_dir()
+            && crate::asha::launches(&test).split(' ').count() >= 6
+    });
     crate::asha::ends_as_worked_by_hand(&test, &test.run_in(&RUN));
     for (letter, jobs) in rung_jobs(&test) {
         assert!(

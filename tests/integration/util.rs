@@ -322,14 +322,11 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
 pub fn kill_9_run_when(test: &Test, ready: impl Fn() -> bool) {
     let mut args = run_args("fake-cuda:1x80GiB");
     args.extend(["--kill-grace".to_owned(), "1".to_owned()]);
-    let first = spawn(test, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready() {
-        assert!(Instant::now() < deadline, "the sweep never got going");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    signal(&first, nix::sys::signal::Signal::SIGKILL);
-    let _ = first.wait_with_output();
+    kill_9_when(
+        test,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ready,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !processes_under(test.path()).is_empty() {
         assert!(
@@ -338,4 +335,17 @@ pub fn kill_9_run_when(test: &Test, ready: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts palisweep with `args`, waits until `ready` says so (up to 120 s)
+/// and kills it with SIGKILL.
+pub fn kill_9_when(test: &Test, args: &[&str], ready: impl Fn() -> bool) {
+    let first = spawn(test, args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "the sweep never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    let _ = first.wait_with_output();
 }

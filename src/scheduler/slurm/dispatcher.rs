@@ -191,11 +191,11 @@ impl Dispatcher<'_> {
     /// followed; every other queued trial waits to be submitted, but those
     /// a resumed ASHA sweep left paused at a rung (they wait for promotion).
     fn adopt_open_jobs(&mut self) {
-        let waiting = self.d.adaptive.first_queue(&mut self.states);
+        self.d.adaptive.mark_paused(&mut self.states);
         for (i, state) in self.states.iter_mut().enumerate() {
             let q = &mut state.queued;
             let Some(open) = q.open_job.take() else {
-                if waiting.contains(&i) {
+                if state.status != TrialStatus::Paused {
                     self.pending.push(i);
                 }
                 continue;
@@ -222,6 +222,9 @@ impl Dispatcher<'_> {
 
     /// Asks TPE for the next trials while fewer than `slurm.max_jobs` run.
     fn top_up(&mut self) {
+        if !self.d.adaptive.suggests() {
+            return;
+        }
         let running = self.running_costs();
         let capacity = self.d.slurm.max_jobs as usize;
         self.d.adaptive.top_up(
@@ -257,7 +260,7 @@ impl Dispatcher<'_> {
             if let Some(reason) = self
                 .d
                 .adaptive
-                .refusal(&self.states[i], &self.running_costs())
+                .refusal(&self.states[i], || self.running_costs())
             {
                 fate::end_early(&mut self.states[i], reason, self.fanout);
                 continue;
