@@ -353,6 +353,20 @@ fn chunks(shape: &TrialShape, scores: u64) -> bool {
         )
 }
 
+/// The pass's boolean masks `[B, 1, L, L]`, one for the global and one
+/// for the sliding-window layers (`gemma2::AttentionMasks::blocked`): the
+/// chunked layers' autograd functions keep them until the decoder's
+/// backward ends. Unchunked layers add the masks to the scores in the
+/// forward and keep nothing of them.
+fn decoder_masks(shape: &TrialShape) -> Held {
+    let t = &shape.config.text_config;
+    let (batch, len) = (u64::from(shape.batch_size), shape.sequence_len());
+    if !chunks(shape, batch * u64::from(t.num_attention_heads) * len * len) {
+        return Held::default();
+    }
+    Held::tensors(2, batch * len * len, 1)
+}
+
 /// The decoder's final `RMSNorm` keeps its f32 input, the supervised
 /// window's positions.
 fn final_norm(shape: &TrialShape) -> Held {
@@ -394,17 +408,22 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
         u64::from(v.num_hidden_layers),
     );
     let vision = shape.trains_vision().then(|| vision_layer(shape));
+    let masks = Dynamic {
+        attention: decoder_masks(shape),
+        ..Dynamic::default()
+    };
     let with_backward = |layer: &Layer| Dynamic {
         attention: layer.kept.attention + layer.backward,
         ..layer.kept
     };
     if shape.gradient_checkpointing {
         let mut inputs = decoder.input * decoder_layers;
-        let mut peak = if decoder_layers > 1 {
-            with_backward(&decoder)
-        } else {
-            with_backward(&last_decoder)
-        };
+        let mut peak = masks
+            + if decoder_layers > 1 {
+                with_backward(&decoder)
+            } else {
+                with_backward(&last_decoder)
+            };
         if let Some(vision) = &vision {
             inputs = inputs + vision.input * vision_layers;
             let tower = with_backward(vision);
@@ -432,7 +451,7 @@ pub fn peak_dynamic(shape: &TrialShape) -> Dynamic {
         attention: layer.backward,
         ..Dynamic::default()
     };
-    let below_last = decoder.kept * decoder_layers.saturating_sub(1) + tower;
+    let below_last = decoder.kept * decoder_layers.saturating_sub(1) + tower + masks;
     let mut kept = below_last + last_decoder.kept;
     kept.activations = kept.activations + final_norm(shape);
     let mut peak = (kept + transient(&last_decoder)).max(tower_peak);
