@@ -39,6 +39,21 @@ torch_dir=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch
 [ -f "$torch_dir/lib/libtorch_cpu.so" ] || fail "torch at $torch_dir has no lib/libtorch_cpu.so"
 ln -sfn "$torch_dir" "$VENV/libtorch"
 
+# tcmalloc: palisweep preloads it when installed (src/allocator.rs): faster
+# CPU steps and peaks near the live tensors, where glibc's heap keeps much of
+# what is freed (docs/benchmarks.md, "The CPU allocator"). Optional.
+if ! compgen -G "/usr/lib/*/libtcmalloc*.so.4" >/dev/null && ! compgen -G "/usr/lib64/libtcmalloc*.so.4" >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing tcmalloc (libtcmalloc-minimal4)"
+    { apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }; } ||
+      echo "setup: could not install libtcmalloc-minimal4; palisweep will use glibc's malloc" >&2
+  else
+    echo "setup: tcmalloc is not installed; palisweep uses glibc's malloc, slower and larger on the CPU" \
+      "(sudo apt-get install -y libtcmalloc-minimal4)" >&2
+  fi
+fi
+
 if [ "${1:-}" != "--no-build" ]; then
   echo "setup: building palisweep (release; the first build takes a few minutes)"
   cargo build --release --locked --quiet

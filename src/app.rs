@@ -6,12 +6,16 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 use crate::commands::output::{self, out};
-use crate::error::exit_code;
+use crate::error::{EXIT_BAD_INPUT, exit_code};
 use crate::secrets::redact_text;
-use crate::{commands, spec};
+use crate::{allocator, commands, spec};
 
 /// The binary's whole `main`.
 pub fn main() -> ExitCode {
+    if let Err(error) = allocator::reexec_with_chosen_allocator() {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let cli = Cli::parse();
     // The worker reports its own exit codes (out of memory, stopped, ...).
     let result = match cli.command {

@@ -12,6 +12,7 @@
 //! (TPE, ASHA, Hyperband, budgets) and the replay simulator as a pure
 //! library; `commands` wire everything to the CLI, and `error` maps errors
 //! to exit codes.
+pub mod allocator;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -20,6 +20,8 @@
 #              24 GiB, shared with its other processes]
 #   TIME_CAP_S   kill a run after this long [900]
 #   CACHE      random checkpoints [results/.cache]
+#   PALISWEEP_ALLOCATOR  the CPU's malloc (src/allocator.rs) [auto: tcmalloc
+#              where installed]; each row records the one it ran with
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -110,7 +112,7 @@ for preset in "${PRESETS[@]}"; do
                     ok)
                         jq -c --argjson base "$base" '$base + {
                             status: "ok",
-                            seq_len, prefix_tokens, suffix_tokens, dtype,
+                            seq_len, prefix_tokens, suffix_tokens, dtype, allocator,
                             measured_mib: (.peak_rss_mb * 10 | round / 10),
                             estimate_mib_then: (.est_memory_mb * 10 | round / 10)}' \
                             "$WORK/out" >>"$ROWS"

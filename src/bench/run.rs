@@ -96,6 +96,8 @@ pub struct Report {
     /// GPU product name (CUDA only).
     pub gpu: Option<String>,
     pub dtype: String,
+    /// The CPU's `malloc` (`crate::allocator`): `glibc` or `tcmalloc`.
+    pub allocator: &'static str,
     pub threads: i32,
     pub batch: i64,
     /// Padded sequence length of the batch.
@@ -223,6 +225,7 @@ fn trial_shape<'a>(
             Device::Cuda(_) => DeviceKind::Cuda,
             _ => DeviceKind::Cpu,
         },
+        allocator: crate::allocator::active(),
         freeze_vision: false,
         train_projector: false,
         lora_r: u32::try_from(options.lora.r).unwrap_or(0),
@@ -329,6 +332,7 @@ pub fn run(options: &BenchOptions, examples: &[Example]) -> Result<Vec<Report>, 
         device: format!("{:?}", options.device),
         gpu: sampler.as_ref().map(|s| s.name.clone()),
         dtype: format!("{:?}", options.kind),
+        allocator: crate::allocator::active().name(),
         threads: tch::get_num_threads(),
         batch: shape.batch,
         seq_len: shape.seq_len,

@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 
+use crate::allocator::Allocator;
 use crate::model::config::Preset;
 use crate::spec::schema::{Attention, Method};
 use crate::variant::{Resolution, Size};
@@ -55,6 +56,9 @@ struct Row {
     prefix_tokens: Option<u32>,
     suffix_tokens: Option<u32>,
     dtype: Option<String>,
+    /// The CPU's `malloc`; absent: glibc (rows measured before palisweep
+    /// preloaded tcmalloc).
+    allocator: Option<Allocator>,
     measured_mib: Option<f64>,
     /// Why this measurement no longer describes the code (it needed more
     /// than the current code does): held as an upper bound, not within
@@ -112,6 +116,7 @@ fn check(row: &Row, device: DeviceKind) -> Checked {
         suffix_tokens: row.suffix_tokens.expect("suffix_tokens"),
         dtype_bytes,
         device,
+        allocator: row.allocator.unwrap_or(Allocator::Glibc),
         freeze_vision: false,
         train_projector: false,
         lora_r: 8,

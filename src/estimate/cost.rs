@@ -16,6 +16,7 @@ use crate::spec::schema::{Attention, Method};
 use crate::variant::{Resolution, Size};
 
 use super::memory::{DeviceKind, TrialShape};
+use crate::allocator::Allocator;
 
 /// Text tokens of the normalisation example (`PaliGemma`'s 224 pretraining
 /// length, docs/model-reference.md §1), all supervised.
@@ -209,6 +210,7 @@ fn full_training_shape(config: &PaliGemmaConfig, text_tokens: u32) -> TrialShape
         suffix_tokens: text_tokens,
         dtype_bytes: 2,
         device: DeviceKind::Cuda,
+        allocator: Allocator::Glibc,
         freeze_vision: false,
         train_projector: true,
         lora_r: 0,

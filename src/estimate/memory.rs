@@ -15,6 +15,7 @@
 //! peaks (`scripts/bench/calibrate.sh` regenerates the CPU file) and
 //! `estimate::calibration`'s test keeps every row within ±15%.
 
+use crate::allocator::Allocator;
 use crate::model::config::{LinearModule, PaliGemmaConfig, Tower};
 use crate::spec::schema::{Attention, Method};
 
@@ -57,6 +58,12 @@ pub const DOUBLE_QUANT_BLOCK: u64 = 256;
 /// adapted linear.)
 pub const CPU_HEAP_RETENTION_PERCENT: u64 = 60;
 
+/// What tcmalloc (`crate::allocator`, the default where installed) holds
+/// beyond the live tensors at the peak, in percent of the activations and
+/// scores (it serves all of them, large ones too): freed spans it has not
+/// yet returned. Calibrated on the `cpu-tcmalloc.json` rows.
+pub const TCMALLOC_RETENTION_PERCENT: u64 = 5;
+
 /// What one trial trains, on what, at what size: the input of the memory
 /// and cost estimates.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +80,8 @@ pub struct TrialShape<'a> {
     /// Compute dtype: 2 for bf16 (CUDA), 4 for f32 (CPU).
     pub dtype_bytes: u32,
     pub device: DeviceKind,
+    /// The CPU's `malloc` (what it keeps of freed memory); unused on CUDA.
+    pub allocator: Allocator,
     pub freeze_vision: bool,
     /// `LoRA`/`QLoRA` only: train `multi_modal_projector` fully (full training
     /// always trains it).
@@ -189,7 +198,10 @@ impl TrialShape<'_> {
 pub fn estimate_memory(shape: &TrialShape) -> MemoryEstimate {
     let peak = peak_dynamic(shape);
     let allocator = match shape.device {
-        DeviceKind::Cpu => peak.heap() * CPU_HEAP_RETENTION_PERCENT / 100,
+        DeviceKind::Cpu => match shape.allocator {
+            Allocator::Glibc => peak.heap() * CPU_HEAP_RETENTION_PERCENT / 100,
+            Allocator::Tcmalloc => peak.bytes() * TCMALLOC_RETENTION_PERCENT / 100,
+        },
         DeviceKind::Cuda => 0,
     };
     let mut estimate = MemoryEstimate {
@@ -319,6 +331,7 @@ mod tests {
             suffix_tokens: 32,
             dtype_bytes: 2,
             device: DeviceKind::Cuda,
+            allocator: Allocator::Glibc,
             freeze_vision: false,
             train_projector: false,
             lora_r: 8,

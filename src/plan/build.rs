@@ -105,6 +105,7 @@ pub fn estimate(
         suffix_tokens: lengths.suffix_tokens,
         dtype_bytes: dtype_bytes(spec.train.precision, device),
         device,
+        allocator: crate::allocator::active(),
         freeze_vision: spec.model.freeze_vision,
         train_projector: spec.model.train_projector,
         lora_r: spec.lora.r,

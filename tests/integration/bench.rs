@@ -146,3 +146,65 @@ fn dump_batch_writes_the_encoded_batch() {
     let ids = &tensors.iter().find(|(n, _)| n == "input_ids").unwrap().1;
     assert_eq!(ids.size()[0], 3);
 }
+
+/// `PALISWEEP_ALLOCATOR` (src/allocator.rs): `system` keeps glibc's
+/// malloc; `tcmalloc` restarts the process with tcmalloc preloaded where it
+/// is installed, and refuses with the package to install where it is not.
+#[test]
+fn the_allocator_variable_chooses_the_malloc() {
+    let installed = ["/usr/lib", "/usr/lib64"]
+        .iter()
+        .any(|root| has_tcmalloc(std::path::Path::new(root)));
+    let run = |choice: &str| {
+        Test::new().env("PALISWEEP_ALLOCATOR", choice).run_in(&[
+            "bench",
+            "--checkpoint",
+            "tiny",
+            "--method",
+            "lora",
+            "--mode",
+            "train",
+            "--batch",
+            "1",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ])
+    };
+    let system = run("system");
+    system.code(0);
+    assert_eq!(rows(&system.stdout)[0]["allocator"], "glibc");
+    let tcmalloc = run("tcmalloc");
+    if installed {
+        tcmalloc.code(0);
+        assert_eq!(rows(&tcmalloc.stdout)[0]["allocator"], "tcmalloc");
+    } else {
+        tcmalloc.code(2).stderr_has("libtcmalloc-minimal4");
+    }
+    run("jemalloc")
+        .code(2)
+        .stderr_has("PALISWEEP_ALLOCATOR=\"jemalloc\" is not a choice");
+}
+
+/// Whether a tcmalloc library lies in `root` or one folder below it.
+fn has_tcmalloc(root: &std::path::Path) -> bool {
+    let is_tcmalloc = |path: &std::path::Path| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libtcmalloc") && n.ends_with(".so.4"))
+    };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        is_tcmalloc(&path)
+            || (path.is_dir()
+                && std::fs::read_dir(&path)
+                    .is_ok_and(|mut inner| inner.any(|e| e.is_ok_and(|e| is_tcmalloc(&e.path())))))
+    })
+}
