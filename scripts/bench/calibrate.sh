@@ -4,15 +4,17 @@
 # each peak is its own), and writes the memory estimator's calibration data:
 #
 #   cargo build --release
-#   scripts/bench/calibrate.sh            # writes src/estimate/calibration/cpu-memory_efficient.json
-#   ATTENTION=eager scripts/bench/calibrate.sh   # cpu-eager.json
+#   scripts/bench/calibrate.sh            # writes src/estimate/calibration/cpu-memory_efficient-tcmalloc.json
+#   PALISWEEP_ALLOCATOR=system scripts/bench/calibrate.sh   # cpu-memory_efficient-glibc.json
+#   ATTENTION=eager scripts/bench/calibrate.sh   # cpu-eager-tcmalloc.json
 #
 # A configuration whose RSS passes the cap is killed and recorded with the
 # reason, then retried at half the batch (down to 1): nothing is skipped
 # silently. Environment (defaults in brackets):
 #   BIN        the binary [target/release/palisweep, or $CARGO_TARGET_DIR's]
 #   ATTENTION  model.attention: memory_efficient | eager [memory_efficient]
-#   OUT        the data file [src/estimate/calibration/cpu-$ATTENTION.json]
+#   OUT        the data file [src/estimate/calibration/cpu-$ATTENTION-$ALLOCATOR.json,
+#              the allocator the rows ran with]
 #   PRESETS    [tiny small]   SIZES [3b 10b 28b]   RESOLUTIONS [224 448 896]
 #   METHODS    [lora qlora]   BATCH [4, the spec's train.batch_size default]
 #   THREADS    torch threads [2]
@@ -29,7 +31,7 @@ cd "$ROOT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=${BIN:-$TARGET/release/palisweep}
 ATTENTION=${ATTENTION:-memory_efficient}
-OUT=${OUT:-$ROOT/src/estimate/calibration/cpu-$ATTENTION.json}
+OUT=${OUT:-}
 read -ra PRESETS <<<"${PRESETS:-tiny small}"
 read -ra SIZES <<<"${SIZES:-3b 10b 28b}"
 read -ra RESOLUTIONS <<<"${RESOLUTIONS:-224 448 896}"
@@ -45,7 +47,6 @@ STEPS=(--warmup 1 --steps 1)
 
 [ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release first" >&2; exit 2; }
 command -v jq >/dev/null || { echo "calibrate.sh needs jq" >&2; exit 2; }
-mkdir -p "$(dirname "$OUT")"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 ROWS=$WORK/rows.jsonl
@@ -150,6 +151,9 @@ commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 dirty=$([ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] && echo true || echo false)
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+allocator=$(jq -r 'select(.allocator) | .allocator' "$ROWS" | head -1)
+OUT=${OUT:-$ROOT/src/estimate/calibration/cpu-$ATTENTION-${allocator:-unknown}.json}
+mkdir -p "$(dirname "$OUT")"
 jq -n --slurpfile rows "$ROWS" \
     --arg commit "$commit" --argjson dirty "$dirty" --arg torch "$(torch_version)" \
     --arg machine "$(nproc) cores of an ${cpu:-unknown CPU}, $mem, $(uname -sr)" \

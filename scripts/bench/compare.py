@@ -34,11 +34,26 @@ def parse_args():
     p.add_argument("--hf-attn", default="eager",
                    help="transformers' attn_implementation, or `mix` (Gemma 2 eager, SigLIP sdpa: "
                         "the best transformers 5.24 supports for PaliGemma 2)")
+    p.add_argument("--hf-malloc", choices=["glibc", "tcmalloc"], default="glibc",
+                   help="the HF process's malloc: glibc (what `python` runs with) or tcmalloc "
+                        "preloaded (PyTorch's CPU tuning advice). palisweep's is its own: tcmalloc "
+                        "where installed, or PALISWEEP_ALLOCATOR in the environment")
     p.add_argument("--cache", default=os.path.join(ROOT, "results", ".cache"))
     p.add_argument("--palisweep", default=os.path.join(ROOT, "target", "release", "palisweep"))
     p.add_argument("--python", default=os.path.join(ROOT, ".venv-golden", "bin", "python"))
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p.parse_args()
+
+
+def tcmalloc_path():
+    """The installed tcmalloc library, as src/allocator.rs looks for it."""
+    for path in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                 "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                 "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4",
+                 "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "/usr/lib64/libtcmalloc.so.4"):
+        if os.path.exists(path):
+            return path
+    sys.exit("--hf-malloc tcmalloc: no tcmalloc installed (apt-get install libtcmalloc-minimal4)")
 
 
 def rows_of(command, env=None):
@@ -55,6 +70,10 @@ def main():
     modes = ["forward", "train"] if args.mode == "both" else [args.mode]
     # Both sides get the same thread count and nothing else competing for it.
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    hf_env = dict(env)
+    if args.hf_malloc == "tcmalloc":
+        hf_env["LD_PRELOAD"] = ":".join(filter(None, [tcmalloc_path(), env.get("LD_PRELOAD")]))
+        hf_env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] = str(1 << 60)
     results = {"palisweep": [], "transformers+peft": []}
     # One process per tool and mode: each row's peak memory is its own, and
     # no mode inherits another's state (bitsandbytes repacks NF4 weights for
@@ -72,10 +91,12 @@ def main():
                 results["palisweep"] += ours
                 theirs = rows_of([args.python, os.path.join(ROOT, "scripts", "bench", "hf_bench.py"),
                                   "--checkpoint", ours[0]["checkpoint"], "--batch-file", batch_file,
-                                  "--mode", mode, "--attn", args.hf_attn, *common], env)
+                                  "--mode", mode, "--attn", args.hf_attn, *common], hf_env)
                 results["transformers+peft"] += theirs
 
-    summary = {"config": vars(args) | {"seq_len": results["palisweep"][0]["seq_len"]}, "rows": []}
+    summary = {"config": vars(args) | {"seq_len": results["palisweep"][0]["seq_len"],
+                                       "palisweep_malloc": results["palisweep"][0].get("allocator")},
+               "rows": []}
     for mode in ("forward", "train"):
         medians = {}
         for impl, rows in results.items():
@@ -104,7 +125,8 @@ def main():
     c = summary["config"]
     print(f"{c['preset']} {c['size']}@{c['resolution']} {c['method']}"
           f"{' +gc' if c['gradient_checkpointing'] else ''}, palisweep {c['attention']} vs"
-          f" transformers {c['hf_attn']}, batch {c['batch']} × {c['seq_len']} tokens,"
+          f" transformers {c['hf_attn']}, malloc {c['palisweep_malloc']} vs {c['hf_malloc']},"
+          f" batch {c['batch']} × {c['seq_len']} tokens,"
           f" {c['threads']} threads, {c['steps']} steps after {c['warmup']}, medians of {c['repeats']}")
     print(f"{'impl':20}{'mode':9}{'step ms':>10}{'samples/s':>11}{'best':>9}{'tokens/s':>10}{'peak RSS MiB':>14}")
     for r in summary["rows"]:
