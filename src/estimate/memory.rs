@@ -62,7 +62,7 @@ pub const CPU_HEAP_RETENTION_PERCENT: u64 = 60;
 /// beyond the live tensors at the peak, in percent of the activations and
 /// scores (it serves all of them, large ones too): freed spans it has not
 /// yet returned. Calibrated on the `cpu-tcmalloc.json` rows.
-pub const TCMALLOC_RETENTION_PERCENT: u64 = 5;
+pub const TCMALLOC_RETENTION_PERCENT: u64 = 10;
 
 /// What one trial trains, on what, at what size: the input of the memory
 /// and cost estimates.
