@@ -538,6 +538,29 @@ mod tests {
             m.allocator,
             (m.activations + m.attention) * CPU_HEAP_RETENTION_PERCENT / 100
         );
+        // At 896 px batch 4 glibc's mmap serves the large tensors, which its
+        // term leaves out; tcmalloc's counts every tensor, at its own rate.
+        let large = PaliGemmaConfig::small(Size::B3, Resolution::R896);
+        let glibc = TrialShape {
+            batch_size: 4,
+            ..shape(&large, Method::Lora, &targets)
+        };
+        let glibc = TrialShape {
+            dtype_bytes: 4,
+            device: DeviceKind::Cpu,
+            ..glibc
+        };
+        let tcmalloc = TrialShape {
+            allocator: Allocator::Tcmalloc,
+            ..glibc
+        };
+        let (g, t) = (estimate_memory(&glibc), estimate_memory(&tcmalloc));
+        assert!(g.allocator < (g.activations + g.attention) * CPU_HEAP_RETENTION_PERCENT / 100);
+        assert_eq!(
+            t.allocator,
+            (t.activations + t.attention) * TCMALLOC_RETENTION_PERCENT / 100
+        );
+        assert_eq!(t.total - t.allocator, g.total - g.allocator);
     }
 
     #[test]
