@@ -204,47 +204,38 @@ fn assert_within_tolerance(mut rows: Vec<Checked>, name: &str) {
     );
 }
 
-/// Rows the estimator still misses by more than [`TOLERANCE`] (issue #16,
-/// open): with memory-efficient attention, the `small` preset at 896 px
-/// needs ~1.4 GiB per sample where the estimate counts ~0.65 (batch 1
-/// measured 1341 MiB, batch 4 5566 MiB), while `tiny` at 896 px and every
-/// 224/448 px row are within ±15%. Most of the difference is glibc's heap
-/// keeping freed blocks: with a fixed mmap threshold the same runs peak
-/// within 15% of the estimate (docs/benchmarks.md, "Where the `small` 896
-/// px rows' memory goes"), so the heap term, calibrated at 224/448 px, is
-/// what falls short most. The rows were also measured before the chunked
-/// attention stopped copying k and v per chunk at batch ≥ 2. They are held
-/// to [`KNOWN_GAP_BOUND`] instead, and must stay outside ±15% until they
-/// are measured again and the heap term explains them (then delete them
-/// here).
-const KNOWN_GAPS: [&str; 4] = [
-    "small 3b@896 lora batch 4",
-    "small 3b@896 qlora batch 4",
-    "small 10b@896 lora batch 4",
-    "small 10b@896 qlora batch 4",
-];
-const KNOWN_GAP_BOUND: f64 = 0.5;
+/// The rows the estimator still misses by more than [`TOLERANCE`] at
+/// times: the `small` preset at 896 px on glibc's malloc, the fallback
+/// where tcmalloc is not installed (`crate::allocator`). glibc keeps freed
+/// blocks in its heap, and at 896 px, where the chunked attention's 4 MiB
+/// chunks interleave with long-lived layer outputs, it kept about 1.2 GiB
+/// above the live tensors at batch 4 (docs/benchmarks.md, "The CPU
+/// allocator"): the 2026-12-05 run measured these six rows at −23.8% …
+/// −13.6%, varying by a few points from run to run. They are held to
+/// [`KNOWN_GAP_BOUND`]; the same configurations on tcmalloc are within
+/// ±15% (`cpu-memory_efficient-tcmalloc.json`).
+fn known_gap(name: &str, row: &Checked) -> bool {
+    name == GLIBC_MEMORY_EFFICIENT && row.what.starts_with("small ") && row.what.contains("@896 ")
+}
+const KNOWN_GAP_BOUND: f64 = 0.3;
 
 #[test]
 fn cpu_estimates_are_within_tolerance_of_measured_rss() {
     for (name, text) in CPU {
         let (gaps, rows): (Vec<Checked>, Vec<Checked>) = checked(text, name, DeviceKind::Cpu)
             .into_iter()
-            .partition(|c| name == GLIBC_MEMORY_EFFICIENT && KNOWN_GAPS.contains(&c.what.trim()));
+            .partition(|c| known_gap(name, c));
         for gap in &gaps {
             assert!(
-                gap.error().abs() > TOLERANCE && gap.error().abs() <= KNOWN_GAP_BOUND,
-                "{name}: {} is {:+.1}% off: update KNOWN_GAPS",
+                gap.error().abs() <= KNOWN_GAP_BOUND,
+                "{name}: {} is {:+.1}% off, past the known gap's ±{:.0}%",
                 gap.what,
-                100.0 * gap.error()
+                100.0 * gap.error(),
+                100.0 * KNOWN_GAP_BOUND
             );
         }
         if name == GLIBC_MEMORY_EFFICIENT {
-            assert_eq!(
-                gaps.len(),
-                KNOWN_GAPS.len(),
-                "{name}: a known gap has no row"
-            );
+            assert_eq!(gaps.len(), 6, "{name}: the small 896 px rows");
         }
         assert_within_tolerance(rows, name);
     }
