@@ -40,7 +40,8 @@ def parse_args():
         "--attn",
         default="eager",
         help="attn_implementation, or `mix`: the best set-up transformers 5.24 supports for "
-        "PaliGemma 2 (Gemma 2 refuses sdpa for its soft-cap: eager; SigLIP: sdpa)",
+        "PaliGemma 2 (Gemma 2 refuses sdpa for its soft-cap: eager; SigLIP: sdpa), or "
+        "`flex-mix` (Gemma 2 flex_attention, SigLIP sdpa: for CUDA)",
     )
     return p.parse_args()
 
@@ -57,6 +58,8 @@ def load_model(args, dtype):
     attn = args.attn
     if attn == "mix":
         attn = {"text_config": "eager", "vision_config": "sdpa", "": "eager"}
+    elif attn == "flex-mix":
+        attn = {"text_config": "flex_attention", "vision_config": "sdpa", "": "eager"}
     kwargs = {"dtype": dtype, "attn_implementation": attn}
     if args.method == "qlora":
         # palisweep's defaults: NF4, double quantisation, blocks of 64.
@@ -165,6 +168,10 @@ def main():
         row["samples_per_s"] = rows / seconds
         row["tokens_per_s"] = tokens / seconds
         row["peak_rss_mb"] = peak_rss_mb()
+        if args.device.startswith("cuda"):
+            # What the caching allocator reserved: the nearest to NVML's count.
+            row["peak_gpu_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        row["attn"] = args.attn
         row["loss_first"], row["loss_last"] = first, last
         print(json.dumps(row), flush=True)
 

@@ -7,11 +7,21 @@
 # one failure costs only its own row. Budget: ~7 minutes on an H100.
 #
 #   OUT=/tmp/out scripts/gpu/check.sh
+#   scripts/gpu/check.sh --install-hf   # only: the carried .gpu-wheels into .gpu-venv
+#
+# transformers + PEFT run beside palisweep (3B LoRA at 224 and 448 px, on
+# the same checkpoint folder and batch) when .gpu-venv exists, made by
+# --install-hf from the wheels scripts/gpu/wheelhouse.sh downloads (carried
+# in a call of their own: with the binaries they pass the carry limit), or
+# with HF_PYTHON (a python that imports transformers and peft; a dry run
+# here: HF_PYTHON=.venv-golden/bin/python).
 #
 # Environment: BUDGET_S (400), TORCH_LIB (default: the lib/ of python3's torch), SITE_PACKAGES
 # (where nvidia/*/lib are; default: the one holding that torch), CACHE
 # (random checkpoints, default /tmp/palisweep-bench), BENCH_DEVICE (cuda),
-# BENCH_PRESET (published; `tiny` for a dry run on a CPU).
+# BENCH_PRESET (published; `tiny` for a dry run on a CPU), BIG_CACHE (where
+# the 10B and 28B checkpoints are written: tmpfs, default /dev/shm/palisweep-bench),
+# HF_PYTHON.
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-out}
@@ -30,6 +40,28 @@ BUDGET_S=${BUDGET_S:-400}
 STARTED=$SECONDS
 
 log() { echo "[$(date -u +%T) +$((SECONDS - STARTED))s] $*" | tee -a "$LOG"; }
+
+# The carried wheelhouse into a venv over the machine's torch.
+install_hf() {
+    [ -d .gpu-wheels ] || { log "no .gpu-wheels (scripts/gpu/wheelhouse.sh)"; return 1; }
+    python3 -m venv --system-site-packages .gpu-venv &&
+        .gpu-venv/bin/pip install --disable-pip-version-check --quiet --no-index --no-deps \
+            .gpu-wheels/*.whl &&
+        .gpu-venv/bin/python -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' 2>&1 | tee -a "$LOG"
+}
+if [ "${1:-}" = "--install-hf" ]; then
+    install_hf
+    exit $?
+fi
+HF_PYTHON=${HF_PYTHON:-}
+if [ -z "$HF_PYTHON" ] && [ -x .gpu-venv/bin/python ]; then
+    HF_PYTHON=.gpu-venv/bin/python
+elif [ -z "$HF_PYTHON" ] && [ -d .gpu-wheels ] && install_hf; then
+    HF_PYTHON=.gpu-venv/bin/python
+fi
+BIG_CACHE=${BIG_CACHE:-/dev/shm/palisweep-bench}
+HF_JSONL="$OUT/hf.jsonl"
+: >"$HF_JSONL"
 
 # Runs "$@" under `timeout SECONDS`, output appended to the log.
 run_logged() {
@@ -155,20 +187,57 @@ bench() {
     fi
     [ "$limit" -le "$remaining" ] || limit=$remaining
     log "bench $*"
-    timeout --kill-after=10 "$limit" "$BIN" bench --checkpoint "$PRESET" --size 3b \
-        --cache "$CACHE" --device "$DEVICE" --json "$@" >>"$JSONL" 2>>"$LOG"
+    timeout --kill-after=10 "$limit" "$BIN" bench --checkpoint "$PRESET" --size "${SIZE:-3b}" \
+        --cache "${BENCH_CACHE:-$CACHE}" --device "$DEVICE" --json "$@" >>"$JSONL" 2>>"$LOG"
     local rc=$?
     [ $rc -eq 0 ] || log "exit $rc"
 }
+
+# transformers + PEFT (scripts/bench/hf_bench.py) on the checkpoint and the
+# batch palisweep dumped, JSON rows appended to hf.jsonl.
+hf_bench() {
+    local limit=$1
+    shift
+    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
+    if [ "$remaining" -lt 45 ]; then
+        log "skipped (budget ${BUDGET_S}s): hf_bench $*"
+        return
+    fi
+    [ "$limit" -le "$remaining" ] || limit=$remaining
+    log "hf_bench $*"
+    timeout --kill-after=10 "$limit" "$HF_PYTHON" scripts/bench/hf_bench.py --device "$DEVICE" "$@" \
+        >>"$HF_JSONL" 2>>"$LOG"
+    local rc=$?
+    [ $rc -eq 0 ] || log "exit $rc"
+}
+
+# 5a. The goal rows first (3B LoRA at 224 and 448 px), each beside
+#     transformers + PEFT on the same checkpoint and batch: eager, its mix
+#     (Gemma 2 eager, SigLIP sdpa) and flex_attention in Gemma 2.
 steps=(--warmup 2 --steps 5)
-for method in lora qlora; do
-    for gc in "" --gradient-checkpointing; do
-        bench 90 --resolution 224 --batch 4 --method $method $gc "${steps[@]}"
-    done
+for res in 224 448; do
+    bench 90 --resolution $res --batch 4 --method lora "${steps[@]}"
+    if [ -n "$HF_PYTHON" ]; then
+        ckpt=$("$BIN" bench --checkpoint "$PRESET" --size 3b --resolution $res --cache "$CACHE" \
+            --prepare-only 2>>"$LOG" | tail -n 1)
+        batch=$work/batch-$res.safetensors
+        run_logged 60 "$BIN" bench --checkpoint "$PRESET" --size 3b --resolution $res --cache "$CACHE" \
+            --device "$DEVICE" --batch 4 --mode forward --warmup 0 --steps 1 --dump-batch "$batch"
+        for attn in mix flex-mix eager; do
+            hf_bench 120 --checkpoint "$ckpt" --batch-file "$batch" --method lora --mode train \
+                --attn $attn "${steps[@]}"
+        done
+    else
+        log "no transformers + PEFT (no .gpu-venv, .gpu-wheels or HF_PYTHON): palisweep alone"
+    fi
 done
-for method in lora qlora; do
-    for gc in "" --gradient-checkpointing; do
-        bench 100 --resolution 448 --batch 4 --method $method $gc "${steps[@]}"
+# 5b. The other H200 rows.
+for res in 224 448; do
+    for method in lora qlora; do
+        for gc in "" --gradient-checkpointing; do
+            [ "$method$gc" = lora ] && continue # 5a ran it
+            bench 100 --resolution $res --batch 4 --method $method $gc "${steps[@]}"
+        done
     done
 done
 bench 150 --resolution 896 --batch 2 --method qlora --gradient-checkpointing "${steps[@]}"
@@ -177,9 +246,28 @@ for method in lora qlora; do
     bench 100 --resolution 448 --batch 4 --method $method --attention eager "${steps[@]}"
 done
 
-log "done: $(wc -l <"$JSONL") bench rows"
+# 5c. 10B@448 and 28B@224 QLoRA. Their bf16 checkpoints (about 20 and 56 GB)
+#     do not fit the disk beside the 3B ones: each is written to tmpfs
+#     (memory) and deleted after its row.
+df -h "$(dirname "$BIG_CACHE")" >>"$LOG" 2>&1
+for big in "10b 448" "28b 224"; do
+    read -r size res <<<"$big"
+    if [ $((BUDGET_S - (SECONDS - STARTED))) -lt 120 ]; then
+        log "skipped (budget ${BUDGET_S}s): $size@$res QLoRA"
+        continue
+    fi
+    mkdir -p "$BIG_CACHE"
+    if run_logged 240 "$BIN" bench --checkpoint "$PRESET" --size "$size" --resolution "$res" \
+        --cache "$BIG_CACHE" --prepare-only; then
+        SIZE=$size BENCH_CACHE=$BIG_CACHE bench 150 --resolution "$res" --batch 4 --method qlora \
+            "${steps[@]}"
+    fi
+    rm -rf "$BIG_CACHE"
+done
+
+log "done: $(wc -l <"$JSONL") bench rows, $(wc -l <"$HF_JSONL") transformers + PEFT rows"
 # A compact table for the log's reader.
-python3 - "$JSONL" <<'PY' | tee -a "$LOG"
+python3 - "$JSONL" "$HF_JSONL" <<'PY' | tee -a "$LOG"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"{'mode':8}{'method':7}{'attn':6}{'gc':4}{'res':>5}{'batch':>6}{'seq':>6}{'step_ms':>9}{'tok/s':>9}{'MFU%':>7}{'peakGPU':>9}{'est':>8}{'err%':>7}")
@@ -189,4 +277,14 @@ for r in rows:
     print(f"{r['mode']:8}{r['method']:7}{r.get('attention', 'eager')[:5]:6}{('y' if r['gradient_checkpointing'] else 'n'):4}{res:>5}{r['batch']:>6}{r['seq_len']:>6}"
           f"{f(r['step_ms'], '.1f'):>9}{f(r['tokens_per_s'], '.0f'):>9}{f(r['mfu'] and 100 * r['mfu'], '.1f'):>7}"
           f"{f(r['peak_gpu_mb'], '.0f'):>9}{f(r['est_memory_mb'], '.0f'):>8}{f(r['est_error_pct'], '+.1f'):>7}")
+hf = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+for h in hf:
+    ours = [r for r in rows if r["mode"] == "train" and r["method"] == "lora" and not r["gradient_checkpointing"]
+            and r.get("attention", "eager") == "memory_efficient" and r["seq_len"] == h["seq_len"]
+            and r["batch"] == h["batch"]]
+    ratio = ours[0]["tokens_per_s"] / h["tokens_per_s"] if ours and h.get("tokens_per_s") else None
+    f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"
+    print(f"HF {h['attn']:9}seq {h['seq_len']:>5} batch {h['batch']} step {f(h['step_ms'], '.1f'):>8} ms"
+          f"  tok/s {f(h['tokens_per_s'], '.0f'):>7}  peakGPU {f(h.get('peak_gpu_mb'), '.0f'):>7}"
+          f"  palisweep/HF tokens/s {f(ratio, '.2f')}")
 PY
