@@ -176,21 +176,30 @@ for res in 224 448 896; do
 done
 du -sh "$CACHE"/bench/* >>"$LOG" 2>&1
 
+# Runs "$@" (a benchmark) under the smaller of LIMIT seconds and what is
+# left of the budget, appending its stdout to JSONL; skipped when under
+# 45 s are left.
+budgeted() {
+    local limit=$1 jsonl=$2
+    shift 2
+    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
+    if [ "$remaining" -lt 45 ]; then
+        log "skipped (budget ${BUDGET_S}s): $*"
+        return
+    fi
+    [ "$limit" -le "$remaining" ] || limit=$remaining
+    log "$*"
+    timeout --kill-after=10 "$limit" "$@" >>"$jsonl" 2>>"$LOG"
+    local rc=$?
+    [ $rc -eq 0 ] || log "exit $rc"
+}
+
 # 5. Benchmarks: one process each, JSON rows appended to bench.jsonl.
 bench() {
     local limit=$1
     shift
-    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
-    if [ "$remaining" -lt 45 ]; then
-        log "skipped (budget ${BUDGET_S}s): bench $*"
-        return
-    fi
-    [ "$limit" -le "$remaining" ] || limit=$remaining
-    log "bench $*"
-    timeout --kill-after=10 "$limit" "$BIN" bench --checkpoint "$PRESET" --size "${SIZE:-3b}" \
-        --cache "${BENCH_CACHE:-$CACHE}" --device "$DEVICE" --json "$@" >>"$JSONL" 2>>"$LOG"
-    local rc=$?
-    [ $rc -eq 0 ] || log "exit $rc"
+    budgeted "$limit" "$JSONL" "$BIN" bench --checkpoint "$PRESET" --size "${SIZE:-3b}" \
+        --cache "${BENCH_CACHE:-$CACHE}" --device "$DEVICE" --json "$@"
 }
 
 # transformers + PEFT (scripts/bench/hf_bench.py) on the checkpoint and the
@@ -198,17 +207,7 @@ bench() {
 hf_bench() {
     local limit=$1
     shift
-    local remaining=$((BUDGET_S - (SECONDS - STARTED)))
-    if [ "$remaining" -lt 45 ]; then
-        log "skipped (budget ${BUDGET_S}s): hf_bench $*"
-        return
-    fi
-    [ "$limit" -le "$remaining" ] || limit=$remaining
-    log "hf_bench $*"
-    timeout --kill-after=10 "$limit" "$HF_PYTHON" scripts/bench/hf_bench.py --device "$DEVICE" "$@" \
-        >>"$HF_JSONL" 2>>"$LOG"
-    local rc=$?
-    [ $rc -eq 0 ] || log "exit $rc"
+    budgeted "$limit" "$HF_JSONL" "$HF_PYTHON" scripts/bench/hf_bench.py --device "$DEVICE" "$@"
 }
 
 # 5a. The goal rows first (3B LoRA at 224 and 448 px), each beside
