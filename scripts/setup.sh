@@ -42,7 +42,15 @@ ln -sfn "$torch_dir" "$VENV/libtorch"
 # tcmalloc: palisweep preloads it when installed (src/allocator.rs): faster
 # CPU steps and peaks near the live tensors, where glibc's heap keeps much of
 # what is freed (docs/benchmarks.md, "The CPU allocator"). Optional.
-if ! compgen -G "/usr/lib/*/libtcmalloc*.so.4" >/dev/null && ! compgen -G "/usr/lib64/libtcmalloc*.so.4" >/dev/null; then
+# The folders src/allocator.rs looks in.
+tcmalloc_installed() {
+  local pattern
+  for pattern in "/usr/lib/*/libtcmalloc*.so.4" "/usr/lib64/libtcmalloc*.so.4" "/usr/lib/libtcmalloc*.so.4"; do
+    compgen -G "$pattern" >/dev/null && return 0
+  done
+  return 1
+}
+if ! tcmalloc_installed; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing tcmalloc (libtcmalloc-minimal4)"
     { apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 ||

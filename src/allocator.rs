@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The variable that chooses the allocator.
 pub const CHOICE_VAR: &str = "PALISWEEP_ALLOCATOR";
@@ -38,7 +38,7 @@ const TCMALLOC_PATHS: [&str; 6] = [
 ];
 
 /// The `malloc` that serves this process's CPU tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Allocator {
     /// glibc's own.
@@ -86,14 +86,23 @@ fn choice(value: Option<&str>) -> Result<Choice, AllocatorError> {
     }
 }
 
-/// The library to preload for `choice`, if any.
-fn library(choice: Choice, installed: &[&str]) -> Result<Option<PathBuf>, AllocatorError> {
-    let found = installed
+/// The first of `paths` that exists.
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths
         .iter()
         .map(Path::new)
         .find(|path| path.exists())
-        .map(Path::to_path_buf);
-    match (choice, found) {
+        .map(Path::to_path_buf)
+}
+
+/// The tcmalloc library installed on this machine, if any.
+pub fn installed_tcmalloc() -> Option<PathBuf> {
+    first_existing(&TCMALLOC_PATHS)
+}
+
+/// The library to preload for `choice`, if any, among `installed`.
+fn library(choice: Choice, installed: &[&str]) -> Result<Option<PathBuf>, AllocatorError> {
+    match (choice, first_existing(installed)) {
         (Choice::System, _) => Ok(None),
         (Choice::Tcmalloc, None) => Err(AllocatorError::Missing),
         (_, found) => Ok(found),

@@ -215,19 +215,17 @@ hf_bench() {
 #     (Gemma 2 eager, SigLIP sdpa) and flex_attention in Gemma 2.
 steps=(--warmup 2 --steps 5)
 for res in 224 448; do
-    bench 90 --resolution $res --batch 4 --method lora "${steps[@]}"
-    if [ -n "$HF_PYTHON" ]; then
+    batch=$work/batch-$res.safetensors
+    bench 90 --resolution $res --batch 4 --method lora --dump-batch "$batch" "${steps[@]}"
+    if [ -n "$HF_PYTHON" ] && [ -f "$batch" ]; then
         ckpt=$("$BIN" bench --checkpoint "$PRESET" --size 3b --resolution $res --cache "$CACHE" \
             --prepare-only 2>>"$LOG" | tail -n 1)
-        batch=$work/batch-$res.safetensors
-        run_logged 60 "$BIN" bench --checkpoint "$PRESET" --size 3b --resolution $res --cache "$CACHE" \
-            --device "$DEVICE" --batch 4 --mode forward --warmup 0 --steps 1 --dump-batch "$batch"
         for attn in mix flex-mix eager; do
             hf_bench 120 --checkpoint "$ckpt" --batch-file "$batch" --method lora --mode train \
                 --attn $attn "${steps[@]}"
         done
     else
-        log "no transformers + PEFT (no .gpu-venv, .gpu-wheels or HF_PYTHON): palisweep alone"
+        log "no transformers + PEFT rows at $res px: no python for them (.gpu-venv, .gpu-wheels, HF_PYTHON) or no batch from palisweep's row"
     fi
 done
 # 5b. The other H200 rows.

@@ -11,12 +11,12 @@
 
 use std::sync::LazyLock;
 
+use crate::allocator::Allocator;
 use crate::model::config::{PaliGemmaConfig, Tower};
 use crate::spec::schema::{Attention, Method};
 use crate::variant::{Resolution, Size};
 
 use super::memory::{DeviceKind, TrialShape};
-use crate::allocator::Allocator;
 
 /// Text tokens of the normalisation example (`PaliGemma`'s 224 pretraining
 /// length, docs/model-reference.md §1), all supervised.

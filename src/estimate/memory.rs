@@ -543,12 +543,9 @@ mod tests {
         let large = PaliGemmaConfig::small(Size::B3, Resolution::R896);
         let glibc = TrialShape {
             batch_size: 4,
-            ..shape(&large, Method::Lora, &targets)
-        };
-        let glibc = TrialShape {
             dtype_bytes: 4,
             device: DeviceKind::Cpu,
-            ..glibc
+            ..shape(&large, Method::Lora, &targets)
         };
         let tcmalloc = TrialShape {
             allocator: Allocator::Tcmalloc,

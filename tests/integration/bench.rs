@@ -152,9 +152,7 @@ fn dump_batch_writes_the_encoded_batch() {
 /// is installed, and refuses with the package to install where it is not.
 #[test]
 fn the_allocator_variable_chooses_the_malloc() {
-    let installed = ["/usr/lib", "/usr/lib64"]
-        .iter()
-        .any(|root| has_tcmalloc(std::path::Path::new(root)));
+    let installed = palisweep::allocator::installed_tcmalloc().is_some();
     let run = |choice: &str| {
         Test::new().env("PALISWEEP_ALLOCATOR", choice).run_in(&[
             "bench",
@@ -188,23 +186,4 @@ fn the_allocator_variable_chooses_the_malloc() {
     run("jemalloc")
         .code(2)
         .stderr_has("PALISWEEP_ALLOCATOR=\"jemalloc\" is not a choice");
-}
-
-/// Whether a tcmalloc library lies in `root` or one folder below it.
-fn has_tcmalloc(root: &std::path::Path) -> bool {
-    let is_tcmalloc = |path: &std::path::Path| {
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libtcmalloc") && n.ends_with(".so.4"))
-    };
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let path = entry.path();
-        is_tcmalloc(&path)
-            || (path.is_dir()
-                && std::fs::read_dir(&path)
-                    .is_ok_and(|mut inner| inner.any(|e| e.is_ok_and(|e| is_tcmalloc(&e.path())))))
-    })
 }
