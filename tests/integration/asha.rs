@@ -73,10 +73,13 @@ fn run(test: &Test) -> crate::util::Output {
     test.run_in(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Trial folder → its letter, by its learning rate.
+/// Trial folder → its letter, by its learning rate. A folder whose
+/// `trial.toml` is not written yet (the orchestrator makes the folder, then
+/// writes the file atomically: a poll mid-run can fall between) has none.
 pub(crate) fn letters(test: &Test) -> BTreeMap<String, &'static str> {
     trial_dirs(test, "s")
         .iter()
+        .filter(|dir| dir.join("trial.toml").is_file())
         .map(|dir| {
             let config: toml::Table = std::fs::read_to_string(dir.join("trial.toml"))
                 .unwrap()
@@ -137,7 +140,10 @@ pub(crate) fn launches(test: &Test) -> String {
     let letters = letters(test);
     let mut all: Vec<(f64, String)> = Vec::new();
     for dir in trial_dirs(test, "s") {
-        let letter = letters[&dir.file_name().unwrap().to_string_lossy().into_owned()];
+        let Some(&letter) = letters.get(&dir.file_name().unwrap().to_string_lossy().into_owned())
+        else {
+            continue; // not written yet: no attempt started
+        };
         let lines = crate::util::jsonl(&dir.join("events.jsonl"));
         let mut current: Option<(f64, u64)> = None;
         for line in lines {
